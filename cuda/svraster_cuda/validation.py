@@ -1,0 +1,101 @@
+"""Checks of everything a user passes in, in one place. Each error names the argument, what
+was expected and what was received. Public tensors are float32 (float64 is refused, not cast,
+on every device: a silent cast would hide a 2x memory surprise and differ from upstream)."""
+import math
+
+import torch
+
+from . import meta
+
+
+def _describe(x):
+    if isinstance(x, torch.Tensor):
+        return f"tensor of shape {tuple(x.shape)}, dtype {x.dtype}, device {x.device}"
+    return f"{type(x).__name__} {x!r}"
+
+
+def check_tensor(name, x, shape, dtype, device=None):
+    """`shape` is a tuple whose entries are ints or None (any size)."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name}: expected a torch.Tensor, got {_describe(x)}")
+    if x.dtype != dtype:
+        raise TypeError(f"{name}: expected dtype {dtype}, got {_describe(x)}")
+    if x.dim() != len(shape) or any(s is not None and s != d for s, d in zip(shape, x.shape)):
+        want = "[" + ", ".join("*" if s is None else str(s) for s in shape) + "]"
+        raise ValueError(f"{name}: expected shape {want}, got {_describe(x)}")
+    if device is not None and x.device != device:
+        raise ValueError(f"{name}: expected a tensor on {device} (the device of vox_centers), got {_describe(x)}")
+
+
+def _check_number(name, value, positive=False, finite=True):
+    if isinstance(value, torch.Tensor) and value.numel() == 1:
+        value = value.item()
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name}: expected a number, got {_describe(value)}")
+    if finite and not math.isfinite(value):
+        raise ValueError(f"{name}: expected a finite number, got {value!r}")
+    if positive and not value > 0:
+        raise ValueError(f"{name}: expected a positive number, got {value!r}")
+    return value
+
+
+def check_settings(settings, device):
+    """Validate RasterSettings for rendering on `device`."""
+    for name in ("image_width", "image_height"):
+        value = getattr(settings, name)
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            raise ValueError(f"raster_settings.{name}: expected a positive int, got {_describe(value)}")
+    if settings.image_width > 16384 or settings.image_height > 16384:
+        raise ValueError("raster_settings.image_width/image_height: images up to 16384 x 16384 are supported, "
+                         f"got {settings.image_width} x {settings.image_height}")
+    n = settings.n_samp_per_vox
+    if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= meta.MAX_N_SAMP:
+        raise ValueError(f"raster_settings.n_samp_per_vox: expected an int in 1..{meta.MAX_N_SAMP}, got {_describe(n)}")
+    for name in ("tanfovx", "tanfovy"):
+        _check_number(f"raster_settings.{name}", getattr(settings, name), positive=True)
+    for name in ("cx", "cy", "bg_color"):
+        _check_number(f"raster_settings.{name}", getattr(settings, name))
+    near = _check_number("raster_settings.near", settings.near)
+    if near < 0:
+        raise ValueError(f"raster_settings.near: expected a number >= 0, got {near!r}")
+    for name in ("lambda_R_concen", "lambda_ascending", "lambda_dist"):
+        value = _check_number(f"raster_settings.{name}", getattr(settings, name))
+        if value < 0:
+            raise ValueError(f"raster_settings.{name}: expected a number >= 0, got {value!r}")
+    for name in ("w2c_matrix", "c2w_matrix"):
+        m = getattr(settings, name)
+        if not isinstance(m, torch.Tensor) or tuple(m.shape) != (4, 4) or not m.is_floating_point():
+            raise ValueError(f"raster_settings.{name}: expected a 4x4 float tensor, got {_describe(m)}")
+        if not torch.isfinite(m).all():
+            raise ValueError(f"raster_settings.{name}: expected finite values, got {m.tolist()}")
+    if settings.lambda_R_concen > 0:
+        gt = settings.gt_color
+        shape = (3, settings.image_height, settings.image_width)
+        if not isinstance(gt, torch.Tensor) or tuple(gt.shape) != shape:
+            raise ValueError(f"raster_settings.gt_color: expected shape {list(shape)} when lambda_R_concen > 0, got {_describe(gt)}")
+
+
+def check_voxels(octree_paths, vox_centers, vox_lengths):
+    if not isinstance(vox_centers, torch.Tensor):
+        raise TypeError(f"vox_centers: expected a torch.Tensor, got {_describe(vox_centers)}")
+    device = vox_centers.device
+    check_tensor("vox_centers", vox_centers, (None, 3), torch.float32)
+    n = vox_centers.shape[0]
+    check_tensor("octree_paths", octree_paths, (n, 1), torch.int64, device)
+    check_tensor("vox_lengths", vox_lengths, (n, 1), torch.float32, device)
+    if n > meta.MAX_VOXELS:
+        raise ValueError(f"vox_centers: at most {meta.MAX_VOXELS} voxels are supported, got {n}")
+    if n and not bool((vox_lengths > 0).all()):
+        raise ValueError("vox_lengths: expected positive voxel sizes, got "
+                         f"min {vox_lengths.min().item()!r}")
+
+
+def check_vox_params(params, n, device):
+    if not isinstance(params, dict):
+        raise TypeError(f"vox_fn: expected it to return a dict with 'geos', 'rgbs', 'subdiv_p', got {_describe(params)}")
+    missing = [k for k in ("geos", "rgbs", "subdiv_p") if k not in params]
+    if missing:
+        raise ValueError(f"vox_fn: the returned dict lacks {missing}; it has {sorted(params)}")
+    check_tensor("vox_fn()['geos']", params["geos"], (n, 8), torch.float32, device)
+    check_tensor("vox_fn()['rgbs']", params["rgbs"], (n, 3), torch.float32, device)
+    check_tensor("vox_fn()['subdiv_p']", params["subdiv_p"], (n, 1), torch.float32, device)

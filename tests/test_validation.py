@@ -1,0 +1,78 @@
+"""Bad input: a clear exception naming the argument; legal edge cases render."""
+import math
+
+import pytest
+import torch
+
+from helpers import make_settings, random_octree, random_params, render
+from svraster_cuda.renderer import rasterize_voxels
+
+
+@pytest.fixture(scope="module")
+def scene():
+    octpath, _, centers, lengths = random_octree(2, max_level=2)
+    geos, rgbs = random_params(len(octpath), 2)
+    return octpath, centers, lengths, geos, rgbs
+
+
+SETTINGS = make_settings((2.0, 2.0, 2.0), (0.0, 0.0, 0.0), width=8, height=8)
+
+
+def _call(settings, octpath, centers, lengths, params):
+    return rasterize_voxels(settings, octpath, centers, lengths, lambda idx, cam_pos, mode: params)
+
+
+def _params(geos, rgbs):
+    return {"geos": geos, "rgbs": rgbs, "subdiv_p": torch.zeros(len(geos), 1)}
+
+
+@pytest.mark.parametrize("change, exc, words", [
+    (dict(n_samp_per_vox=0), ValueError, "n_samp_per_vox"),
+    (dict(n_samp_per_vox=4), ValueError, "n_samp_per_vox"),
+    (dict(image_width=0), ValueError, "image_width"),
+    (dict(image_height=-3), ValueError, "image_height"),
+    (dict(image_width=20000), ValueError, "16384"),
+    (dict(tanfovx=0.0), ValueError, "tanfovx"),
+    (dict(tanfovy=math.nan), ValueError, "tanfovy"),
+    (dict(cx=math.inf), ValueError, "cx"),
+    (dict(near=-1.0), ValueError, "near"),
+    (dict(w2c_matrix=torch.full((4, 4), math.nan)), ValueError, "w2c_matrix"),
+    (dict(c2w_matrix=torch.eye(3)), ValueError, "c2w_matrix"),
+    (dict(lambda_R_concen=1.0), ValueError, "gt_color"),
+])
+def test_bad_settings(scene, change, exc, words):
+    octpath, centers, lengths, geos, rgbs = scene
+    with pytest.raises(exc, match=words):
+        _call(SETTINGS._replace(**change), octpath, centers, lengths, _params(geos, rgbs))
+
+
+def test_bad_tensors(scene):
+    octpath, centers, lengths, geos, rgbs = scene
+    p = _params(geos, rgbs)
+    with pytest.raises(TypeError, match="vox_centers.*float32"):
+        _call(SETTINGS, octpath, centers.double(), lengths, p)
+    with pytest.raises(ValueError, match="octree_paths.*shape"):
+        _call(SETTINGS, octpath[:-1], centers, lengths, p)
+    with pytest.raises(TypeError, match="octree_paths.*int64"):
+        _call(SETTINGS, octpath.int(), centers, lengths, p)
+    with pytest.raises(ValueError, match="vox_lengths.*positive"):
+        _call(SETTINGS, octpath, centers, -lengths, p)
+    with pytest.raises(ValueError, match=r"vox_fn\(\)\['geos'\].*shape"):
+        _call(SETTINGS, octpath, centers, lengths, _params(geos[:, :4], rgbs))
+    with pytest.raises(ValueError, match="lacks.*subdiv_p"):
+        _call(SETTINGS, octpath, centers, lengths, {"geos": geos, "rgbs": rgbs})
+    with pytest.raises(TypeError, match="vox_fn.*dict"):
+        _call(SETTINGS, octpath, centers, lengths, (geos, rgbs))
+
+
+def test_nan_density_is_not_opaque(scene):
+    octpath, centers, lengths, geos, rgbs = scene
+    settings = make_settings((2.0, 2.0, 2.0), (0.0, 0.0, 0.0), width=16, height=16)
+    clean = render(settings, octpath, centers, lengths, geos, rgbs)[0]
+    bad = geos.clone()
+    bad[:] = math.nan
+    color, _, _, T, _ = render(settings, octpath, centers, lengths, bad, rgbs)[0]
+    touched = clean[3][0] < 1  # pixels that see any voxel
+    assert touched.any()
+    assert torch.isnan(T[0][touched]).all() and torch.isnan(color[:, touched]).all()
+    assert torch.all(T[0][~touched] == 1)
