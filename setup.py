@@ -29,7 +29,7 @@ def cuda_extension():
         name="svraster_cuda._C",
         sources=sources,
         include_dirs=[os.path.join(ROOT, SRC)],
-        extra_compile_args={"cxx": ["-O3"], "nvcc": ["-O3", "--use_fast_math", "-lineinfo"]},
+        extra_compile_args={"cxx": ["-O3"], "nvcc": ["-O3", "-lineinfo"]},
     )
     return (ext, BuildExtension.with_options(use_ninja=True)), None
 

@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 out=$(mktemp -d)
 for f in cuda/src/*.cu; do
-  nvcc -std=c++17 -arch=sm_90 -O3 --use_fast_math -Icuda/src -c "$f" -o "$out/$(basename "$f").o"
+  nvcc -std=c++17 -arch=sm_90 -O3 -Icuda/src -c "$f" -o "$out/$(basename "$f").o"
 done
 rm -rf "$out"
 echo "compile_check: $(ls cuda/src/*.cu | wc -l) CUDA sources compiled for sm_90"

@@ -46,8 +46,9 @@ def rasterize_preprocess(settings, octree_paths, vox_centers, vox_lengths):
 
 
 def rasterize_forward(settings, state, vox_centers, vox_lengths, geos, rgbs):
-    """Stage 5. Returns color [3,H,W], depth [3,H,W] (or empty), normal [3,H,W] (or empty),
-    T [1,H,W], max_w [N,1] (or empty)."""
+    """Stage 5. Returns the outputs (color [3,H,W], depth [3,H,W] or empty, normal [3,H,W] or
+    empty, T [1,H,W], max_w [N,1] or empty) and what the backward needs besides (nothing here:
+    it recomputes)."""
     dtype, device = geos.dtype, geos.device
     W, H = settings.image_width, settings.image_height
     n_pix = W * H
@@ -79,13 +80,14 @@ def rasterize_forward(settings, state, vox_centers, vox_lengths, geos, rgbs):
 
     empty = torch.empty(0, dtype=dtype, device=device)
     color = color + trans[:, None] * settings.bg_color
-    return (image(color, 3),
-            image(depth, 3) if depth is not None else empty,
-            image(normal, 3) if normal is not None else empty,
-            image(trans[:, None], 1),
-            max_w[:, None].to(dtype) if max_w is not None else empty)
+    outputs = (image(color, 3),
+               image(depth, 3) if depth is not None else empty,
+               image(normal, 3) if normal is not None else empty,
+               image(trans[:, None], 1),
+               max_w[:, None].to(dtype) if max_w is not None else empty)
+    return outputs, None
 
 
-def rasterize_backward(settings, state, vox_centers, vox_lengths, geos, rgbs, dL_dcolor, dL_ddepth, dL_dnormal, dL_dT):
+def rasterize_backward(settings, state, _saved, vox_centers, vox_lengths, geos, rgbs, dL_dcolor, dL_ddepth, dL_dnormal, dL_dT):
     """Gradients (dL/dgeos [N,8], dL/drgbs [N,3], subdivision priority [N,1])."""
     return render_backward(settings, state, vox_centers, vox_lengths, geos, rgbs, dL_dcolor, dL_ddepth, dL_dnormal, dL_dT)

@@ -1,0 +1,96 @@
+"""CUDA rasterizer benchmark: the issue's procedural scenes at 1920x1080 over 8 orbit views.
+
+    python bench/bench_cuda.py [--scenes O1.4M,O6M,R1.5M,R6M] [--json out.json]
+
+Per scene: median over views of the median of repeated runs (CUDA events) of the forward
+(`rasterize_voxels`, preprocess and sort included) and of forward+backward, and the peak GPU
+memory of each (torch.cuda.max_memory_allocated, scene tensors included)."""
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import make_scene, orbit_settings  # noqa: E402
+
+from svraster_cuda.renderer import rasterize_voxels  # noqa: E402
+
+
+def time_ms(fn, repeat):
+    times = []
+    for _ in range(repeat):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        torch.cuda.synchronize()
+        times.append(start.elapsed_time(end))
+    return statistics.median(times)
+
+
+def bench_scene(name, width, height, views, repeat):
+    t0 = time.time()
+    scene = make_scene(name, "cuda")
+    built = time.time() - t0
+    geos = scene["geos"].requires_grad_()
+    rgbs = scene["rgbs"].requires_grad_()
+    subdiv = torch.zeros(len(geos), 1, device="cuda", requires_grad=True)
+    params = {"geos": geos, "rgbs": rgbs, "subdiv_p": subdiv}
+    cams = orbit_settings(name, views, width, height, "cpu")
+
+    def forward(s):
+        with torch.no_grad():
+            return rasterize_voxels(s, scene["octpath"], scene["vox_centers"], scene["vox_lengths"], lambda *a: params)
+
+    def forward_backward(s):
+        color, _, _, T, _ = rasterize_voxels(s, scene["octpath"], scene["vox_centers"], scene["vox_lengths"],
+                                             lambda *a: params)
+        (color.sum() + T.sum()).backward()
+
+    fwd, both, coverage = [], [], []
+    for s in cams:
+        for _ in range(2):
+            forward_backward(s)
+        fwd.append(time_ms(lambda: forward(s), repeat))
+        both.append(time_ms(lambda: forward_backward(s), repeat))
+        coverage.append(float((forward(s)[3] < 0.5).float().mean()))
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    forward(cams[0])
+    torch.cuda.synchronize()
+    peak_fwd = torch.cuda.max_memory_allocated() / 2**30
+    torch.cuda.reset_peak_memory_stats()
+    forward_backward(cams[0])
+    torch.cuda.synchronize()
+    peak_both = torch.cuda.max_memory_allocated() / 2**30
+    return {"scene": name, "voxels": len(geos), "forward_ms": statistics.median(fwd),
+            "forward_backward_ms": statistics.median(both), "peak_fwd_gb": peak_fwd, "peak_fwd_bwd_gb": peak_both,
+            "coverage": statistics.mean(coverage), "build_s": built}
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--scenes", default="O1.4M,O6M,R1.5M,R6M")
+    ap.add_argument("--width", type=int, default=1920)
+    ap.add_argument("--height", type=int, default=1080)
+    ap.add_argument("--views", type=int, default=8)
+    ap.add_argument("--repeat", type=int, default=10)
+    ap.add_argument("--json")
+    args = ap.parse_args()
+    rows = [bench_scene(n, args.width, args.height, args.views, args.repeat) for n in args.scenes.split(",")]
+    print(f"device: {torch.cuda.get_device_name()}, {args.width}x{args.height}, {args.views} views")
+    print("| scene | voxels | forward ms | fwd+bwd ms | peak GB fwd / fwd+bwd | opaque px |")
+    print("|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['scene']} | {r['voxels'] / 1e6:.2f}M | {r['forward_ms']:.2f} | {r['forward_backward_ms']:.2f} | "
+              f"{r['peak_fwd_gb']:.2f} / {r['peak_fwd_bwd_gb']:.2f} | {r['coverage']:.2f} |")
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,212 @@
+// Backward of renderCUDA (mirrors reference/backward.py). Each thread walks its pixel's
+// list front to back exactly as the forward did (same culling, same early stop); knowing the
+// final outputs, the part of each output behind voxel i is `final - accumulated so far`,
+// which gives dL/dalpha_i without a second pass:
+//   dL/dalpha_i = T_i (g.x_i) - g.(X_final - X_upto_i) / (1 - alpha_i)   for X = colour,
+// normal, mean depth, T and the distortion loss. The warp sums each voxel's gradient before
+// one atomic per value (all lanes of a warp visit the same voxel at the same time).
+#include "render_common.cuh"
+
+namespace svr {
+namespace {
+
+__device__ __forceinline__ float warp_sum(float x) {
+#pragma unroll
+    for (int offset = 16; offset > 0; offset >>= 1) x += __shfl_xor_sync(0xffffffffu, x, offset);
+    return x;
+}
+
+template <int N, bool DEPTH, bool NORMAL>
+__global__ void __launch_bounds__(BLOCK_PIXELS)
+render_backward_kernel(Camera cam, BackwardOptions opt, RenderBuffers in, BackwardInputs g, BackwardOutputs out) {
+    __shared__ VoxelRecord batch[BLOCK_PIXELS];
+    const int tile = blockIdx.y * gridDim.x + blockIdx.x;
+    const int px = blockIdx.x * TILE_SIZE + threadIdx.x % TILE_SIZE;
+    const int py = blockIdx.y * TILE_SIZE + threadIdx.x / TILE_SIZE;
+    const bool inside = px < cam.width && py < cam.height;
+    const int hw = cam.width * cam.height;
+    const int pix = inside ? py * cam.width + px : 0;
+    const Ray ray = pixel_ray(cam, px, py);
+    const int2 range = in.ranges[tile];
+    const float inv_hw = 1.f / float(hw);
+
+    // Final outputs and their incoming gradients.
+    float color_final[3], g_color[3], normal_final[3] = {0.f, 0.f, 0.f}, g_normal[3] = {0.f, 0.f, 0.f}, gt[3] = {0.f, 0.f, 0.f};
+#pragma unroll
+    for (int c = 0; c < 3; ++c) {
+        color_final[c] = g.color[c * hw + pix];
+        g_color[c] = g.dL_dcolor[c * hw + pix];
+        if (NORMAL) { normal_final[c] = g.normal[c * hw + pix]; g_normal[c] = g.dL_dnormal[c * hw + pix]; }
+        if (opt.lambda_R_concen > 0.f) gt[c] = g.gt_color[c * hw + pix];
+    }
+    const float T_final = g.T[pix];
+    // dL/dT_final includes the background term of the colour.
+    const float g_T = g.dL_dT[pix];
+    // Mean depth in ray distance units (the output is divided by |d_cam|).
+    const float depth_final = DEPTH ? g.depth[pix] * ray.cam_norm : 0.f;
+    const float g_depth = DEPTH ? g.dL_ddepth[pix] / ray.cam_norm : 0.f;
+    const bool distortion_on = opt.lambda_dist > 0.f;
+    const float dist_scale = opt.lambda_dist * inv_hw;
+    const float wm_total = distortion_on ? g.aux[pix] : 0.f;
+    const float w_total = 1.f - T_final;
+    const float gw_total = distortion_on ? 2.f * dist_scale * g.aux[hw + pix] : 0.f;  // sum_j g_j w_j = 2 L
+
+    float T = 1.f, color_acc[3] = {0.f, 0.f, 0.f}, normal_acc[3] = {0.f, 0.f, 0.f};
+    float depth_acc = 0.f, w_before = 0.f, wm_before = 0.f, gw_acc = 0.f;
+    bool done = !inside;
+
+    for (int base = range.x; base < range.y; base += BLOCK_PIXELS) {
+        if (__syncthreads_count(done) == BLOCK_PIXELS) break;
+        const int idx = base + threadIdx.x;
+        if (idx < range.y) load_record(in, in.entries[idx], batch[threadIdx.x]);
+        __syncthreads();
+        const int count = min(BLOCK_PIXELS, range.y - base);
+        for (int j = 0; j < count; ++j) {
+            const VoxelRecord& rec = batch[j];
+            float d_geo[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f}, d_rgb[3] = {0.f, 0.f, 0.f}, priority = 0.f;
+            bool contributes = false;
+            float a, b;
+            if (!done && int(rec.entry >> VOXEL_ID_BITS) == ray.quadrant &&
+                ray_segment(ray, make_float3(rec.box_min.x + 0.5f * rec.length, rec.box_min.y + 0.5f * rec.length,
+                                             rec.box_min.z + 0.5f * rec.length), rec.length, a, b)) {
+                Quadrature<N> quad;
+                const float inv_len = 1.f / rec.length;
+                quad.evaluate(ray, a, b, rec.box_min, inv_len, rec.geo);
+                const float alpha = quad.alpha;
+                if (!(alpha < MIN_ALPHA)) {
+                    contributes = true;
+                    const float w = T * alpha;
+                    const float inv_rest = 1.f / (1.f - alpha);
+                    float dL_dalpha = 0.f;
+#pragma unroll
+                    for (int c = 0; c < 3; ++c) {
+                        color_acc[c] += w * rec.rgb[c];
+                        dL_dalpha += g_color[c] * (T * rec.rgb[c] - (color_final[c] - color_acc[c]) * inv_rest);
+                        d_rgb[c] = g_color[c] * w;
+                        if (opt.lambda_R_concen > 0.f)
+                            d_rgb[c] += opt.lambda_R_concen * inv_hw * w * 2.f * (rec.rgb[c] - gt[c]);
+                    }
+                    dL_dalpha -= g_T * T_final * inv_rest;
+                    float3 grad_dir = make_float3(0.f, 0.f, 0.f), n = grad_dir;
+                    float inv_norm = 0.f;
+                    if (NORMAL) {
+                        grad_dir = corner_gradient(rec.geo);
+                        inv_norm = rsqrtf(grad_dir.x * grad_dir.x + grad_dir.y * grad_dir.y + grad_dir.z * grad_dir.z + NORMAL_EPS);
+                        n = make_float3(grad_dir.x * inv_norm, grad_dir.y * inv_norm, grad_dir.z * inv_norm);
+                        const float nv[3] = {n.x, n.y, n.z};
+#pragma unroll
+                        for (int c = 0; c < 3; ++c) {
+                            normal_acc[c] += w * nv[c];
+                            dL_dalpha += g_normal[c] * (T * nv[c] - (normal_final[c] - normal_acc[c]) * inv_rest);
+                        }
+                    }
+                    float depth_value = 0.f;
+                    if (DEPTH) {
+                        depth_value = quad.depth_value(a, b);
+                        depth_acc += T * depth_value;
+                        dL_dalpha -= g_depth * (depth_final - depth_acc) * inv_rest;
+                    }
+                    if (distortion_on) {
+                        const float ca = contract(a), cb = contract(b), m = 0.5f * (ca + cb);
+                        // dL/dw_i = 2 sum_j w_j |m_i - m_j| + (2/3) w_i s_i, from prefix and total sums.
+                        const float after_w = w_total - w_before - w, after_wm = wm_total - wm_before - w * m;
+                        const float g_w = dist_scale * (2.f * (m * w_before - wm_before + after_wm - m * after_w) +
+                                                        (2.f / 3.f) * w * (cb - ca));
+                        gw_acc += g_w * w;
+                        dL_dalpha += T * g_w - (gw_total - gw_acc) * inv_rest;
+                        w_before += w;
+                        wm_before += w * m;
+                    }
+                    priority = fabsf(dL_dalpha * alpha);
+
+                    // Into the densities: alpha is straight-through (dalpha/dI = exp(-I)); the
+                    // voxel's own depth value differentiates its clamped alphas (1 - alpha).
+                    const float dL_dI = dL_dalpha * expf(-quad.integral);
+                    float dL_dIk[N];
+                    if (N == 1) {
+                        dL_dIk[0] = dL_dI + (DEPTH ? g_depth * T * (1.f - alpha) * 0.5f * (a + b) : 0.f);
+                    } else {
+                        float ak[N], trans[N], tail = 0.f;
+                        float tr = 1.f;
+#pragma unroll
+                        for (int k = 0; k < N; ++k) {
+                            ak[k] = clamp_alpha(1.f - expf(-quad.integral_k[k]));
+                            trans[k] = tr;
+                            tr *= 1.f - ak[k];
+                        }
+#pragma unroll
+                        for (int k = N - 1; k >= 0; --k) {
+                            // d depth_value / d I_k = P_k t_k (1 - a_k) - sum_{m>k} P_m a_m t_m
+                            const float own = trans[k] * quad.t[k] * (1.f - ak[k]) - tail;
+                            tail += trans[k] * ak[k] * quad.t[k];
+                            dL_dIk[k] = dL_dI + (DEPTH ? g_depth * T * own : 0.f);
+                        }
+                    }
+#pragma unroll
+                    for (int k = 0; k < N; ++k) {
+                        const float dL_dd = dL_dIk[k] * STEP_SZ_SCALE * quad.delta * density_activation_grad(quad.d[k]);
+                        float wk[8];
+                        trilinear_weights(quad.u[k], wk);
+#pragma unroll
+                        for (int c = 0; c < 8; ++c) d_geo[c] += dL_dd * wk[c];
+                    }
+                    if (NORMAL) {
+                        // n = g / s, s = sqrt(|g|^2 + eps): dL/dg = v / s - g (g.v) / s^3, v = w * dL/dnormal.
+                        const float3 v = make_float3(w * g_normal[0], w * g_normal[1], w * g_normal[2]);
+                        const float gv = grad_dir.x * v.x + grad_dir.y * v.y + grad_dir.z * v.z;
+                        const float inv3 = inv_norm * inv_norm * inv_norm;
+                        const float3 dg = make_float3(v.x * inv_norm - grad_dir.x * gv * inv3,
+                                                      v.y * inv_norm - grad_dir.y * gv * inv3,
+                                                      v.z * inv_norm - grad_dir.z * gv * inv3);
+#pragma unroll
+                        for (int c = 0; c < 8; ++c)
+                            d_geo[c] += ((c & 4) ? dg.x : -dg.x) + ((c & 2) ? dg.y : -dg.y) + ((c & 1) ? dg.z : -dg.z);
+                    }
+                    if (opt.lambda_ascending > 0.f) {
+                        const float3 ua = local_coords(ray, a, rec.box_min, inv_len);
+                        const float3 ub = local_coords(ray, b, rec.box_min, inv_len);
+                        if (trilinear(rec.geo, ua) > trilinear(rec.geo, ub)) {
+                            float wa[8], wb[8];
+                            trilinear_weights(ua, wa);
+                            trilinear_weights(ub, wb);
+                            const float s = opt.lambda_ascending * inv_hw * w;
+#pragma unroll
+                            for (int c = 0; c < 8; ++c) d_geo[c] += s * (wa[c] - wb[c]);
+                        }
+                    }
+                    T *= 1.f - alpha;
+                    done = T < EARLY_STOP_T;
+                }
+            }
+            if (__any_sync(0xffffffffu, contributes)) {
+                const uint32_t v = rec.entry & VOXEL_ID_MASK;
+#pragma unroll
+                for (int c = 0; c < 8; ++c) d_geo[c] = warp_sum(d_geo[c]);
+#pragma unroll
+                for (int c = 0; c < 3; ++c) d_rgb[c] = warp_sum(d_rgb[c]);
+                priority = warp_sum(priority);
+                if ((threadIdx.x & 31) == 0) {
+#pragma unroll
+                    for (int c = 0; c < 8; ++c) atomicAdd(out.dL_dgeos + 8 * size_t(v) + c, d_geo[c]);
+#pragma unroll
+                    for (int c = 0; c < 3; ++c) atomicAdd(out.dL_drgbs + 3 * size_t(v) + c, d_rgb[c]);
+                    atomicAdd(out.priority + v, priority);
+                }
+            }
+        }
+        __syncthreads();
+    }
+}
+
+}  // namespace
+
+void render_backward(const Camera& cam, const BackwardOptions& opt, const RenderBuffers& in,
+                     const BackwardInputs& grads, const BackwardOutputs& out, cudaStream_t stream) {
+    const dim3 grid(cam.tiles_x(), cam.tiles_y());
+    dispatch_variant(opt.n_samp, opt.need_depth, opt.need_normal, [&](auto n, auto depth, auto normal) {
+        render_backward_kernel<decltype(n)::value, decltype(depth)::value, decltype(normal)::value>
+            <<<grid, BLOCK_PIXELS, 0, stream>>>(cam, opt, in, grads, out);
+    });
+}
+
+}  // namespace svr

@@ -1,0 +1,200 @@
+// The `_C` extension: PyTorch tensors in, the stages of rasterizer.h on the current stream,
+// tensors out. Inputs are checked here again (the Python layer checks first), so that no
+// CPU tensor, wrong dtype or wrong size ever reaches a kernel.
+#include <c10/cuda/CUDAStream.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <torch/extension.h>
+
+#include <vector>
+
+#include "rasterizer.h"
+
+namespace {
+
+using torch::Tensor;
+
+void check_cuda(const Tensor& t, const char* name, at::ScalarType dtype, const Tensor& like) {
+    TORCH_CHECK_VALUE(t.is_cuda(), name, ": expected a CUDA tensor, got one on ", t.device());
+    TORCH_CHECK_VALUE(t.device() == like.device(), name, ": expected a tensor on ", like.device(), ", got ",
+                      t.device());
+    TORCH_CHECK_TYPE(t.scalar_type() == dtype, name, ": expected dtype ", dtype, ", got ", t.scalar_type());
+    TORCH_CHECK_VALUE(t.is_contiguous(), name, ": expected a contiguous tensor");
+}
+
+void check_shape(const Tensor& t, const char* name, std::vector<int64_t> shape) {
+    TORCH_CHECK_VALUE(t.sizes().vec() == shape, name, ": expected shape ", c10::IntArrayRef(shape), ", got ",
+                      t.sizes());
+}
+
+// camera = [W, H, tanfovx, tanfovy, cx, cy, near, w2c (12 values), c2w (12 values)]
+svr::Camera make_camera(const std::vector<double>& camera) {
+    TORCH_CHECK_VALUE(camera.size() == 31, "camera: expected 31 numbers, got ", camera.size());
+    svr::Camera cam;
+    cam.width = int(camera[0]);
+    cam.height = int(camera[1]);
+    TORCH_CHECK_VALUE(cam.width > 0 && cam.height > 0 && cam.width <= 16384 && cam.height <= 16384,
+                      "image_width/image_height: expected 1..16384, got ", cam.width, " x ", cam.height);
+    cam.tanfovx = float(camera[2]);
+    cam.tanfovy = float(camera[3]);
+    cam.cx = float(camera[4]);
+    cam.cy = float(camera[5]);
+    cam.near = float(camera[6]);
+    for (int i = 0; i < 12; ++i) {
+        cam.w2c[i] = float(camera[7 + i]);
+        cam.c2w[i] = float(camera[19 + i]);
+    }
+    return cam;
+}
+
+template <typename T>
+T* ptr(const Tensor& t) { return t.numel() ? reinterpret_cast<T*>(t.data_ptr()) : nullptr; }
+
+std::tuple<Tensor, Tensor, Tensor> rasterize_preprocess(const std::vector<double>& camera, const Tensor& octree_paths,
+                                                        const Tensor& vox_centers, const Tensor& vox_lengths) {
+    TORCH_CHECK_VALUE(vox_centers.is_cuda(), "vox_centers: expected a CUDA tensor, got one on ", vox_centers.device());
+    const c10::cuda::CUDAGuard guard(vox_centers.device());
+    const int64_t n = vox_centers.size(0);
+    TORCH_CHECK_VALUE(n <= MAX_VOXELS, "vox_centers: at most ", MAX_VOXELS, " voxels are supported, got ", n);
+    check_cuda(vox_centers, "vox_centers", at::kFloat, vox_centers);
+    check_cuda(octree_paths, "octree_paths", at::kLong, vox_centers);
+    check_cuda(vox_lengths, "vox_lengths", at::kFloat, vox_centers);
+    check_shape(vox_centers, "vox_centers", {n, 3});
+    check_shape(octree_paths, "octree_paths", {n, 1});
+    check_shape(vox_lengths, "vox_lengths", {n, 1});
+    const svr::Camera cam = make_camera(camera);
+    const int n_tiles = cam.tiles_x() * cam.tiles_y();
+    const auto stream = c10::cuda::getCurrentCUDAStream();
+    const auto opts = vox_centers.options();
+
+    Tensor tile_rect = torch::empty({n, 4}, opts.dtype(at::kInt));
+    Tensor octant_mask = torch::empty({n}, opts.dtype(at::kByte));
+    Tensor n_duplicates = torch::empty({n}, opts.dtype(at::kInt));
+    svr::preprocess(cam, int(n), ptr<float>(vox_centers), ptr<float>(vox_lengths), ptr<int4>(tile_rect),
+                    ptr<uint8_t>(octant_mask), ptr<int32_t>(n_duplicates), stream);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+
+    Tensor offsets = torch::cumsum(n_duplicates, 0, at::kLong);
+    // The one device-to-host read of the frame: how many entries to allocate.
+    const int64_t n_entries = n ? offsets[n - 1].item<int64_t>() : 0;
+    TORCH_CHECK_VALUE(n_entries < (int64_t(1) << 31), "vox_centers: this view needs ", n_entries,
+                      " tile-voxel entries; at most 2^31 - 1 are supported (fewer voxels or a smaller image)");
+    const bool single = svr::single_key_sort(n_tiles);
+    Tensor keys = torch::empty({2, n_entries}, opts.dtype(at::kLong));
+    Tensor values = torch::empty({2, n_entries}, opts.dtype(at::kInt));
+    Tensor tile_keys = torch::empty({single ? 0 : 2, n_entries}, opts.dtype(at::kInt));
+    Tensor index_scratch = torch::empty({single ? 0 : 2 * n_entries}, opts.dtype(at::kInt));
+    Tensor scratch = torch::empty({int64_t(svr::sort_scratch_bytes(n_entries, n_tiles))}, opts.dtype(at::kByte));
+    Tensor ranges = torch::empty({n_tiles, 2}, opts.dtype(at::kInt));
+
+    auto* k = ptr<uint64_t>(keys);
+    auto* v = ptr<uint32_t>(values);
+    auto* tk = ptr<uint32_t>(tile_keys);
+    svr::duplicate_with_keys(cam, int(n), ptr<int64_t>(octree_paths), ptr<int4>(tile_rect), ptr<uint8_t>(octant_mask),
+                             ptr<int64_t>(offsets), k, tk, v, stream);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    svr::sort_entries(n_entries, n_tiles, k, k ? k + n_entries : nullptr, tk, tk ? tk + n_entries : nullptr, v,
+                      v ? v + n_entries : nullptr, ptr<uint32_t>(index_scratch), scratch.data_ptr(),
+                      size_t(scratch.numel()), stream);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    svr::identify_tile_ranges(n_entries, n_tiles, k ? k + n_entries : nullptr, tk ? tk + n_entries : nullptr,
+                              ptr<int2>(ranges), stream);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    return {n_duplicates, ranges, values[1]};
+}
+
+svr::RenderBuffers render_buffers(const Tensor& ranges, const Tensor& entries, const Tensor& vox_centers,
+                                  const Tensor& vox_lengths, const Tensor& geos, const Tensor& rgbs, int n_tiles) {
+    const int64_t n = vox_centers.size(0);
+    check_cuda(ranges, "ranges", at::kInt, vox_centers);
+    check_shape(ranges, "ranges", {n_tiles, 2});
+    check_cuda(entries, "entries", at::kInt, vox_centers);
+    check_cuda(vox_centers, "vox_centers", at::kFloat, vox_centers);
+    check_cuda(vox_lengths, "vox_lengths", at::kFloat, vox_centers);
+    check_cuda(geos, "geos", at::kFloat, vox_centers);
+    check_cuda(rgbs, "rgbs", at::kFloat, vox_centers);
+    check_shape(vox_centers, "vox_centers", {n, 3});
+    check_shape(vox_lengths, "vox_lengths", {n, 1});
+    check_shape(geos, "geos", {n, 8});
+    check_shape(rgbs, "rgbs", {n, 3});
+    return {ptr<int2>(ranges), ptr<uint32_t>(entries), ptr<float>(vox_centers), ptr<float>(vox_lengths),
+            ptr<float>(geos), ptr<float>(rgbs)};
+}
+
+std::vector<Tensor> rasterize_voxels(const std::vector<double>& camera, int64_t n_samp, double bg, bool need_depth,
+                                     bool need_distortion, bool need_normal, bool track_max_w, const Tensor& ranges,
+                                     const Tensor& entries, const Tensor& vox_centers, const Tensor& vox_lengths,
+                                     const Tensor& geos, const Tensor& rgbs) {
+    TORCH_CHECK_VALUE(vox_centers.is_cuda(), "vox_centers: expected a CUDA tensor, got one on ", vox_centers.device());
+    const c10::cuda::CUDAGuard guard(vox_centers.device());
+    TORCH_CHECK_VALUE(n_samp >= 1 && n_samp <= MAX_N_SAMP, "n_samp_per_vox: expected 1..", MAX_N_SAMP, ", got ", n_samp);
+    const svr::Camera cam = make_camera(camera);
+    const auto in = render_buffers(ranges, entries, vox_centers, vox_lengths, geos, rgbs, cam.tiles_x() * cam.tiles_y());
+    const auto opts = geos.options();
+    const int64_t H = cam.height, W = cam.width, n = vox_centers.size(0);
+    Tensor color = torch::empty({3, H, W}, opts);
+    Tensor T = torch::empty({1, H, W}, opts);
+    Tensor depth = need_depth ? torch::empty({3, H, W}, opts) : torch::empty({0}, opts);
+    Tensor normal = need_normal ? torch::empty({3, H, W}, opts) : torch::empty({0}, opts);
+    Tensor max_w = track_max_w ? torch::zeros({n, 1}, opts) : torch::empty({0}, opts);
+    Tensor aux = need_distortion ? torch::empty({2, H, W}, opts) : torch::empty({0}, opts);
+    svr::render_forward(cam, {int(n_samp), float(bg), need_depth, need_distortion, need_normal, track_max_w}, in,
+                        {ptr<float>(color), ptr<float>(depth), ptr<float>(normal), ptr<float>(T), ptr<float>(max_w),
+                         ptr<float>(aux)},
+                        c10::cuda::getCurrentCUDAStream());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    return {color, depth, normal, T, max_w, aux};
+}
+
+std::vector<Tensor> rasterize_voxels_backward(
+    const std::vector<double>& camera, int64_t n_samp, double bg, bool need_depth, bool need_normal,
+    double lambda_R_concen, double lambda_ascending, double lambda_dist, const Tensor& gt_color, const Tensor& ranges,
+    const Tensor& entries, const Tensor& vox_centers, const Tensor& vox_lengths, const Tensor& geos, const Tensor& rgbs,
+    const Tensor& color, const Tensor& depth, const Tensor& normal, const Tensor& T, const Tensor& aux,
+    const Tensor& dL_dcolor, const Tensor& dL_ddepth, const Tensor& dL_dnormal, const Tensor& dL_dT) {
+    TORCH_CHECK_VALUE(vox_centers.is_cuda(), "vox_centers: expected a CUDA tensor, got one on ", vox_centers.device());
+    const c10::cuda::CUDAGuard guard(vox_centers.device());
+    TORCH_CHECK_VALUE(n_samp >= 1 && n_samp <= MAX_N_SAMP, "n_samp_per_vox: expected 1..", MAX_N_SAMP, ", got ", n_samp);
+    const svr::Camera cam = make_camera(camera);
+    const auto in = render_buffers(ranges, entries, vox_centers, vox_lengths, geos, rgbs, cam.tiles_x() * cam.tiles_y());
+    const int64_t H = cam.height, W = cam.width, n = vox_centers.size(0);
+    auto image = [&](const Tensor& t, const char* name, int64_t ch) {
+        check_cuda(t, name, at::kFloat, vox_centers);
+        check_shape(t, name, {ch, H, W});
+        return ptr<float>(t);
+    };
+    svr::BackwardInputs g{image(color, "color", 3), need_depth ? image(depth, "depth", 3) : nullptr,
+                          need_normal ? image(normal, "normal", 3) : nullptr, image(T, "T", 1),
+                          lambda_dist > 0 ? image(aux, "aux", 2) : nullptr, image(dL_dcolor, "dL_dcolor", 3),
+                          need_depth ? image(dL_ddepth, "dL_ddepth", 3) : nullptr,
+                          need_normal ? image(dL_dnormal, "dL_dnormal", 3) : nullptr, image(dL_dT, "dL_dT", 1),
+                          lambda_R_concen > 0 ? image(gt_color, "gt_color", 3) : nullptr};
+    const auto opts = geos.options();
+    Tensor dL_dgeos = torch::zeros({n, 8}, opts);
+    Tensor dL_drgbs = torch::zeros({n, 3}, opts);
+    Tensor priority = torch::zeros({n, 1}, opts);
+    svr::render_backward(cam,
+                         {int(n_samp), float(bg), need_depth, need_normal, float(lambda_R_concen),
+                          float(lambda_ascending), float(lambda_dist)},
+                         in, g, {ptr<float>(dL_dgeos), ptr<float>(dL_drgbs), ptr<float>(priority)},
+                         c10::cuda::getCurrentCUDAStream());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    return {dL_dgeos, dL_drgbs, priority};
+}
+
+}  // namespace
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+    m.def("rasterize_preprocess", &rasterize_preprocess,
+          "preprocess, duplicateWithKeys, sort, identifyTileRanges -> (n_duplicates, ranges, entries)");
+    m.def("rasterize_voxels", &rasterize_voxels, "forward render -> [color, depth, normal, T, max_w, aux]");
+    m.def("rasterize_voxels_backward", &rasterize_voxels_backward, "backward render -> [dL_dgeos, dL_drgbs, priority]");
+    m.attr("MAX_NUM_LEVELS") = MAX_NUM_LEVELS;
+    m.attr("MAX_N_SAMP") = MAX_N_SAMP;
+    m.attr("STEP_SZ_SCALE") = STEP_SZ_SCALE;
+    m.attr("MAX_ALPHA") = MAX_ALPHA;
+    m.attr("MIN_ALPHA") = MIN_ALPHA;
+    m.attr("EARLY_STOP_T") = EARLY_STOP_T;
+    m.attr("TILE_SIZE") = TILE_SIZE;
+    m.attr("MAX_VOXELS") = MAX_VOXELS;
+}

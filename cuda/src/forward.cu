@@ -1,0 +1,124 @@
+// Stage 5, renderCUDA forward (mirrors reference/forward.py): one block per 16x16 tile, one
+// thread per pixel. The block stages batches of its tile's list in shared memory; each
+// thread composites the voxels of its own ray octant front to back and stops early.
+#include "render_common.cuh"
+
+namespace svr {
+namespace {
+
+template <int N, bool DEPTH, bool NORMAL>
+__global__ void __launch_bounds__(BLOCK_PIXELS)
+render_forward_kernel(Camera cam, ForwardOptions opt, RenderBuffers in, ForwardOutputs out) {
+    __shared__ VoxelRecord batch[BLOCK_PIXELS];
+    const int tile = blockIdx.y * gridDim.x + blockIdx.x;
+    const int px = blockIdx.x * TILE_SIZE + threadIdx.x % TILE_SIZE;
+    const int py = blockIdx.y * TILE_SIZE + threadIdx.x / TILE_SIZE;
+    const bool inside = px < cam.width && py < cam.height;
+    const int pix = py * cam.width + px;
+    const Ray ray = pixel_ray(cam, px, py);
+    const int2 range = in.ranges[tile];
+
+    float T = 1.f, color[3] = {0.f, 0.f, 0.f}, normal[3] = {0.f, 0.f, 0.f};
+    float depth_sum = 0.f, wm_sum = 0.f, w_sum = 0.f, distortion = 0.f;
+    // The median voxel: the last used one whose incoming T > 0.5 (evaluated after the loop).
+    int median_voxel = -1;
+    float median_a = 0.f, median_b = 0.f, median_T = 0.f;
+    bool done = !inside;
+
+    for (int base = range.x; base < range.y; base += BLOCK_PIXELS) {
+        if (__syncthreads_count(done) == BLOCK_PIXELS) break;
+        const int idx = base + threadIdx.x;
+        if (idx < range.y) load_record(in, in.entries[idx], batch[threadIdx.x]);
+        __syncthreads();
+        const int count = min(BLOCK_PIXELS, range.y - base);
+        for (int j = 0; j < count; ++j) {
+            const VoxelRecord& rec = batch[j];
+            float w = 0.f;
+            if (!done && int(rec.entry >> VOXEL_ID_BITS) == ray.quadrant) {
+                float a, b;
+                if (ray_segment(ray, make_float3(rec.box_min.x + 0.5f * rec.length, rec.box_min.y + 0.5f * rec.length,
+                                                 rec.box_min.z + 0.5f * rec.length), rec.length, a, b)) {
+                    Quadrature<N> quad;
+                    quad.evaluate(ray, a, b, rec.box_min, 1.f / rec.length, rec.geo);
+                    if (!(quad.alpha < MIN_ALPHA)) {  // NaN is kept: it reaches the pixel
+                        w = T * quad.alpha;
+#pragma unroll
+                        for (int c = 0; c < 3; ++c) color[c] += w * rec.rgb[c];
+                        if (DEPTH) {
+                            depth_sum += T * quad.depth_value(a, b);
+                            if (T > 0.5f) {
+                                median_voxel = j + base;
+                                median_a = a; median_b = b; median_T = T;
+                            }
+                        }
+                        if (opt.need_distortion) {
+                            const float ca = contract(a), cb = contract(b), m = 0.5f * (ca + cb);
+                            distortion += 2.f * w * (m * w_sum - wm_sum) + w * w * (cb - ca) * (1.f / 3.f);
+                            w_sum += w;
+                            wm_sum += w * m;
+                        }
+                        if (NORMAL) {
+                            const float3 g = corner_gradient(rec.geo);
+                            const float inv = rsqrtf(g.x * g.x + g.y * g.y + g.z * g.z + NORMAL_EPS);
+                            normal[0] += w * g.x * inv; normal[1] += w * g.y * inv; normal[2] += w * g.z * inv;
+                        }
+                        T *= 1.f - quad.alpha;
+                        done = T < EARLY_STOP_T;
+                    }
+                }
+            }
+            if (opt.track_max_w) {
+                // Every lane reaches this point for every j: reduce the warp first, one atomic.
+                const float wmax = __reduce_max_sync(0xffffffffu, __float_as_uint(fmaxf(w, 0.f)));
+                if ((threadIdx.x & 31) == 0 && wmax > 0u)
+                    atomicMax(reinterpret_cast<unsigned int*>(out.max_w) + (rec.entry & VOXEL_ID_MASK), wmax);
+            }
+        }
+        __syncthreads();
+    }
+    if (!inside) return;
+
+    const int hw = cam.width * cam.height;
+#pragma unroll
+    for (int c = 0; c < 3; ++c) out.color[c * hw + pix] = color[c] + T * opt.bg;
+    out.T[pix] = T;
+    if (DEPTH) {
+        out.depth[pix] = depth_sum / ray.cam_norm;
+        out.depth[hw + pix] = opt.need_distortion ? wm_sum : 0.f;
+        float median = 0.f;
+        if (median_voxel >= 0) {
+            VoxelRecord rec;
+            load_record(in, in.entries[median_voxel], rec);
+            const float step = (median_b - median_a) * (1.f / MEDIAN_SUBSTEPS);
+            float running = median_T, t = median_a;
+            for (int s = 0; s < MEDIAN_SUBSTEPS; ++s) {
+                t = median_a + (s + 0.5f) * step;
+                const float d = trilinear(rec.geo, local_coords(ray, t, rec.box_min, 1.f / rec.length));
+                running *= expf(-STEP_SZ_SCALE * step * density_activation(d));
+                if (running <= 0.5f) break;
+            }
+            median = t / ray.cam_norm;
+        }
+        out.depth[2 * hw + pix] = median;
+    }
+    if (NORMAL)
+#pragma unroll
+        for (int c = 0; c < 3; ++c) out.normal[c * hw + pix] = normal[c];
+    if (opt.need_distortion) {
+        out.aux[pix] = wm_sum;
+        out.aux[hw + pix] = distortion;
+    }
+}
+
+}  // namespace
+
+void render_forward(const Camera& cam, const ForwardOptions& opt, const RenderBuffers& in, const ForwardOutputs& out,
+                    cudaStream_t stream) {
+    const dim3 grid(cam.tiles_x(), cam.tiles_y());
+    dispatch_variant(opt.n_samp, opt.need_depth, opt.need_normal, [&](auto n, auto depth, auto normal) {
+        render_forward_kernel<decltype(n)::value, decltype(depth)::value, decltype(normal)::value>
+            <<<grid, BLOCK_PIXELS, 0, stream>>>(cam, opt, in, out);
+    });
+}
+
+}  // namespace svr

@@ -1,0 +1,148 @@
+// Device math shared by the stages (mirrors cuda/svraster_cuda/reference/math.py).
+#pragma once
+#include <cstdint>
+#include <cuda_runtime.h>
+
+#include "constants.h"
+#include "rasterizer.h"
+
+namespace svr {
+
+// repeat(q): the 3-bit octant code copied into all 16 level slots of an octpath.
+constexpr uint64_t OCTANT_REPEAT = 0x249249249249ull;
+constexpr int RANK_BITS = 3 * MAX_NUM_LEVELS;
+
+__device__ __forceinline__ uint64_t order_rank(uint64_t octpath, int quadrant) {
+    return octpath ^ (uint64_t(quadrant) * OCTANT_REPEAT);
+}
+
+struct Ray {
+    float3 origin, dir;  // dir has unit length
+    float cam_norm;      // |d_cam|: ray distance / cam_norm = camera depth
+    float t_near;        // distance of the near plane z_cam = near along this ray
+    int quadrant;        // 4*[dir.x<0] + 2*[dir.y<0] + [dir.z<0]
+};
+
+__device__ __forceinline__ Ray pixel_ray(const Camera& cam, int px, int py) {
+    const float dx = (px + 0.5f - cam.cx) * (2.f * cam.tanfovx / cam.width);
+    const float dy = (py + 0.5f - cam.cy) * (2.f * cam.tanfovy / cam.height);
+    const float norm = sqrtf(dx * dx + dy * dy + 1.f);
+    Ray r;
+    const float* m = cam.c2w;
+    r.dir = make_float3((m[0] * dx + m[1] * dy + m[2]) / norm, (m[4] * dx + m[5] * dy + m[6]) / norm,
+                        (m[8] * dx + m[9] * dy + m[10]) / norm);
+    r.origin = make_float3(m[3], m[7], m[11]);
+    r.cam_norm = norm;
+    r.t_near = cam.near * norm;
+    r.quadrant = (r.dir.x < 0.f) * 4 + (r.dir.y < 0.f) * 2 + (r.dir.z < 0.f);
+    return r;
+}
+
+// Entry/exit along one axis; a zero direction component is inside the slab for every t or none.
+__device__ __forceinline__ void slab_axis(float o, float d, float lo, float hi, float& t_enter, float& t_exit) {
+    if (d == 0.f) {
+        const bool inside = lo <= o && o <= hi;
+        t_enter = inside ? -INFINITY : INFINITY;
+        t_exit = inside ? INFINITY : -INFINITY;
+    } else {
+        const float t0 = (lo - o) / d, t1 = (hi - o) / d;
+        t_enter = fminf(t0, t1);
+        t_exit = fmaxf(t0, t1);
+    }
+}
+
+// The ray's segment [a, b] inside the box and in front of the near plane; false if empty.
+__device__ __forceinline__ bool ray_segment(const Ray& r, float3 center, float length, float& a, float& b) {
+    const float h = 0.5f * length;
+    float e0, x0, e1, x1, e2, x2;
+    slab_axis(r.origin.x, r.dir.x, center.x - h, center.x + h, e0, x0);
+    slab_axis(r.origin.y, r.dir.y, center.y - h, center.y + h, e1, x1);
+    slab_axis(r.origin.z, r.dir.z, center.z - h, center.z + h, e2, x2);
+    a = fmaxf(fmaxf(fmaxf(e0, e1), e2), r.t_near);
+    b = fminf(fminf(x0, x1), x2);
+    return a <= b;
+}
+
+// Trilinear weights of corners c = 4x + 2y + z at local coordinates u in [0,1]^3.
+__device__ __forceinline__ void trilinear_weights(float3 u, float w[8]) {
+#pragma unroll
+    for (int c = 0; c < 8; ++c)
+        w[c] = ((c & 4) ? u.x : 1.f - u.x) * ((c & 2) ? u.y : 1.f - u.y) * ((c & 1) ? u.z : 1.f - u.z);
+}
+
+__device__ __forceinline__ float3 local_coords(const Ray& r, float t, float3 box_min, float inv_length) {
+    return make_float3((r.origin.x + t * r.dir.x - box_min.x) * inv_length,
+                       (r.origin.y + t * r.dir.y - box_min.y) * inv_length,
+                       (r.origin.z + t * r.dir.z - box_min.z) * inv_length);
+}
+
+__device__ __forceinline__ float trilinear(const float geo[8], float3 u) {
+    float w[8];
+    trilinear_weights(u, w);
+    float d = 0.f;
+#pragma unroll
+    for (int c = 0; c < 8; ++c) d += geo[c] * w[c];
+    return d;
+}
+
+// sigma(d) = d above the knee, knee * exp((d - knee) / knee) below; and its derivative.
+__device__ __forceinline__ float density_activation(float d) {
+    return d > ACTIVATION_KNEE ? d : ACTIVATION_KNEE * expf((d - ACTIVATION_KNEE) * (1.f / ACTIVATION_KNEE));
+}
+__device__ __forceinline__ float density_activation_grad(float d) {
+    return d > ACTIVATION_KNEE ? 1.f : expf((d - ACTIVATION_KNEE) * (1.f / ACTIVATION_KNEE));
+}
+
+// min(MAX_ALPHA, x) that lets NaN through: a NaN density must not become an opaque voxel.
+__device__ __forceinline__ float clamp_alpha(float x) { return x > MAX_ALPHA ? MAX_ALPHA : x; }
+
+__device__ __forceinline__ float contract(float x) { return x < 1.f ? x : 2.f - 1.f / x; }
+
+// Density gradient over the corners (direction of increasing density).
+__device__ __forceinline__ float3 corner_gradient(const float g[8]) {
+    return make_float3(g[4] + g[5] + g[6] + g[7] - g[0] - g[1] - g[2] - g[3],
+                       g[2] + g[3] + g[6] + g[7] - g[0] - g[1] - g[4] - g[5],
+                       g[1] + g[3] + g[5] + g[7] - g[0] - g[2] - g[4] - g[6]);
+}
+
+// Per-voxel quadrature along one ray segment: everything forward and backward recompute.
+template <int N>
+struct Quadrature {
+    float delta;        // (b - a) / N
+    float t[N];         // sample distances
+    float3 u[N];        // local coordinates of the samples
+    float d[N];         // raw densities
+    float integral_k[N];
+    float integral;     // sum of integral_k
+    float alpha;        // min(MAX_ALPHA, 1 - exp(-integral))
+
+    __device__ __forceinline__ void evaluate(const Ray& r, float a, float b, float3 box_min, float inv_length,
+                                             const float geo[8]) {
+        delta = (b - a) * (1.f / N);
+        integral = 0.f;
+#pragma unroll
+        for (int k = 0; k < N; ++k) {
+            t[k] = a + (k + 0.5f) * delta;
+            u[k] = local_coords(r, t[k], box_min, inv_length);
+            d[k] = trilinear(geo, u[k]);
+            integral_k[k] = STEP_SZ_SCALE * delta * density_activation(d[k]);
+            integral += integral_k[k];
+        }
+        alpha = clamp_alpha(1.f - expf(-integral));
+    }
+
+    // The voxel's own depth value: n=1 alpha (a+b)/2; n>1 the front-to-back composite of t_k.
+    __device__ __forceinline__ float depth_value(float a, float b) const {
+        if (N == 1) return alpha * 0.5f * (a + b);
+        float trans = 1.f, value = 0.f;
+#pragma unroll
+        for (int k = 0; k < N; ++k) {
+            const float ak = clamp_alpha(1.f - expf(-integral_k[k]));
+            value += trans * ak * t[k];
+            trans *= 1.f - ak;
+        }
+        return value;
+    }
+};
+
+}  // namespace svr

@@ -1,0 +1,96 @@
+// Stage 1 (mirrors reference/preprocess.py): per voxel, the conservative tile rectangle of
+// its part in front of the near plane, the octants of rays that can reach it, and its number
+// of (tile, octant) entries.
+#include "math.cuh"
+
+namespace svr {
+namespace {
+
+// The 12 box edges as corner pairs (c, c | bit) with corner c = 4x + 2y + z.
+__constant__ int8_t kEdges[12][2] = {{0, 1}, {2, 3}, {4, 5}, {6, 7}, {0, 2}, {1, 3},
+                                     {4, 6}, {5, 7}, {0, 4}, {1, 5}, {2, 6}, {3, 7}};
+
+__device__ __forceinline__ float3 to_camera(const Camera& cam, float3 p) {
+    const float* m = cam.w2c;
+    return make_float3(m[0] * p.x + m[1] * p.y + m[2] * p.z + m[3], m[4] * p.x + m[5] * p.y + m[6] * p.z + m[7],
+                       m[8] * p.x + m[9] * p.y + m[10] * p.z + m[11]);
+}
+
+__global__ void preprocess_kernel(Camera cam, int n, const float* __restrict__ centers,
+                                  const float* __restrict__ lengths, int4* __restrict__ tile_rect,
+                                  uint8_t* __restrict__ octant_mask, int32_t* __restrict__ n_duplicates) {
+    const int v = blockIdx.x * blockDim.x + threadIdx.x;
+    if (v >= n) return;
+    const float3 c = make_float3(centers[3 * v], centers[3 * v + 1], centers[3 * v + 2]);
+    const float len = lengths[v], h = 0.5f * len;
+    const float3 cam_pos = make_float3(cam.c2w[3], cam.c2w[7], cam.c2w[11]);
+    tile_rect[v] = make_int4(0, 0, -1, -1);
+    octant_mask[v] = 0;
+    n_duplicates[v] = 0;
+
+    const float3 dc = make_float3(c.x - cam_pos.x, c.y - cam_pos.y, c.z - cam_pos.z);
+    if (!(dc.x * dc.x + dc.y * dc.y + dc.z * dc.z >= cam.near * cam.near)) return;
+
+    // The part with z_cam >= near is the hull of the corners in front and the edge crossings.
+    float3 corner[8];
+#pragma unroll
+    for (int k = 0; k < 8; ++k)
+        corner[k] = to_camera(cam, make_float3(c.x + ((k & 4) ? h : -h), c.y + ((k & 2) ? h : -h),
+                                               c.z + ((k & 1) ? h : -h)));
+    const float fx = cam.width / (2.f * cam.tanfovx), fy = cam.height / (2.f * cam.tanfovy);
+    float x_lo = INFINITY, x_hi = -INFINITY, y_lo = INFINITY, y_hi = -INFINITY;
+    bool any = false;
+    auto add = [&](float3 p) {
+        const float px = p.x / p.z * fx + cam.cx - 0.5f, py = p.y / p.z * fy + cam.cy - 0.5f;
+        x_lo = fminf(x_lo, px); x_hi = fmaxf(x_hi, px);
+        y_lo = fminf(y_lo, py); y_hi = fmaxf(y_hi, py);
+        any = true;
+    };
+#pragma unroll
+    for (int k = 0; k < 8; ++k)
+        if (corner[k].z >= cam.near) add(corner[k]);
+#pragma unroll
+    for (int e = 0; e < 12; ++e) {
+        const float3 p0 = corner[kEdges[e][0]], p1 = corner[kEdges[e][1]];
+        if ((p0.z < cam.near) != (p1.z < cam.near)) {
+            const float s = fminf(fmaxf((cam.near - p0.z) / (p1.z - p0.z), 0.f), 1.f);
+            add(make_float3(p0.x + s * (p1.x - p0.x), p0.y + s * (p1.y - p0.y), cam.near));
+        }
+    }
+    if (!any) return;
+    // A hundredth of a pixel of margin keeps the rectangle conservative under rounding.
+    const float margin = 1e-2f;
+    x_lo = fminf(fmaxf(x_lo, -1.f), float(cam.width)) - margin;
+    x_hi = fminf(fmaxf(x_hi, -1.f), float(cam.width)) + margin;
+    y_lo = fminf(fmaxf(y_lo, -1.f), float(cam.height)) - margin;
+    y_hi = fminf(fmaxf(y_hi, -1.f), float(cam.height)) + margin;
+    const int x0 = max(int(ceilf(x_lo)), 0), x1 = min(int(floorf(x_hi)), cam.width - 1);
+    const int y0 = max(int(ceilf(y_lo)), 0), y1 = min(int(floorf(y_hi)), cam.height - 1);
+    if (x0 > x1 || y0 > y1) return;
+
+    // A ray reaches the box with a negative component along an axis only if the box extends
+    // below the camera there (a non-negative one only if it extends above).
+    const bool neg[3] = {c.x - h < cam_pos.x, c.y - h < cam_pos.y, c.z - h < cam_pos.z};
+    const bool pos[3] = {c.x + h >= cam_pos.x, c.y + h >= cam_pos.y, c.z + h >= cam_pos.z};
+    uint32_t mask = 0;
+#pragma unroll
+    for (int q = 0; q < 8; ++q)
+        if (((q & 4) ? neg[0] : pos[0]) && ((q & 2) ? neg[1] : pos[1]) && ((q & 1) ? neg[2] : pos[2])) mask |= 1u << q;
+
+    const int4 rect = make_int4(x0 / TILE_SIZE, y0 / TILE_SIZE, x1 / TILE_SIZE, y1 / TILE_SIZE);
+    tile_rect[v] = rect;
+    octant_mask[v] = uint8_t(mask);
+    n_duplicates[v] = (rect.z - rect.x + 1) * (rect.w - rect.y + 1) * __popc(mask);
+}
+
+}  // namespace
+
+void preprocess(const Camera& cam, int n_voxels, const float* centers, const float* lengths, int4* tile_rect,
+                uint8_t* octant_mask, int32_t* n_duplicates, cudaStream_t stream) {
+    if (n_voxels == 0) return;
+    const int block = 256;
+    preprocess_kernel<<<(n_voxels + block - 1) / block, block, 0, stream>>>(cam, n_voxels, centers, lengths,
+                                                                           tile_rect, octant_mask, n_duplicates);
+}
+
+}  // namespace svr

@@ -1,0 +1,109 @@
+// The pipeline's stages as plain CUDA host functions on raw device pointers (no PyTorch here:
+// the bindings in bindings.cpp own memory and validation). In order:
+//   preprocess -> duplicate_with_keys -> sort_entries -> identify_tile_ranges -> render_forward
+//   and render_backward.
+#pragma once
+#include <cstddef>
+#include <cstdint>
+#include <cuda_runtime.h>
+
+#include "constants.h"
+
+namespace svr {
+
+struct Camera {
+    int width, height;
+    float tanfovx, tanfovy, cx, cy, near;
+    float w2c[12];  // first three rows of the row-major 4x4 world-to-camera matrix
+    float c2w[12];  // first three rows of the row-major 4x4 camera-to-world matrix
+    int tiles_x() const { return (width + TILE_SIZE - 1) / TILE_SIZE; }
+    int tiles_y() const { return (height + TILE_SIZE - 1) / TILE_SIZE; }
+};
+
+// Entry value: octant in the top 3 bits, voxel id in the low 29 (hence MAX_VOXELS).
+constexpr int VOXEL_ID_BITS = 29;
+constexpr uint32_t VOXEL_ID_MASK = (1u << VOXEL_ID_BITS) - 1;
+
+// --- preprocess.cu: per voxel, tile rectangle (x0, y0, x1, y1 inclusive), octant mask,
+// number of (tile, octant) entries (0 when culled).
+void preprocess(const Camera& cam, int n_voxels, const float* centers, const float* lengths, int4* tile_rect,
+                uint8_t* octant_mask, int32_t* n_duplicates, cudaStream_t stream);
+
+// --- binning.cu
+// Tiles and front-to-back rank share one 64-bit key when the tile id fits in the bits left
+// over by the rank; larger images sort twice (rank, then stably by tile).
+bool single_key_sort(int n_tiles);
+// Scratch bytes for the sorts of `n_entries` entries.
+size_t sort_scratch_bytes(int64_t n_entries, int n_tiles);
+// Writes each voxel's entries at `offsets[v] - n_duplicates[v]` (offsets = inclusive scan).
+// `tile_keys` is written only when !single_key_sort.
+void duplicate_with_keys(const Camera& cam, int n_voxels, const int64_t* octpaths, const int4* tile_rect,
+                         const uint8_t* octant_mask, const int64_t* offsets, uint64_t* keys, uint32_t* tile_keys,
+                         uint32_t* values, cudaStream_t stream);
+// Sorts entries by (tile, rank). Inputs are consumed; the sorted values and keys land in the
+// *_out buffers. `index_scratch` holds 2 * n_entries uint32 (used only by the two-pass sort).
+void sort_entries(int64_t n_entries, int n_tiles, uint64_t* keys, uint64_t* keys_out, uint32_t* tile_keys,
+                  uint32_t* tile_keys_out, uint32_t* values, uint32_t* values_out, uint32_t* index_scratch,
+                  void* scratch, size_t scratch_bytes, cudaStream_t stream);
+// ranges[tile] = [first, last + 1) of the tile's slice of the sorted list (zeroed first).
+void identify_tile_ranges(int64_t n_entries, int n_tiles, const uint64_t* sorted_keys,
+                          const uint32_t* sorted_tile_keys, int2* ranges, cudaStream_t stream);
+
+// --- forward.cu / backward.cu
+struct RenderBuffers {
+    const int2* ranges;
+    const uint32_t* entries;  // sorted values: octant << 29 | voxel id
+    const float* centers;     // [N, 3]
+    const float* lengths;     // [N]
+    const float* geos;        // [N, 8]
+    const float* rgbs;        // [N, 3]
+};
+
+struct ForwardOptions {
+    int n_samp;
+    float bg;
+    bool need_depth, need_distortion, need_normal, track_max_w;
+};
+
+struct ForwardOutputs {
+    float* color;   // [3, H, W]
+    float* depth;   // [3, H, W] or null
+    float* normal;  // [3, H, W] or null
+    float* T;       // [H, W]
+    float* max_w;   // [N] or null
+    float* aux;     // [2, H, W] when need_distortion: sum w*m, distortion loss per pixel
+};
+
+void render_forward(const Camera& cam, const ForwardOptions& opt, const RenderBuffers& in, const ForwardOutputs& out,
+                    cudaStream_t stream);
+
+struct BackwardOptions {
+    int n_samp;
+    float bg;
+    bool need_depth, need_normal;
+    float lambda_R_concen, lambda_ascending, lambda_dist;
+};
+
+struct BackwardInputs {
+    const float* color;      // forward outputs
+    const float* depth;      // or null
+    const float* normal;     // or null
+    const float* T;
+    const float* aux;        // or null (lambda_dist == 0)
+    const float* dL_dcolor;  // [3, H, W]
+    const float* dL_ddepth;  // [3, H, W] or null
+    const float* dL_dnormal; // [3, H, W] or null
+    const float* dL_dT;      // [H, W]
+    const float* gt_color;   // [3, H, W] or null
+};
+
+struct BackwardOutputs {
+    float* dL_dgeos;   // [N, 8], zeroed by the caller
+    float* dL_drgbs;   // [N, 3]
+    float* priority;   // [N]: sum over pixels |dL/dalpha * alpha|
+};
+
+void render_backward(const Camera& cam, const BackwardOptions& opt, const RenderBuffers& in,
+                     const BackwardInputs& grads, const BackwardOutputs& out, cudaStream_t stream);
+
+}  // namespace svr

@@ -1,0 +1,51 @@
+// What the forward and backward render kernels share: the per-tile batch of voxel records
+// in shared memory and the compile-time dispatch over their variants.
+#pragma once
+#include <utility>
+
+#include "math.cuh"
+
+namespace svr {
+
+constexpr int BLOCK_PIXELS = TILE_SIZE * TILE_SIZE;
+
+// One voxel of a tile's list, staged in shared memory by the block.
+struct VoxelRecord {
+    float3 box_min;
+    float length;
+    float geo[8];
+    float rgb[3];
+    uint32_t entry;  // octant << 29 | voxel id
+};
+
+__device__ __forceinline__ void load_record(const RenderBuffers& in, uint32_t entry, VoxelRecord& rec) {
+    const uint32_t v = entry & VOXEL_ID_MASK;
+    rec.entry = entry;
+    rec.length = in.lengths[v];
+    const float h = 0.5f * rec.length;
+    rec.box_min = make_float3(in.centers[3 * v] - h, in.centers[3 * v + 1] - h, in.centers[3 * v + 2] - h);
+    const float4* g = reinterpret_cast<const float4*>(in.geos + 8 * size_t(v));
+    const float4 g0 = g[0], g1 = g[1];
+    rec.geo[0] = g0.x; rec.geo[1] = g0.y; rec.geo[2] = g0.z; rec.geo[3] = g0.w;
+    rec.geo[4] = g1.x; rec.geo[5] = g1.y; rec.geo[6] = g1.z; rec.geo[7] = g1.w;
+    rec.rgb[0] = in.rgbs[3 * v]; rec.rgb[1] = in.rgbs[3 * v + 1]; rec.rgb[2] = in.rgbs[3 * v + 2];
+}
+
+// Calls f(std::integral_constant<int, N>{}, bool_constant<A>{}, bool_constant<B>{}) for the
+// runtime values (n in 1..MAX_N_SAMP): one instantiation per variant, no copied kernels.
+template <typename F>
+void dispatch_variant(int n, bool a, bool b, F&& f) {
+    auto with_b = [&](auto n_c, auto a_c) {
+        if (b) f(n_c, a_c, std::true_type{}); else f(n_c, a_c, std::false_type{});
+    };
+    auto with_a = [&](auto n_c) {
+        if (a) with_b(n_c, std::true_type{}); else with_b(n_c, std::false_type{});
+    };
+    switch (n) {
+        case 1: with_a(std::integral_constant<int, 1>{}); break;
+        case 2: with_a(std::integral_constant<int, 2>{}); break;
+        default: with_a(std::integral_constant<int, 3>{}); break;
+    }
+}
+
+}  // namespace svr

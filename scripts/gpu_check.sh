@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# One device call: build the extension, run every GPU test, run the benchmark. Logs go to
+# $OUT (the device tool brings them back). The golden data travels in .device_data/ (ignored
+# by git, named in the call's `carry`): mkdir -p .device_data && cp -r ../shared .device_data/
+#   device run: bash scripts/gpu_check.sh [pytest args...]
+set -uo pipefail
+OUT=${OUT:-/tmp/gpu_check}
+mkdir -p "$OUT"
+export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0} MAX_JOBS=${MAX_JOBS:-16} PYTHONUNBUFFERED=1
+export SVRASTER_SHARED=${SVRASTER_SHARED:-$PWD/.device_data/shared}
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$OUT/device.txt"
+start=$(date +%s)
+if ! python3 -m pip install --no-build-isolation --no-deps -e . >"$OUT/build.log" 2>&1; then
+  tail -n 60 "$OUT/build.log"; echo "BUILD FAILED"; exit 1
+fi
+echo "build: $(( $(date +%s) - start )) s"
+python3 -m svraster_cuda | tee -a "$OUT/device.txt"
+python3 -m pytest -q -m gpu -x -p no:cacheprovider tests "$@" 2>&1 | tee "$OUT/tests.log" | tail -n 25
+echo "tests exit: ${PIPESTATUS[0]}"
+if [ "${SKIP_BENCH:-0}" != 1 ]; then
+  python3 bench/bench_cuda.py --json "$OUT/bench.json" 2>&1 | tee "$OUT/bench.log" | tail -n 12
+fi

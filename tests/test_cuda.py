@@ -1,0 +1,136 @@
+"""CUDA path against the reference renderer (run on the device; skipped without CUDA)."""
+import math
+
+import pytest
+import torch
+
+from helpers import device_or_skip, make_settings, random_octree, random_params, render
+from svraster_cuda import reference
+from svraster_cuda.renderer import rasterize_voxels
+
+pytestmark = pytest.mark.gpu
+
+
+@pytest.fixture(scope="module")
+def cuda():
+    return device_or_skip("cuda")
+
+
+def compare(settings, scene, cuda, grad=True, atol=2e-4):
+    octpath, centers, lengths, geos, rgbs = scene
+    out_r, leaves_r = render(settings, octpath, centers, lengths, geos, rgbs, "cpu", grad=grad)
+    cuda_settings = settings._replace(gt_color=settings.gt_color.to(cuda))
+    out_c, leaves_c = render(cuda_settings, octpath, centers, lengths, geos, rgbs, cuda, grad=grad)
+    names = ("color", "depth", "normal", "T", "max_w")
+    for name, r, c in zip(names, out_r, out_c):
+        c = c.detach().cpu()
+        assert r.shape == c.shape, name
+        if name == "depth" and r.numel():
+            assert (r[:2] - c[:2]).abs().max() <= atol, name
+            assert ((r[2] - c[2]).abs() > 1e-4).float().mean() <= 0.01, "median depth"
+        elif r.numel():
+            assert torch.nan_to_num(r - c, nan=1.0).abs().max() <= atol, name
+    if grad:
+        gen = torch.Generator().manual_seed(0)
+        weights = [torch.randn(o.shape, generator=gen) for o in out_r[:4]]
+        sum((o * w).sum() for o, w in zip(out_r[:4], weights) if o.numel()).backward()
+        sum((o * w.to(cuda)).sum() for o, w in zip(out_c[:4], weights) if o.numel()).backward()
+        for name, a, b in zip(("geos", "rgbs", "subdiv_p"), leaves_r, leaves_c):
+            scale = a.grad.abs().max().clamp(min=1e-6)
+            err = (a.grad - b.grad.cpu()).abs().max() / scale
+            assert err <= 1e-3, f"{name}: relative error {err:.2e}"
+
+
+def random_scene(seed, **kw):
+    octpath, _, centers, lengths = random_octree(seed, **kw)
+    geos, rgbs = random_params(len(octpath), seed, density_scale=2.0, offset=-0.5)
+    return octpath, centers, lengths, geos, rgbs
+
+
+FULL = dict(need_depth=True, need_normal=True, track_max_w=True, lambda_dist=0.3, lambda_ascending=0.2)
+
+
+@pytest.mark.parametrize("n_samp", [1, 2, 3])
+@pytest.mark.parametrize("camera", ["outside", "inside_scene", "near_plane", "off_centre"])
+def test_random_scenes(cuda, n_samp, camera):
+    scene = random_scene(7 + n_samp, max_level=4)
+    eye, target, kw = {
+        "outside": ((2.7, -1.9, 1.4), (0, 0, 0), {}),
+        "inside_scene": ((0.11, 0.23, -0.31), (1, -0.4, 0.2), {"fov_deg": 110}),
+        "near_plane": ((0.4, -0.3, 0.2), (-1, 0.2, 0.1), {"near": 0.2, "fov_deg": 100}),
+        "off_centre": ((2.2, 1.7, -1.1), (0, 0, 0), {"cx": 5.3, "cy": 30.1}),
+    }[camera]
+    settings = make_settings(eye, target, width=47, height=33, n_samp_per_vox=n_samp, bg_color=0.3, **FULL, **kw)
+    gt = torch.rand(3, 33, 47, generator=torch.Generator().manual_seed(1))
+    compare(settings._replace(lambda_R_concen=0.5, gt_color=gt), scene, cuda)
+
+
+@pytest.mark.parametrize("size", [(1, 1), (17, 33), (16, 16), (33, 17)])
+def test_odd_image_sizes(cuda, size):
+    scene = random_scene(3)
+    settings = make_settings((2.0, 2.2, 1.5), (0, 0, 0), width=size[0], height=size[1], fov_deg=40, **FULL)
+    compare(settings, scene, cuda)
+
+
+def test_empty_and_nothing_in_view(cuda):
+    settings = make_settings((0, 0, 5.0), (0, 0, 0), width=20, height=10, bg_color=0.5, **FULL)
+    empty = (torch.zeros(0, 1, dtype=torch.long), torch.zeros(0, 3), torch.zeros(0, 1), torch.zeros(0, 8), torch.zeros(0, 3))
+    compare(settings, empty, cuda, grad=False)
+    octpath, centers, lengths, geos, rgbs = random_scene(4)
+    behind = (octpath, centers + torch.tensor([0, 0, 20.0]), lengths, geos, rgbs)
+    compare(settings, behind, cuda)
+
+
+def test_camera_inside_voxels(cuda):
+    """A single coarse voxel around the camera plus finer ones: the camera's voxel covers the
+    whole screen and is integrated only in front of the near plane."""
+    octpath, centers, lengths, geos, rgbs = random_scene(9, max_level=2, split_prob=0.3, keep_prob=1.0)
+    settings = make_settings(tuple(centers[0].tolist()), (0.3, 0.2, 0.1), width=40, height=30, fov_deg=90,
+                             **FULL)
+    compare(settings, (octpath, centers, lengths, geos * 0.3 - 2.0, rgbs), cuda)
+
+
+def test_large_image_crop(cuda):
+    """16384 x 16384 (tile ids need more than the 16 key bits left by the rank: the two-pass
+    sort) against the reference on a crop."""
+    octpath, centers, lengths, geos, rgbs = random_scene(12, max_level=5)
+    W = H = 16384
+    settings = make_settings((2.4, -2.0, 1.3), (0, 0, 0), width=W, height=H, fov_deg=60, need_depth=True)
+    dev = [t.to(cuda) for t in (octpath, centers, lengths, geos, rgbs)]
+    params = {"geos": dev[3], "rgbs": dev[4], "subdiv_p": torch.zeros(len(geos), 1, device=cuda)}
+    color, depth, _, T, _ = rasterize_voxels(settings, dev[0], dev[1], dev[2], lambda *a: params)
+    for x0, y0 in ((8100, 8000), (0, 0), (16384 - 40, 12000)):
+        w, h = 40, 24
+        crop = settings._replace(image_width=w, image_height=h, cx=settings.cx - x0, cy=settings.cy - y0,
+                                 tanfovx=settings.tanfovx * w / W, tanfovy=settings.tanfovy * h / H)
+        ref, _ = render(crop, octpath, centers, lengths, geos, rgbs)
+        assert (ref[0] - color[:, y0:y0 + h, x0:x0 + w].cpu()).abs().max() <= 2e-4
+        assert (ref[3] - T[:, y0:y0 + h, x0:x0 + w].cpu()).abs().max() <= 2e-4
+        assert (ref[1][0] - depth[0, y0:y0 + h, x0:x0 + w].cpu()).abs().max() <= 2e-4
+    assert (T < 1).any()
+
+
+def test_errors_leave_context_healthy(cuda):
+    octpath, centers, lengths, geos, rgbs = random_scene(5)
+    settings = make_settings((2.0, 2.0, 2.0), (0, 0, 0), width=16, height=16)
+    good = [t.to(cuda) for t in (octpath, centers, lengths, geos, rgbs)]
+
+    def call(o, c, l, g, r):
+        return rasterize_voxels(settings, o, c, l, lambda *a: {"geos": g, "rgbs": r, "subdiv_p": torch.zeros_like(g[:, :1])})
+
+    with pytest.raises(ValueError, match="octree_paths.*device"):
+        call(octpath, *good[1:])                         # mixed devices
+    with pytest.raises(ValueError, match="geos.*device"):
+        call(*good[:3], geos, good[4])                   # vox_fn returns CPU tensors
+    with pytest.raises(TypeError, match="geos"):
+        call(*good[:3], good[3].double(), good[4])
+    from svraster_cuda import cuda_backend
+    with pytest.raises(ValueError, match="CUDA tensor"):
+        cuda_backend._load().rasterize_preprocess([16.0, 16.0, 1, 1, 8, 8, 0.02] + [0.0] * 24, octpath, centers, lengths)
+    nan = good[3].clone()
+    nan[:] = math.nan
+    color = call(*good[:3], nan, good[4])[0]
+    assert torch.isnan(color).any()
+    color = call(*good)[0]                               # the context still works
+    torch.cuda.synchronize()
+    assert torch.isfinite(color).all()
