@@ -72,6 +72,30 @@ def bench_scene(name, width, height, views, repeat):
             "coverage": statistics.mean(coverage), "build_s": built}
 
 
+def profile_scene(name, width, height):
+    """Where one forward and one forward+backward spend GPU time and memory."""
+    from torch.profiler import ProfilerActivity, profile
+    scene = make_scene(name, "cuda")
+    geos = scene["geos"].requires_grad_()
+    params = {"geos": geos, "rgbs": scene["rgbs"].requires_grad_(),
+              "subdiv_p": torch.zeros(len(geos), 1, device="cuda", requires_grad=True)}
+    s = orbit_settings(name, 1, width, height, "cpu")[0]
+
+    def step():
+        color, _, _, T, _ = rasterize_voxels(s, scene["octpath"], scene["vox_centers"], scene["vox_lengths"],
+                                             lambda *a: params)
+        (color.sum() + T.sum()).backward()
+
+    step()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA], profile_memory=True) as prof:
+        step()
+        torch.cuda.synchronize()
+    print(f"== profile {name}")
+    print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=12, max_name_column_width=60))
+    print(prof.key_averages().table(sort_by="self_cuda_memory_usage", row_limit=6, max_name_column_width=60))
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--scenes", default="O1.4M,O6M,R1.5M,R6M")
@@ -80,7 +104,12 @@ def main():
     ap.add_argument("--views", type=int, default=8)
     ap.add_argument("--repeat", type=int, default=10)
     ap.add_argument("--json")
+    ap.add_argument("--profile", action="store_true", help="profile one view of each scene instead")
     args = ap.parse_args()
+    if args.profile:
+        for n in args.scenes.split(","):
+            profile_scene(n, args.width, args.height)
+        return
     rows = [bench_scene(n, args.width, args.height, args.views, args.repeat) for n in args.scenes.split(",")]
     print(f"device: {torch.cuda.get_device_name()}, {args.width}x{args.height}, {args.views} views")
     print("| scene | voxels | forward ms | fwd+bwd ms | peak GB fwd / fwd+bwd | opaque px |")

@@ -1,10 +1,12 @@
-// Backward of renderCUDA (mirrors reference/backward.py). Each thread walks its pixel's
-// list front to back exactly as the forward did (same culling, same early stop); knowing the
-// final outputs, the part of each output behind voxel i is `final - accumulated so far`,
-// which gives dL/dalpha_i without a second pass:
-//   dL/dalpha_i = T_i (g.x_i) - g.(X_final - X_upto_i) / (1 - alpha_i)   for X = colour,
-// normal, mean depth, T and the distortion loss. The warp sums each voxel's gradient before
-// one atomic per value (all lanes of a warp visit the same voxel at the same time).
+// Backward of renderCUDA (mirrors reference/backward.py). Each thread walks its pixel's list
+// back to front, from the last entry the forward used, skipping exactly what the forward
+// skipped. The transmittance in front of voxel i is recovered as T_i = T_{i+1} / (1 - a_i),
+// and the parts of the outputs behind it are accumulated as sums of small terms (no
+// cancellation), which gives
+//   dL/dalpha_i = T_i (g . x_i) - g . (X behind i) / (1 - alpha_i)
+// for X = colour (with the background), normal, mean depth, T and the distortion loss.
+// The warp sums each voxel's gradient before one atomic per value (all lanes of a warp
+// visit the same voxel at the same time).
 #include "render_common.cuh"
 
 namespace svr {
@@ -20,6 +22,7 @@ template <int N, bool DEPTH, bool NORMAL>
 __global__ void __launch_bounds__(BLOCK_PIXELS)
 render_backward_kernel(Camera cam, BackwardOptions opt, RenderBuffers in, BackwardInputs g, BackwardOutputs out) {
     __shared__ VoxelRecord batch[BLOCK_PIXELS];
+    __shared__ int block_last;
     const int tile = blockIdx.y * gridDim.x + blockIdx.x;
     const int px = blockIdx.x * TILE_SIZE + threadIdx.x % TILE_SIZE;
     const int py = blockIdx.y * TILE_SIZE + threadIdx.x / TILE_SIZE;
@@ -29,44 +32,45 @@ render_backward_kernel(Camera cam, BackwardOptions opt, RenderBuffers in, Backwa
     const Ray ray = pixel_ray(cam, px, py);
     const int2 range = in.ranges[tile];
     const float inv_hw = 1.f / float(hw);
+    const int last = inside ? g.last[pix] : range.x;
+    if (threadIdx.x == 0) block_last = range.x;
+    __syncthreads();
+    atomicMax(&block_last, last);
 
-    // Final outputs and their incoming gradients.
-    float color_final[3], g_color[3], normal_final[3] = {0.f, 0.f, 0.f}, g_normal[3] = {0.f, 0.f, 0.f}, gt[3] = {0.f, 0.f, 0.f};
+    // Incoming gradients and what the backward needs of the forward's outputs.
+    float g_color[3], g_normal[3] = {0.f, 0.f, 0.f}, gt[3] = {0.f, 0.f, 0.f};
 #pragma unroll
     for (int c = 0; c < 3; ++c) {
-        color_final[c] = g.color[c * hw + pix];
         g_color[c] = g.dL_dcolor[c * hw + pix];
-        if (NORMAL) { normal_final[c] = g.normal[c * hw + pix]; g_normal[c] = g.dL_dnormal[c * hw + pix]; }
+        if (NORMAL) g_normal[c] = g.dL_dnormal[c * hw + pix];
         if (opt.lambda_R_concen > 0.f) gt[c] = g.gt_color[c * hw + pix];
     }
     const float T_final = g.T[pix];
-    // dL/dT_final includes the background term of the colour.
     const float g_T = g.dL_dT[pix];
-    // Mean depth in ray distance units (the output is divided by |d_cam|).
-    const float depth_final = DEPTH ? g.depth[pix] * ray.cam_norm : 0.f;
-    const float g_depth = DEPTH ? g.dL_ddepth[pix] / ray.cam_norm : 0.f;
+    const float g_depth = DEPTH ? g.dL_ddepth[pix] / ray.cam_norm : 0.f;  // the output is divided by |d_cam|
     const bool distortion_on = opt.lambda_dist > 0.f;
     const float dist_scale = opt.lambda_dist * inv_hw;
     const float wm_total = distortion_on ? g.aux[pix] : 0.f;
-    const float w_total = 1.f - T_final;
-    const float gw_total = distortion_on ? 2.f * dist_scale * g.aux[hw + pix] : 0.f;  // sum_j g_j w_j = 2 L
 
-    float T = 1.f, color_acc[3] = {0.f, 0.f, 0.f}, normal_acc[3] = {0.f, 0.f, 0.f};
-    float depth_acc = 0.f, w_before = 0.f, wm_before = 0.f, gw_acc = 0.f;
-    bool done = !inside;
+    // Behind the current voxel: colour (the background included), normal, depth, distortion.
+    float behind_color[3] = {T_final * opt.bg, T_final * opt.bg, T_final * opt.bg};
+    float behind_normal[3] = {0.f, 0.f, 0.f};
+    float behind_depth = 0.f, behind_wm = 0.f, behind_gw = 0.f;
+    float T_after = T_final;
+    __syncthreads();
+    const int end = block_last;
 
-    for (int base = range.x; base < range.y; base += BLOCK_PIXELS) {
-        if (__syncthreads_count(done) == BLOCK_PIXELS) break;
-        const int idx = base + threadIdx.x;
-        if (idx < range.y) load_record(in, in.entries[idx], batch[threadIdx.x]);
+    for (int top = end; top > range.x; top -= BLOCK_PIXELS) {
+        const int base = max(range.x, top - BLOCK_PIXELS);
+        const int idx = base + int(threadIdx.x);
+        if (idx < top) load_record(in, in.entries[idx], batch[threadIdx.x]);
         __syncthreads();
-        const int count = min(BLOCK_PIXELS, range.y - base);
-        for (int j = 0; j < count; ++j) {
+        for (int j = top - base - 1; j >= 0; --j) {
             const VoxelRecord& rec = batch[j];
             float d_geo[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f}, d_rgb[3] = {0.f, 0.f, 0.f}, priority = 0.f;
             bool contributes = false;
             float a, b;
-            if (!done && int(rec.entry >> VOXEL_ID_BITS) == ray.quadrant &&
+            if (base + j < last && int(rec.entry >> VOXEL_ID_BITS) == ray.quadrant &&
                 ray_segment(ray, make_float3(rec.box_min.x + 0.5f * rec.length, rec.box_min.y + 0.5f * rec.length,
                                              rec.box_min.z + 0.5f * rec.length), rec.length, a, b)) {
                 Quadrature<N> quad;
@@ -75,47 +79,45 @@ render_backward_kernel(Camera cam, BackwardOptions opt, RenderBuffers in, Backwa
                 const float alpha = quad.alpha;
                 if (!(alpha < MIN_ALPHA)) {
                     contributes = true;
-                    const float w = T * alpha;
                     const float inv_rest = 1.f / (1.f - alpha);
-                    float dL_dalpha = 0.f;
+                    const float T = T_after * inv_rest;
+                    const float w = T * alpha;
+                    float dL_dalpha = -g_T * T_final * inv_rest;
 #pragma unroll
                     for (int c = 0; c < 3; ++c) {
-                        color_acc[c] += w * rec.rgb[c];
-                        dL_dalpha += g_color[c] * (T * rec.rgb[c] - (color_final[c] - color_acc[c]) * inv_rest);
+                        dL_dalpha += g_color[c] * (T * rec.rgb[c] - behind_color[c] * inv_rest);
+                        behind_color[c] += w * rec.rgb[c];
                         d_rgb[c] = g_color[c] * w;
                         if (opt.lambda_R_concen > 0.f)
                             d_rgb[c] += opt.lambda_R_concen * inv_hw * w * 2.f * (rec.rgb[c] - gt[c]);
                     }
-                    dL_dalpha -= g_T * T_final * inv_rest;
-                    float3 grad_dir = make_float3(0.f, 0.f, 0.f), n = grad_dir;
+                    float3 grad_dir = make_float3(0.f, 0.f, 0.f);
                     float inv_norm = 0.f;
                     if (NORMAL) {
                         grad_dir = corner_gradient(rec.geo);
                         inv_norm = rsqrtf(grad_dir.x * grad_dir.x + grad_dir.y * grad_dir.y + grad_dir.z * grad_dir.z + NORMAL_EPS);
-                        n = make_float3(grad_dir.x * inv_norm, grad_dir.y * inv_norm, grad_dir.z * inv_norm);
-                        const float nv[3] = {n.x, n.y, n.z};
+                        const float nv[3] = {grad_dir.x * inv_norm, grad_dir.y * inv_norm, grad_dir.z * inv_norm};
 #pragma unroll
                         for (int c = 0; c < 3; ++c) {
-                            normal_acc[c] += w * nv[c];
-                            dL_dalpha += g_normal[c] * (T * nv[c] - (normal_final[c] - normal_acc[c]) * inv_rest);
+                            dL_dalpha += g_normal[c] * (T * nv[c] - behind_normal[c] * inv_rest);
+                            behind_normal[c] += w * nv[c];
                         }
                     }
-                    float depth_value = 0.f;
                     if (DEPTH) {
-                        depth_value = quad.depth_value(a, b);
-                        depth_acc += T * depth_value;
-                        dL_dalpha -= g_depth * (depth_final - depth_acc) * inv_rest;
+                        dL_dalpha -= g_depth * behind_depth * inv_rest;
+                        behind_depth += T * quad.depth_value(a, b);
                     }
                     if (distortion_on) {
                         const float ca = contract(a), cb = contract(b), m = 0.5f * (ca + cb);
-                        // dL/dw_i = 2 sum_j w_j |m_i - m_j| + (2/3) w_i s_i, from prefix and total sums.
-                        const float after_w = w_total - w_before - w, after_wm = wm_total - wm_before - w * m;
-                        const float g_w = dist_scale * (2.f * (m * w_before - wm_before + after_wm - m * after_w) +
+                        // dL/dw_i = 2 sum_j w_j |m_i - m_j| + (2/3) w_i s_i; in front of i the
+                        // weights sum to 1 - T_i, behind it to T_{i+1} - T_final.
+                        const float w_front = 1.f - T, w_behind = T_after - T_final;
+                        const float wm_front = wm_total - behind_wm - w * m;
+                        const float g_w = dist_scale * (2.f * (m * w_front - wm_front + behind_wm - m * w_behind) +
                                                         (2.f / 3.f) * w * (cb - ca));
-                        gw_acc += g_w * w;
-                        dL_dalpha += T * g_w - (gw_total - gw_acc) * inv_rest;
-                        w_before += w;
-                        wm_before += w * m;
+                        dL_dalpha += T * g_w - behind_gw * inv_rest;
+                        behind_gw += g_w * w;
+                        behind_wm += w * m;
                     }
                     priority = fabsf(dL_dalpha * alpha);
 
@@ -126,8 +128,7 @@ render_backward_kernel(Camera cam, BackwardOptions opt, RenderBuffers in, Backwa
                     if (N == 1) {
                         dL_dIk[0] = dL_dI + (DEPTH ? g_depth * T * (1.f - alpha) * 0.5f * (a + b) : 0.f);
                     } else {
-                        float ak[N], trans[N], tail = 0.f;
-                        float tr = 1.f;
+                        float ak[N], trans[N], tail = 0.f, tr = 1.f;
 #pragma unroll
                         for (int k = 0; k < N; ++k) {
                             ak[k] = clamp_alpha(1.f - expf(-quad.integral_k[k]));
@@ -174,8 +175,7 @@ render_backward_kernel(Camera cam, BackwardOptions opt, RenderBuffers in, Backwa
                             for (int c = 0; c < 8; ++c) d_geo[c] += s * (wa[c] - wb[c]);
                         }
                     }
-                    T *= 1.f - alpha;
-                    done = T < EARLY_STOP_T;
+                    T_after = T;
                 }
             }
             if (__any_sync(0xffffffffu, contributes)) {

@@ -137,20 +137,21 @@ std::vector<Tensor> rasterize_voxels(const std::vector<double>& camera, int64_t 
     Tensor depth = need_depth ? torch::empty({3, H, W}, opts) : torch::empty({0}, opts);
     Tensor normal = need_normal ? torch::empty({3, H, W}, opts) : torch::empty({0}, opts);
     Tensor max_w = track_max_w ? torch::zeros({n, 1}, opts) : torch::empty({0}, opts);
-    Tensor aux = need_distortion ? torch::empty({2, H, W}, opts) : torch::empty({0}, opts);
+    Tensor aux = need_distortion ? torch::empty({1, H, W}, opts) : torch::empty({0}, opts);
+    Tensor last = torch::empty({H, W}, opts.dtype(at::kInt));
     svr::render_forward(cam, {int(n_samp), float(bg), need_depth, need_distortion, need_normal, track_max_w}, in,
                         {ptr<float>(color), ptr<float>(depth), ptr<float>(normal), ptr<float>(T), ptr<float>(max_w),
-                         ptr<float>(aux)},
+                         ptr<float>(aux), ptr<int32_t>(last)},
                         c10::cuda::getCurrentCUDAStream());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
-    return {color, depth, normal, T, max_w, aux};
+    return {color, depth, normal, T, max_w, aux, last};
 }
 
 std::vector<Tensor> rasterize_voxels_backward(
     const std::vector<double>& camera, int64_t n_samp, double bg, bool need_depth, bool need_normal,
     double lambda_R_concen, double lambda_ascending, double lambda_dist, const Tensor& gt_color, const Tensor& ranges,
     const Tensor& entries, const Tensor& vox_centers, const Tensor& vox_lengths, const Tensor& geos, const Tensor& rgbs,
-    const Tensor& color, const Tensor& depth, const Tensor& normal, const Tensor& T, const Tensor& aux,
+    const Tensor& T, const Tensor& aux, const Tensor& last,
     const Tensor& dL_dcolor, const Tensor& dL_ddepth, const Tensor& dL_dnormal, const Tensor& dL_dT) {
     TORCH_CHECK_VALUE(vox_centers.is_cuda(), "vox_centers: expected a CUDA tensor, got one on ", vox_centers.device());
     const c10::cuda::CUDAGuard guard(vox_centers.device());
@@ -163,9 +164,10 @@ std::vector<Tensor> rasterize_voxels_backward(
         check_shape(t, name, {ch, H, W});
         return ptr<float>(t);
     };
-    svr::BackwardInputs g{image(color, "color", 3), need_depth ? image(depth, "depth", 3) : nullptr,
-                          need_normal ? image(normal, "normal", 3) : nullptr, image(T, "T", 1),
-                          lambda_dist > 0 ? image(aux, "aux", 2) : nullptr, image(dL_dcolor, "dL_dcolor", 3),
+    check_cuda(last, "last", at::kInt, vox_centers);
+    check_shape(last, "last", {H, W});
+    svr::BackwardInputs g{image(T, "T", 1), lambda_dist > 0 ? image(aux, "aux", 1) : nullptr, ptr<int32_t>(last),
+                          image(dL_dcolor, "dL_dcolor", 3),
                           need_depth ? image(dL_ddepth, "dL_ddepth", 3) : nullptr,
                           need_normal ? image(dL_dnormal, "dL_dnormal", 3) : nullptr, image(dL_dT, "dL_dT", 1),
                           lambda_R_concen > 0 ? image(gt_color, "gt_color", 3) : nullptr};
@@ -187,7 +189,7 @@ std::vector<Tensor> rasterize_voxels_backward(
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
     m.def("rasterize_preprocess", &rasterize_preprocess,
           "preprocess, duplicateWithKeys, sort, identifyTileRanges -> (n_duplicates, ranges, entries)");
-    m.def("rasterize_voxels", &rasterize_voxels, "forward render -> [color, depth, normal, T, max_w, aux]");
+    m.def("rasterize_voxels", &rasterize_voxels, "forward render -> [color, depth, normal, T, max_w, aux, last]");
     m.def("rasterize_voxels_backward", &rasterize_voxels_backward, "backward render -> [dL_dgeos, dL_drgbs, priority]");
     m.attr("MAX_NUM_LEVELS") = MAX_NUM_LEVELS;
     m.attr("MAX_N_SAMP") = MAX_N_SAMP;

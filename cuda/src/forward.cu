@@ -19,7 +19,8 @@ render_forward_kernel(Camera cam, ForwardOptions opt, RenderBuffers in, ForwardO
     const int2 range = in.ranges[tile];
 
     float T = 1.f, color[3] = {0.f, 0.f, 0.f}, normal[3] = {0.f, 0.f, 0.f};
-    float depth_sum = 0.f, wm_sum = 0.f, w_sum = 0.f, distortion = 0.f;
+    float depth_sum = 0.f, wm_sum = 0.f;
+    int last = range.x;
     // The median voxel: the last used one whose incoming T > 0.5 (evaluated after the loop).
     int median_voxel = -1;
     float median_a = 0.f, median_b = 0.f, median_T = 0.f;
@@ -51,12 +52,7 @@ render_forward_kernel(Camera cam, ForwardOptions opt, RenderBuffers in, ForwardO
                                 median_a = a; median_b = b; median_T = T;
                             }
                         }
-                        if (opt.need_distortion) {
-                            const float ca = contract(a), cb = contract(b), m = 0.5f * (ca + cb);
-                            distortion += 2.f * w * (m * w_sum - wm_sum) + w * w * (cb - ca) * (1.f / 3.f);
-                            w_sum += w;
-                            wm_sum += w * m;
-                        }
+                        if (opt.need_distortion) wm_sum += w * 0.5f * (contract(a) + contract(b));
                         if (NORMAL) {
                             const float3 g = corner_gradient(rec.geo);
                             const float inv = rsqrtf(g.x * g.x + g.y * g.y + g.z * g.z + NORMAL_EPS);
@@ -64,6 +60,7 @@ render_forward_kernel(Camera cam, ForwardOptions opt, RenderBuffers in, ForwardO
                         }
                         T *= 1.f - quad.alpha;
                         done = T < EARLY_STOP_T;
+                        last = base + j + 1;
                     }
                 }
             }
@@ -82,6 +79,7 @@ render_forward_kernel(Camera cam, ForwardOptions opt, RenderBuffers in, ForwardO
 #pragma unroll
     for (int c = 0; c < 3; ++c) out.color[c * hw + pix] = color[c] + T * opt.bg;
     out.T[pix] = T;
+    out.last[pix] = last;
     if (DEPTH) {
         out.depth[pix] = depth_sum / ray.cam_norm;
         out.depth[hw + pix] = opt.need_distortion ? wm_sum : 0.f;
@@ -104,10 +102,7 @@ render_forward_kernel(Camera cam, ForwardOptions opt, RenderBuffers in, ForwardO
     if (NORMAL)
 #pragma unroll
         for (int c = 0; c < 3; ++c) out.normal[c * hw + pix] = normal[c];
-    if (opt.need_distortion) {
-        out.aux[pix] = wm_sum;
-        out.aux[hw + pix] = distortion;
-    }
+    if (opt.need_distortion) out.aux[pix] = wm_sum;
 }
 
 }  // namespace

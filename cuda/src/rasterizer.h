@@ -71,7 +71,8 @@ struct ForwardOutputs {
     float* normal;  // [3, H, W] or null
     float* T;       // [H, W]
     float* max_w;   // [N] or null
-    float* aux;     // [2, H, W] when need_distortion: sum w*m, distortion loss per pixel
+    float* aux;     // [H, W] when need_distortion: sum of w * contracted midpoint
+    int32_t* last;  // [H, W]: one past the last list entry the pixel used (where backward starts)
 };
 
 void render_forward(const Camera& cam, const ForwardOptions& opt, const RenderBuffers& in, const ForwardOutputs& out,
@@ -85,11 +86,9 @@ struct BackwardOptions {
 };
 
 struct BackwardInputs {
-    const float* color;      // forward outputs
-    const float* depth;      // or null
-    const float* normal;     // or null
-    const float* T;
+    const float* T;          // forward outputs
     const float* aux;        // or null (lambda_dist == 0)
+    const int32_t* last;
     const float* dL_dcolor;  // [3, H, W]
     const float* dL_ddepth;  // [3, H, W] or null
     const float* dL_dnormal; // [3, H, W] or null

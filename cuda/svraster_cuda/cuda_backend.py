@@ -63,23 +63,23 @@ def rasterize_preprocess(settings, octree_paths, vox_centers, vox_lengths):
 
 
 def rasterize_forward(settings, state, vox_centers, vox_lengths, geos, rgbs):
-    color, depth, normal, T, max_w, aux = _load().rasterize_voxels(
+    color, depth, normal, T, max_w, aux, last = _load().rasterize_voxels(
         state.camera, settings.n_samp_per_vox, float(settings.bg_color), bool(settings.need_depth),
         settings.lambda_dist > 0, bool(settings.need_normal), bool(settings.track_max_w),
         state.ranges, state.entries, vox_centers.contiguous(), vox_lengths.contiguous(), geos.contiguous(),
         rgbs.contiguous())
-    return (color, depth, normal, T, max_w), (color, depth, normal, T, aux)
+    return (color, depth, normal, T, max_w), (T, aux, last)
 
 
 def rasterize_backward(settings, state, saved, vox_centers, vox_lengths, geos, rgbs, dL_dcolor, dL_ddepth,
                        dL_dnormal, dL_dT):
-    color, depth, normal, T, aux = saved
+    T, aux, last = saved
     gt = settings.gt_color
     gt = gt.to(device=geos.device, dtype=torch.float32).contiguous() if settings.lambda_R_concen > 0 else geos.new_empty(0)
     grad_geos, grad_rgbs, priority = _load().rasterize_voxels_backward(
         state.camera, settings.n_samp_per_vox, float(settings.bg_color), bool(settings.need_depth),
         bool(settings.need_normal), float(settings.lambda_R_concen), float(settings.lambda_ascending),
         float(settings.lambda_dist), gt, state.ranges, state.entries, vox_centers.contiguous(),
-        vox_lengths.contiguous(), geos.contiguous(), rgbs.contiguous(), color, depth, normal, T, aux,
+        vox_lengths.contiguous(), geos.contiguous(), rgbs.contiguous(), T, aux, last,
         dL_dcolor, dL_ddepth, dL_dnormal, dL_dT)
     return grad_geos, grad_rgbs, priority
