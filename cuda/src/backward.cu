@@ -70,9 +70,8 @@ render_backward_kernel(Camera cam, BackwardOptions opt, RenderBuffers in, Backwa
             float d_geo[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f}, d_rgb[3] = {0.f, 0.f, 0.f}, priority = 0.f;
             bool contributes = false;
             float a, b;
-            if (base + j < last && int(rec.entry >> VOXEL_ID_BITS) == ray.quadrant &&
-                ray_segment(ray, make_float3(rec.box_min.x + 0.5f * rec.length, rec.box_min.y + 0.5f * rec.length,
-                                             rec.box_min.z + 0.5f * rec.length), rec.length, a, b)) {
+            if (base + j < last && rec.may_cover(px, py, ray.quadrant) &&
+                ray_segment(ray, rec.box_min, rec.length, a, b)) {
                 Quadrature<N> quad;
                 const float inv_len = 1.f / rec.length;
                 quad.evaluate(ray, a, b, rec.box_min, inv_len, rec.geo);

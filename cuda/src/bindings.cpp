@@ -50,7 +50,7 @@ svr::Camera make_camera(const std::vector<double>& camera) {
 template <typename T>
 T* ptr(const Tensor& t) { return t.numel() ? reinterpret_cast<T*>(t.data_ptr()) : nullptr; }
 
-std::tuple<Tensor, Tensor, Tensor> rasterize_preprocess(const std::vector<double>& camera, const Tensor& octree_paths,
+std::tuple<Tensor, Tensor, Tensor, Tensor> rasterize_preprocess(const std::vector<double>& camera, const Tensor& octree_paths,
                                                         const Tensor& vox_centers, const Tensor& vox_lengths) {
     TORCH_CHECK_VALUE(vox_centers.is_cuda(), "vox_centers: expected a CUDA tensor, got one on ", vox_centers.device());
     const c10::cuda::CUDAGuard guard(vox_centers.device());
@@ -67,10 +67,10 @@ std::tuple<Tensor, Tensor, Tensor> rasterize_preprocess(const std::vector<double
     const auto stream = c10::cuda::getCurrentCUDAStream();
     const auto opts = vox_centers.options();
 
-    Tensor tile_rect = torch::empty({n, 4}, opts.dtype(at::kInt));
+    Tensor pixel_rect = torch::empty({n, 4}, opts.dtype(at::kInt));
     Tensor octant_mask = torch::empty({n}, opts.dtype(at::kByte));
     Tensor n_duplicates = torch::empty({n}, opts.dtype(at::kInt));
-    svr::preprocess(cam, int(n), ptr<float>(vox_centers), ptr<float>(vox_lengths), ptr<int4>(tile_rect),
+    svr::preprocess(cam, int(n), ptr<float>(vox_centers), ptr<float>(vox_lengths), ptr<int4>(pixel_rect),
                     ptr<uint8_t>(octant_mask), ptr<int32_t>(n_duplicates), stream);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
 
@@ -90,7 +90,7 @@ std::tuple<Tensor, Tensor, Tensor> rasterize_preprocess(const std::vector<double
     auto* k = ptr<uint64_t>(keys);
     auto* v = ptr<uint32_t>(values);
     auto* tk = ptr<uint32_t>(tile_keys);
-    svr::duplicate_with_keys(cam, int(n), ptr<int64_t>(octree_paths), ptr<int4>(tile_rect), ptr<uint8_t>(octant_mask),
+    svr::duplicate_with_keys(cam, int(n), ptr<int64_t>(octree_paths), ptr<int4>(pixel_rect), ptr<uint8_t>(octant_mask),
                              ptr<int64_t>(offsets), k, tk, v, stream);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     svr::sort_entries(n_entries, n_tiles, k, k ? k + n_entries : nullptr, tk, tk ? tk + n_entries : nullptr, v,
@@ -100,15 +100,18 @@ std::tuple<Tensor, Tensor, Tensor> rasterize_preprocess(const std::vector<double
     svr::identify_tile_ranges(n_entries, n_tiles, k ? k + n_entries : nullptr, tk ? tk + n_entries : nullptr,
                               ptr<int2>(ranges), stream);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
-    return {n_duplicates, ranges, values[1]};
+    return {n_duplicates, ranges, values[1], pixel_rect};
 }
 
-svr::RenderBuffers render_buffers(const Tensor& ranges, const Tensor& entries, const Tensor& vox_centers,
+svr::RenderBuffers render_buffers(const Tensor& ranges, const Tensor& entries, const Tensor& pixel_rect,
+                                  const Tensor& vox_centers,
                                   const Tensor& vox_lengths, const Tensor& geos, const Tensor& rgbs, int n_tiles) {
     const int64_t n = vox_centers.size(0);
     check_cuda(ranges, "ranges", at::kInt, vox_centers);
     check_shape(ranges, "ranges", {n_tiles, 2});
     check_cuda(entries, "entries", at::kInt, vox_centers);
+    check_cuda(pixel_rect, "pixel_rect", at::kInt, vox_centers);
+    check_shape(pixel_rect, "pixel_rect", {n, 4});
     check_cuda(vox_centers, "vox_centers", at::kFloat, vox_centers);
     check_cuda(vox_lengths, "vox_lengths", at::kFloat, vox_centers);
     check_cuda(geos, "geos", at::kFloat, vox_centers);
@@ -117,19 +120,19 @@ svr::RenderBuffers render_buffers(const Tensor& ranges, const Tensor& entries, c
     check_shape(vox_lengths, "vox_lengths", {n, 1});
     check_shape(geos, "geos", {n, 8});
     check_shape(rgbs, "rgbs", {n, 3});
-    return {ptr<int2>(ranges), ptr<uint32_t>(entries), ptr<float>(vox_centers), ptr<float>(vox_lengths),
+    return {ptr<int2>(ranges), ptr<uint32_t>(entries), ptr<int4>(pixel_rect), ptr<float>(vox_centers), ptr<float>(vox_lengths),
             ptr<float>(geos), ptr<float>(rgbs)};
 }
 
 std::vector<Tensor> rasterize_voxels(const std::vector<double>& camera, int64_t n_samp, double bg, bool need_depth,
                                      bool need_distortion, bool need_normal, bool track_max_w, const Tensor& ranges,
-                                     const Tensor& entries, const Tensor& vox_centers, const Tensor& vox_lengths,
+                                     const Tensor& entries, const Tensor& pixel_rect, const Tensor& vox_centers, const Tensor& vox_lengths,
                                      const Tensor& geos, const Tensor& rgbs) {
     TORCH_CHECK_VALUE(vox_centers.is_cuda(), "vox_centers: expected a CUDA tensor, got one on ", vox_centers.device());
     const c10::cuda::CUDAGuard guard(vox_centers.device());
     TORCH_CHECK_VALUE(n_samp >= 1 && n_samp <= MAX_N_SAMP, "n_samp_per_vox: expected 1..", MAX_N_SAMP, ", got ", n_samp);
     const svr::Camera cam = make_camera(camera);
-    const auto in = render_buffers(ranges, entries, vox_centers, vox_lengths, geos, rgbs, cam.tiles_x() * cam.tiles_y());
+    const auto in = render_buffers(ranges, entries, pixel_rect, vox_centers, vox_lengths, geos, rgbs, cam.tiles_x() * cam.tiles_y());
     const auto opts = geos.options();
     const int64_t H = cam.height, W = cam.width, n = vox_centers.size(0);
     Tensor color = torch::empty({3, H, W}, opts);
@@ -150,14 +153,14 @@ std::vector<Tensor> rasterize_voxels(const std::vector<double>& camera, int64_t 
 std::vector<Tensor> rasterize_voxels_backward(
     const std::vector<double>& camera, int64_t n_samp, double bg, bool need_depth, bool need_normal,
     double lambda_R_concen, double lambda_ascending, double lambda_dist, const Tensor& gt_color, const Tensor& ranges,
-    const Tensor& entries, const Tensor& vox_centers, const Tensor& vox_lengths, const Tensor& geos, const Tensor& rgbs,
+    const Tensor& entries, const Tensor& pixel_rect, const Tensor& vox_centers, const Tensor& vox_lengths, const Tensor& geos, const Tensor& rgbs,
     const Tensor& T, const Tensor& aux, const Tensor& last,
     const Tensor& dL_dcolor, const Tensor& dL_ddepth, const Tensor& dL_dnormal, const Tensor& dL_dT) {
     TORCH_CHECK_VALUE(vox_centers.is_cuda(), "vox_centers: expected a CUDA tensor, got one on ", vox_centers.device());
     const c10::cuda::CUDAGuard guard(vox_centers.device());
     TORCH_CHECK_VALUE(n_samp >= 1 && n_samp <= MAX_N_SAMP, "n_samp_per_vox: expected 1..", MAX_N_SAMP, ", got ", n_samp);
     const svr::Camera cam = make_camera(camera);
-    const auto in = render_buffers(ranges, entries, vox_centers, vox_lengths, geos, rgbs, cam.tiles_x() * cam.tiles_y());
+    const auto in = render_buffers(ranges, entries, pixel_rect, vox_centers, vox_lengths, geos, rgbs, cam.tiles_x() * cam.tiles_y());
     const int64_t H = cam.height, W = cam.width, n = vox_centers.size(0);
     auto image = [&](const Tensor& t, const char* name, int64_t ch) {
         check_cuda(t, name, at::kFloat, vox_centers);
@@ -188,7 +191,7 @@ std::vector<Tensor> rasterize_voxels_backward(
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
     m.def("rasterize_preprocess", &rasterize_preprocess,
-          "preprocess, duplicateWithKeys, sort, identifyTileRanges -> (n_duplicates, ranges, entries)");
+          "preprocess, duplicateWithKeys, sort, identifyTileRanges -> (n_duplicates, ranges, entries, pixel_rect)");
     m.def("rasterize_voxels", &rasterize_voxels, "forward render -> [color, depth, normal, T, max_w, aux, last]");
     m.def("rasterize_voxels_backward", &rasterize_voxels_backward, "backward render -> [dL_dgeos, dL_drgbs, priority]");
     m.attr("MAX_NUM_LEVELS") = MAX_NUM_LEVELS;

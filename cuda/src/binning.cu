@@ -16,14 +16,15 @@ int bits_for(int n) {
 }
 
 __global__ void duplicate_kernel(int n, int tiles_x, bool single_key, const int64_t* __restrict__ octpaths,
-                                 const int4* __restrict__ tile_rect, const uint8_t* __restrict__ octant_mask,
+                                 const int4* __restrict__ pixel_rect, const uint8_t* __restrict__ octant_mask,
                                  const int64_t* __restrict__ offsets, uint64_t* __restrict__ keys,
                                  uint32_t* __restrict__ tile_keys, uint32_t* __restrict__ values) {
     const int v = blockIdx.x * blockDim.x + threadIdx.x;
     if (v >= n) return;
     const uint32_t mask = octant_mask[v];
-    const int4 r = tile_rect[v];
-    if (mask == 0 || r.z < r.x) return;
+    const int4 p = pixel_rect[v];
+    if (mask == 0 || p.z < p.x) return;
+    const int4 r = make_int4(p.x / TILE_SIZE, p.y / TILE_SIZE, p.z / TILE_SIZE, p.w / TILE_SIZE);
     const int64_t end = offsets[v];
     int64_t at = end - int64_t(r.z - r.x + 1) * (r.w - r.y + 1) * __popc(mask);
     const uint64_t path = uint64_t(octpaths[v]);
@@ -87,13 +88,13 @@ size_t sort_scratch_bytes(int64_t n_entries, int n_tiles) {
     return a > b ? a : b;
 }
 
-void duplicate_with_keys(const Camera& cam, int n_voxels, const int64_t* octpaths, const int4* tile_rect,
+void duplicate_with_keys(const Camera& cam, int n_voxels, const int64_t* octpaths, const int4* pixel_rect,
                          const uint8_t* octant_mask, const int64_t* offsets, uint64_t* keys, uint32_t* tile_keys,
                          uint32_t* values, cudaStream_t stream) {
     if (n_voxels == 0) return;
     const bool single = single_key_sort(cam.tiles_x() * cam.tiles_y());
     duplicate_kernel<<<grid_for(n_voxels, 256), 256, 0, stream>>>(n_voxels, cam.tiles_x(), single, octpaths,
-                                                                  tile_rect, octant_mask, offsets, keys, tile_keys,
+                                                                  pixel_rect, octant_mask, offsets, keys, tile_keys,
                                                                   values);
 }
 

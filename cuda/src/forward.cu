@@ -35,10 +35,9 @@ render_forward_kernel(Camera cam, ForwardOptions opt, RenderBuffers in, ForwardO
         for (int j = 0; j < count; ++j) {
             const VoxelRecord& rec = batch[j];
             float w = 0.f;
-            if (!done && int(rec.entry >> VOXEL_ID_BITS) == ray.quadrant) {
+            if (!done && rec.may_cover(px, py, ray.quadrant)) {
                 float a, b;
-                if (ray_segment(ray, make_float3(rec.box_min.x + 0.5f * rec.length, rec.box_min.y + 0.5f * rec.length,
-                                                 rec.box_min.z + 0.5f * rec.length), rec.length, a, b)) {
+                if (ray_segment(ray, rec.box_min, rec.length, a, b)) {
                     Quadrature<N> quad;
                     quad.evaluate(ray, a, b, rec.box_min, 1.f / rec.length, rec.geo);
                     if (!(quad.alpha < MIN_ALPHA)) {  // NaN is kept: it reaches the pixel

@@ -18,6 +18,7 @@ __device__ __forceinline__ uint64_t order_rank(uint64_t octpath, int quadrant) {
 
 struct Ray {
     float3 origin, dir;  // dir has unit length
+    float3 inv_dir;      // 1 / dir, with +-1e30 for a zero component (see ray_segment)
     float cam_norm;      // |d_cam|: ray distance / cam_norm = camera depth
     float t_near;        // distance of the near plane z_cam = near along this ray
     int quadrant;        // 4*[dir.x<0] + 2*[dir.y<0] + [dir.z<0]
@@ -35,31 +36,21 @@ __device__ __forceinline__ Ray pixel_ray(const Camera& cam, int px, int py) {
     r.cam_norm = norm;
     r.t_near = cam.near * norm;
     r.quadrant = (r.dir.x < 0.f) * 4 + (r.dir.y < 0.f) * 2 + (r.dir.z < 0.f);
+    r.inv_dir = make_float3(r.dir.x != 0.f ? 1.f / r.dir.x : 1e30f, r.dir.y != 0.f ? 1.f / r.dir.y : 1e30f,
+                            r.dir.z != 0.f ? 1.f / r.dir.z : 1e30f);
     return r;
 }
 
-// Entry/exit along one axis; a zero direction component is inside the slab for every t or none.
-__device__ __forceinline__ void slab_axis(float o, float d, float lo, float hi, float& t_enter, float& t_exit) {
-    if (d == 0.f) {
-        const bool inside = lo <= o && o <= hi;
-        t_enter = inside ? -INFINITY : INFINITY;
-        t_exit = inside ? INFINITY : -INFINITY;
-    } else {
-        const float t0 = (lo - o) / d, t1 = (hi - o) / d;
-        t_enter = fminf(t0, t1);
-        t_exit = fmaxf(t0, t1);
-    }
-}
-
 // The ray's segment [a, b] inside the box and in front of the near plane; false if empty.
-__device__ __forceinline__ bool ray_segment(const Ray& r, float3 center, float length, float& a, float& b) {
-    const float h = 0.5f * length;
-    float e0, x0, e1, x1, e2, x2;
-    slab_axis(r.origin.x, r.dir.x, center.x - h, center.x + h, e0, x0);
-    slab_axis(r.origin.y, r.dir.y, center.y - h, center.y + h, e1, x1);
-    slab_axis(r.origin.z, r.dir.z, center.z - h, center.z + h, e2, x2);
-    a = fmaxf(fmaxf(fmaxf(e0, e1), e2), r.t_near);
-    b = fminf(fminf(x0, x1), x2);
+// A zero direction component has the reciprocal 1e30: the slab bounds become +-huge, so the
+// ray is inside that slab for every t (origin between the planes) or for none, and no
+// 0 * inf NaN can form. The reference writes the same rule with explicit branches.
+__device__ __forceinline__ bool ray_segment(const Ray& r, float3 box_min, float length, float& a, float& b) {
+    const float x0 = (box_min.x - r.origin.x) * r.inv_dir.x, x1 = (box_min.x + length - r.origin.x) * r.inv_dir.x;
+    const float y0 = (box_min.y - r.origin.y) * r.inv_dir.y, y1 = (box_min.y + length - r.origin.y) * r.inv_dir.y;
+    const float z0 = (box_min.z - r.origin.z) * r.inv_dir.z, z1 = (box_min.z + length - r.origin.z) * r.inv_dir.z;
+    a = fmaxf(fmaxf(fmaxf(fminf(x0, x1), fminf(y0, y1)), fminf(z0, z1)), r.t_near);
+    b = fminf(fminf(fmaxf(x0, x1), fmaxf(y0, y1)), fmaxf(z0, z1));
     return a <= b;
 }
 

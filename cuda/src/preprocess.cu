@@ -17,14 +17,14 @@ __device__ __forceinline__ float3 to_camera(const Camera& cam, float3 p) {
 }
 
 __global__ void preprocess_kernel(Camera cam, int n, const float* __restrict__ centers,
-                                  const float* __restrict__ lengths, int4* __restrict__ tile_rect,
+                                  const float* __restrict__ lengths, int4* __restrict__ pixel_rect,
                                   uint8_t* __restrict__ octant_mask, int32_t* __restrict__ n_duplicates) {
     const int v = blockIdx.x * blockDim.x + threadIdx.x;
     if (v >= n) return;
     const float3 c = make_float3(centers[3 * v], centers[3 * v + 1], centers[3 * v + 2]);
     const float len = lengths[v], h = 0.5f * len;
     const float3 cam_pos = make_float3(cam.c2w[3], cam.c2w[7], cam.c2w[11]);
-    tile_rect[v] = make_int4(0, 0, -1, -1);
+    pixel_rect[v] = make_int4(0, 0, -1, -1);
     octant_mask[v] = 0;
     n_duplicates[v] = 0;
 
@@ -77,20 +77,19 @@ __global__ void preprocess_kernel(Camera cam, int n, const float* __restrict__ c
     for (int q = 0; q < 8; ++q)
         if (((q & 4) ? neg[0] : pos[0]) && ((q & 2) ? neg[1] : pos[1]) && ((q & 1) ? neg[2] : pos[2])) mask |= 1u << q;
 
-    const int4 rect = make_int4(x0 / TILE_SIZE, y0 / TILE_SIZE, x1 / TILE_SIZE, y1 / TILE_SIZE);
-    tile_rect[v] = rect;
+    pixel_rect[v] = make_int4(x0, y0, x1, y1);
     octant_mask[v] = uint8_t(mask);
-    n_duplicates[v] = (rect.z - rect.x + 1) * (rect.w - rect.y + 1) * __popc(mask);
+    n_duplicates[v] = (x1 / TILE_SIZE - x0 / TILE_SIZE + 1) * (y1 / TILE_SIZE - y0 / TILE_SIZE + 1) * __popc(mask);
 }
 
 }  // namespace
 
-void preprocess(const Camera& cam, int n_voxels, const float* centers, const float* lengths, int4* tile_rect,
+void preprocess(const Camera& cam, int n_voxels, const float* centers, const float* lengths, int4* pixel_rect,
                 uint8_t* octant_mask, int32_t* n_duplicates, cudaStream_t stream) {
     if (n_voxels == 0) return;
     const int block = 256;
     preprocess_kernel<<<(n_voxels + block - 1) / block, block, 0, stream>>>(cam, n_voxels, centers, lengths,
-                                                                           tile_rect, octant_mask, n_duplicates);
+                                                                           pixel_rect, octant_mask, n_duplicates);
 }
 
 }  // namespace svr

@@ -24,9 +24,9 @@ struct Camera {
 constexpr int VOXEL_ID_BITS = 29;
 constexpr uint32_t VOXEL_ID_MASK = (1u << VOXEL_ID_BITS) - 1;
 
-// --- preprocess.cu: per voxel, tile rectangle (x0, y0, x1, y1 inclusive), octant mask,
-// number of (tile, octant) entries (0 when culled).
-void preprocess(const Camera& cam, int n_voxels, const float* centers, const float* lengths, int4* tile_rect,
+// --- preprocess.cu: per voxel, conservative pixel rectangle (x0, y0, x1, y1 inclusive),
+// octant mask, number of (tile, octant) entries (0 when culled).
+void preprocess(const Camera& cam, int n_voxels, const float* centers, const float* lengths, int4* pixel_rect,
                 uint8_t* octant_mask, int32_t* n_duplicates, cudaStream_t stream);
 
 // --- binning.cu
@@ -37,7 +37,7 @@ bool single_key_sort(int n_tiles);
 size_t sort_scratch_bytes(int64_t n_entries, int n_tiles);
 // Writes each voxel's entries at `offsets[v] - n_duplicates[v]` (offsets = inclusive scan).
 // `tile_keys` is written only when !single_key_sort.
-void duplicate_with_keys(const Camera& cam, int n_voxels, const int64_t* octpaths, const int4* tile_rect,
+void duplicate_with_keys(const Camera& cam, int n_voxels, const int64_t* octpaths, const int4* pixel_rect,
                          const uint8_t* octant_mask, const int64_t* offsets, uint64_t* keys, uint32_t* tile_keys,
                          uint32_t* values, cudaStream_t stream);
 // Sorts entries by (tile, rank). Inputs are consumed; the sorted values and keys land in the
@@ -53,6 +53,7 @@ void identify_tile_ranges(int64_t n_entries, int n_tiles, const uint64_t* sorted
 struct RenderBuffers {
     const int2* ranges;
     const uint32_t* entries;  // sorted values: octant << 29 | voxel id
+    const int4* pixel_rect;   // [N] from preprocess
     const float* centers;     // [N, 3]
     const float* lengths;     // [N]
     const float* geos;        // [N, 8]

@@ -16,6 +16,14 @@ struct VoxelRecord {
     float geo[8];
     float rgb[3];
     uint32_t entry;  // octant << 29 | voxel id
+    uint32_t rect_lo, rect_hi;  // pixel rectangle corners packed as x | y << 16
+
+    // The cheap test first: is the pixel inside the voxel's conservative rectangle, and does
+    // its ray octant match the entry's?
+    __device__ __forceinline__ bool may_cover(int px, int py, int quadrant) const {
+        return int(entry >> VOXEL_ID_BITS) == quadrant && px >= int(rect_lo & 0xffffu) && py >= int(rect_lo >> 16) &&
+               px <= int(rect_hi & 0xffffu) && py <= int(rect_hi >> 16);
+    }
 };
 
 __device__ __forceinline__ void load_record(const RenderBuffers& in, uint32_t entry, VoxelRecord& rec) {
@@ -29,6 +37,9 @@ __device__ __forceinline__ void load_record(const RenderBuffers& in, uint32_t en
     rec.geo[0] = g0.x; rec.geo[1] = g0.y; rec.geo[2] = g0.z; rec.geo[3] = g0.w;
     rec.geo[4] = g1.x; rec.geo[5] = g1.y; rec.geo[6] = g1.z; rec.geo[7] = g1.w;
     rec.rgb[0] = in.rgbs[3 * v]; rec.rgb[1] = in.rgbs[3 * v + 1]; rec.rgb[2] = in.rgbs[3 * v + 2];
+    const int4 r = in.pixel_rect[v];
+    rec.rect_lo = uint32_t(r.x) | uint32_t(r.y) << 16;
+    rec.rect_hi = uint32_t(r.z) | uint32_t(r.w) << 16;
 }
 
 // Calls f(std::integral_constant<int, N>{}, bool_constant<A>{}, bool_constant<B>{}) for the

@@ -45,6 +45,7 @@ class CudaState(NamedTuple):
     camera: list            # the 31 numbers of rasterizer.h's Camera
     ranges: torch.Tensor    # [n_tiles, 2] int32
     entries: torch.Tensor   # [M] int32, sorted: octant << 29 | voxel id
+    pixel_rect: torch.Tensor  # [N, 4] int32 conservative pixel rectangle per voxel
 
 
 def camera_args(settings):
@@ -57,16 +58,16 @@ def camera_args(settings):
 
 def rasterize_preprocess(settings, octree_paths, vox_centers, vox_lengths):
     camera = camera_args(settings)
-    n_duplicates, ranges, entries = _load().rasterize_preprocess(
+    n_duplicates, ranges, entries, pixel_rect = _load().rasterize_preprocess(
         camera, octree_paths.contiguous(), vox_centers.contiguous(), vox_lengths.contiguous())
-    return n_duplicates, CudaState(camera, ranges, entries)
+    return n_duplicates, CudaState(camera, ranges, entries, pixel_rect)
 
 
 def rasterize_forward(settings, state, vox_centers, vox_lengths, geos, rgbs):
     color, depth, normal, T, max_w, aux, last = _load().rasterize_voxels(
         state.camera, settings.n_samp_per_vox, float(settings.bg_color), bool(settings.need_depth),
         settings.lambda_dist > 0, bool(settings.need_normal), bool(settings.track_max_w),
-        state.ranges, state.entries, vox_centers.contiguous(), vox_lengths.contiguous(), geos.contiguous(),
+        state.ranges, state.entries, state.pixel_rect, vox_centers.contiguous(), vox_lengths.contiguous(), geos.contiguous(),
         rgbs.contiguous())
     return (color, depth, normal, T, max_w), (T, aux, last)
 
@@ -79,7 +80,7 @@ def rasterize_backward(settings, state, saved, vox_centers, vox_lengths, geos, r
     grad_geos, grad_rgbs, priority = _load().rasterize_voxels_backward(
         state.camera, settings.n_samp_per_vox, float(settings.bg_color), bool(settings.need_depth),
         bool(settings.need_normal), float(settings.lambda_R_concen), float(settings.lambda_ascending),
-        float(settings.lambda_dist), gt, state.ranges, state.entries, vox_centers.contiguous(),
+        float(settings.lambda_dist), gt, state.ranges, state.entries, state.pixel_rect, vox_centers.contiguous(),
         vox_lengths.contiguous(), geos.contiguous(), rgbs.contiguous(), T, aux, last,
         dL_dcolor, dL_ddepth, dL_dnormal, dL_dT)
     return grad_geos, grad_rgbs, priority
