@@ -18,7 +18,7 @@ python3 -m svraster_cuda | tee -a "$OUT/device.txt"
 python3 -m pytest -q -m gpu -x -p no:cacheprovider tests "$@" 2>&1 | tee "$OUT/tests.log" | tail -n 25
 echo "tests exit: ${PIPESTATUS[0]}"
 if [ "${PROFILE:-0}" = 1 ]; then
-  python3 bench/bench_cuda.py --profile --scenes O1.4M,R1.5M >"$OUT/profile.txt" 2>&1
+  python3 bench/bench_cuda.py --profile --scenes ${PROFILE_SCENES:-O6M,R6M} >"$OUT/profile.txt" 2>&1
   grep -E "^(==|Name|  *Self CPU)|rasterize|Kernel|kernel|Sort|sort|Memcpy|memcpy|cumsum|nonzero|aten::(empty|zeros)" "$OUT/profile.txt" | cut -c1-150 | head -60
 fi
 if [ "${SKIP_BENCH:-0}" != 1 ]; then
