@@ -5,8 +5,8 @@
 // cancellation), which gives
 //   dL/dalpha_i = T_i (g . x_i) - g . (X behind i) / (1 - alpha_i)
 // for X = colour (with the background), normal, mean depth, T and the distortion loss.
-// The warp sums each voxel's gradient before one atomic per value (all lanes of a warp
-// visit the same voxel at the same time).
+// As in the forward, a warp visits only the staged records that may touch its pixel strip
+// (newest first here); it sums each voxel's gradient before one atomic per value.
 #include "render_common.cuh"
 
 namespace svr {
@@ -31,6 +31,7 @@ render_backward_kernel(Camera cam, BackwardOptions opt, RenderBuffers in, Backwa
     const int pix = inside ? py * cam.width + px : 0;
     const Ray ray = pixel_ray(cam, px, py);
     const int2 range = in.ranges[tile];
+    const WarpFootprint footprint(blockIdx.x, blockIdx.y, ray.quadrant);
     const float inv_hw = 1.f / float(hw);
     const int last = inside ? g.last[pix] : range.x;
     if (threadIdx.x == 0) block_last = range.x;
@@ -65,7 +66,13 @@ render_backward_kernel(Camera cam, BackwardOptions opt, RenderBuffers in, Backwa
         const int idx = base + int(threadIdx.x);
         if (idx < top) load_record(in, in.entries[idx], batch[threadIdx.x]);
         __syncthreads();
-        for (int j = top - base - 1; j >= 0; --j) {
+        const int count = top - base;
+        for (int group = (count - 1) & ~31; group >= 0; group -= 32) {
+            const int mine = group + int(threadIdx.x & 31);
+            uint32_t todo = __ballot_sync(0xffffffffu, mine < count && footprint.may_touch(batch[mine]));
+            while (todo) {
+            const int j = group + 31 - __clz(todo);
+            todo &= ~(1u << (j - group));
             const VoxelRecord& rec = batch[j];
             float d_geo[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f}, d_rgb[3] = {0.f, 0.f, 0.f}, priority = 0.f;
             bool contributes = false;
@@ -191,6 +198,7 @@ render_backward_kernel(Camera cam, BackwardOptions opt, RenderBuffers in, Backwa
                     for (int c = 0; c < 3; ++c) atomicAdd(out.dL_drgbs + 3 * size_t(v) + c, d_rgb[c]);
                     atomicAdd(out.priority + v, priority);
                 }
+            }
             }
         }
         __syncthreads();

@@ -1,6 +1,8 @@
 // Stage 5, renderCUDA forward (mirrors reference/forward.py): one block per 16x16 tile, one
 // thread per pixel. The block stages batches of its tile's list in shared memory; each
-// thread composites the voxels of its own ray octant front to back and stops early.
+// thread composites the voxels of its own ray octant front to back and stops early. A warp
+// first tests 32 staged records at once against its 16x2 pixel strip (one ballot) and then
+// visits only those, in order; a warp whose pixels are all saturated stops visiting.
 #include "render_common.cuh"
 
 namespace svr {
@@ -17,6 +19,7 @@ render_forward_kernel(Camera cam, ForwardOptions opt, RenderBuffers in, ForwardO
     const int pix = py * cam.width + px;
     const Ray ray = pixel_ray(cam, px, py);
     const int2 range = in.ranges[tile];
+    const WarpFootprint footprint(blockIdx.x, blockIdx.y, ray.quadrant);
 
     float T = 1.f, color[3] = {0.f, 0.f, 0.f}, normal[3] = {0.f, 0.f, 0.f};
     float depth_sum = 0.f, wm_sum = 0.f;
@@ -32,7 +35,12 @@ render_forward_kernel(Camera cam, ForwardOptions opt, RenderBuffers in, ForwardO
         if (idx < range.y) load_record(in, in.entries[idx], batch[threadIdx.x]);
         __syncthreads();
         const int count = min(BLOCK_PIXELS, range.y - base);
-        for (int j = 0; j < count; ++j) {
+        for (int group = 0; group < count && !__all_sync(0xffffffffu, done); group += 32) {
+            const int mine = group + int(threadIdx.x & 31);
+            uint32_t todo = __ballot_sync(0xffffffffu, mine < count && footprint.may_touch(batch[mine]));
+            while (todo) {
+            const int j = group + __ffs(todo) - 1;
+            todo &= todo - 1;
             const VoxelRecord& rec = batch[j];
             float w = 0.f;
             if (!done && rec.may_cover(px, py, ray.quadrant)) {
@@ -68,6 +76,7 @@ render_forward_kernel(Camera cam, ForwardOptions opt, RenderBuffers in, ForwardO
                 const float wmax = __reduce_max_sync(0xffffffffu, __float_as_uint(fmaxf(w, 0.f)));
                 if ((threadIdx.x & 31) == 0 && wmax > 0u)
                     atomicMax(reinterpret_cast<unsigned int*>(out.max_w) + (rec.entry & VOXEL_ID_MASK), wmax);
+            }
             }
         }
         __syncthreads();

@@ -26,6 +26,28 @@ struct VoxelRecord {
     }
 };
 
+// The pixels of one warp: a 16 x 2 strip of the tile, and the ray octants among them.
+struct WarpFootprint {
+    int x0, y0, x1, y1;
+    uint32_t octants;  // bit q set when a lane's ray has octant q
+
+    __device__ __forceinline__ WarpFootprint(int tile_x, int tile_y, int quadrant) {
+        const int warp = threadIdx.x / 32;
+        constexpr int ROWS = 32 / TILE_SIZE;
+        x0 = tile_x * TILE_SIZE;
+        x1 = x0 + TILE_SIZE - 1;
+        y0 = tile_y * TILE_SIZE + warp * ROWS;
+        y1 = y0 + ROWS - 1;
+        octants = __reduce_or_sync(0xffffffffu, 1u << quadrant);
+    }
+
+    // Can any lane of the warp be covered by this record?
+    __device__ __forceinline__ bool may_touch(const VoxelRecord& rec) const {
+        return (octants >> (rec.entry >> VOXEL_ID_BITS) & 1u) && x1 >= int(rec.rect_lo & 0xffffu) &&
+               y1 >= int(rec.rect_lo >> 16) && x0 <= int(rec.rect_hi & 0xffffu) && y0 <= int(rec.rect_hi >> 16);
+    }
+};
+
 __device__ __forceinline__ void load_record(const RenderBuffers& in, uint32_t entry, VoxelRecord& rec) {
     const uint32_t v = entry & VOXEL_ID_MASK;
     rec.entry = entry;

@@ -61,15 +61,20 @@ class _RasterizeVoxels(torch.autograd.Function):
         impl = backend.for_device(vox_centers.device)
         (color, depth, normal, T, max_w), saved = impl.rasterize_forward(
             raster_settings, state, vox_centers, vox_lengths, geos, rgbs)
-        ctx.impl, ctx.state, ctx.saved, ctx.raster_settings = impl, state, saved, raster_settings
-        ctx.save_for_backward(vox_centers, vox_lengths, geos, rgbs)
+        ctx.impl, ctx.state, ctx.raster_settings = impl, state, raster_settings
+        # Outputs kept for backward go through save_for_backward: as plain ctx attributes they
+        # would form a reference cycle (output -> grad_fn -> ctx -> output) that keeps every
+        # frame's buffers alive until Python's garbage collector runs.
+        saved = tuple(saved or ())
+        ctx.n_saved = len(saved)
+        ctx.save_for_backward(vox_centers, vox_lengths, geos, rgbs, *saved)
         ctx.mark_non_differentiable(max_w)
         return color, depth, normal, T, max_w
 
     @staticmethod
     def backward(ctx, dL_dcolor, dL_ddepth, dL_dnormal, dL_dT, _dL_dmax_w):
-        vox_centers, vox_lengths, geos, rgbs = ctx.saved_tensors
+        vox_centers, vox_lengths, geos, rgbs, *saved = ctx.saved_tensors
         grad_geos, grad_rgbs, priority = ctx.impl.rasterize_backward(
-            ctx.raster_settings, ctx.state, ctx.saved, vox_centers, vox_lengths, geos, rgbs,
+            ctx.raster_settings, ctx.state, saved, vox_centers, vox_lengths, geos, rgbs,
             dL_dcolor.contiguous(), dL_ddepth.contiguous(), dL_dnormal.contiguous(), dL_dT.contiguous())
         return None, None, None, None, None, grad_geos, grad_rgbs, priority
