@@ -5,7 +5,6 @@ import pytest
 import torch
 
 from helpers import device_or_skip, make_settings, random_octree, random_params, render
-from svraster_cuda import reference
 from svraster_cuda.renderer import rasterize_voxels
 
 pytestmark = pytest.mark.gpu
