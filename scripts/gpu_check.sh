@@ -21,6 +21,12 @@ if [ "${PROFILE:-0}" = 1 ]; then
   python3 bench/bench_cuda.py --profile --scenes ${PROFILE_SCENES:-O6M,R6M} >"$OUT/profile.txt" 2>&1
   grep -E "^(==|Name|  *Self CPU)|rasterize|Kernel|kernel|Sort|sort|Memcpy|memcpy|cumsum|nonzero|aten::(empty|zeros)" "$OUT/profile.txt" | cut -c1-150 | head -60
 fi
+if [ "${NCU:-0}" = 1 ]; then
+  ncu --kernel-name regex:render_forward --launch-skip 2 --launch-count 1 --section SpeedOfLight \
+      --section WarpStateStats --section Occupancy --section LaunchStats --section MemoryWorkloadAnalysis \
+      python3 bench/bench_cuda.py --scenes O6M --views 1 --repeat 1 >"$OUT/ncu.txt" 2>&1
+  grep -E "Duration|Throughput|Stall|Warp Cycles|Issued|Occupancy|Registers|Eligible|L1/TEX Hit|L2 Hit|Mem Busy" "$OUT/ncu.txt" | head -40
+fi
 if [ "${SKIP_BENCH:-0}" != 1 ]; then
   python3 bench/bench_cuda.py --json "$OUT/bench.json" 2>&1 | tee "$OUT/bench.log" | tail -n 12
 fi

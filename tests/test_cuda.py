@@ -130,6 +130,12 @@ def test_errors_leave_context_healthy(cuda):
     nan[:] = math.nan
     color = call(*good[:3], nan, good[4])[0]
     assert torch.isnan(color).any()
+    debug = settings._replace(debug=True)
+    with pytest.raises(ValueError, match="vox_lengths.*positive"):
+        rasterize_voxels(debug, good[0], good[1], -good[2], lambda *a: {"geos": good[3], "rgbs": good[4],
+                                                                       "subdiv_p": torch.zeros_like(good[3][:, :1])})
+    with pytest.raises(ValueError, match="geos.*finite"):
+        rasterize_voxels(debug, *good[:3], lambda *a: {"geos": nan, "rgbs": good[4], "subdiv_p": torch.zeros_like(nan[:, :1])})
     color = call(*good)[0]                               # the context still works
     torch.cuda.synchronize()
     assert torch.isfinite(color).all()

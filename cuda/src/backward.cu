@@ -12,6 +12,8 @@
 namespace svr {
 namespace {
 
+constexpr int FEW_LANES = 4;
+
 __device__ __forceinline__ float warp_sum(float x) {
 #pragma unroll
     for (int offset = 16; offset > 0; offset >>= 1) x += __shfl_xor_sync(0xffffffffu, x, offset);
@@ -184,14 +186,20 @@ render_backward_kernel(Camera cam, BackwardOptions opt, RenderBuffers in, Backwa
                     T_after = T;
                 }
             }
-            if (__any_sync(0xffffffffu, contributes)) {
+            const uint32_t lanes = __ballot_sync(0xffffffffu, contributes);
+            if (lanes) {
                 const uint32_t v = rec.entry & VOXEL_ID_MASK;
+                // Small voxels touch few lanes: those write their own atomics. Otherwise the
+                // warp sums first and lane 0 writes once.
+                const bool reduce = __popc(lanes) > FEW_LANES;
+                if (reduce) {
 #pragma unroll
-                for (int c = 0; c < 8; ++c) d_geo[c] = warp_sum(d_geo[c]);
+                    for (int c = 0; c < 8; ++c) d_geo[c] = warp_sum(d_geo[c]);
 #pragma unroll
-                for (int c = 0; c < 3; ++c) d_rgb[c] = warp_sum(d_rgb[c]);
-                priority = warp_sum(priority);
-                if ((threadIdx.x & 31) == 0) {
+                    for (int c = 0; c < 3; ++c) d_rgb[c] = warp_sum(d_rgb[c]);
+                    priority = warp_sum(priority);
+                }
+                if (reduce ? (threadIdx.x & 31) == 0 : contributes) {
 #pragma unroll
                     for (int c = 0; c < 8; ++c) atomicAdd(out.dL_dgeos + 8 * size_t(v) + c, d_geo[c]);
 #pragma unroll

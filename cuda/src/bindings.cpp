@@ -50,7 +50,7 @@ svr::Camera make_camera(const std::vector<double>& camera) {
 template <typename T>
 T* ptr(const Tensor& t) { return t.numel() ? reinterpret_cast<T*>(t.data_ptr()) : nullptr; }
 
-std::tuple<Tensor, Tensor, Tensor, Tensor> rasterize_preprocess(const std::vector<double>& camera, const Tensor& octree_paths,
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> rasterize_preprocess(const std::vector<double>& camera, const Tensor& octree_paths,
                                                         const Tensor& vox_centers, const Tensor& vox_lengths) {
     TORCH_CHECK_VALUE(vox_centers.is_cuda(), "vox_centers: expected a CUDA tensor, got one on ", vox_centers.device());
     const c10::cuda::CUDAGuard guard(vox_centers.device());
@@ -77,6 +77,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> rasterize_preprocess(const std::vecto
     Tensor offsets = torch::cumsum(n_duplicates, 0, at::kLong);
     // The one device-to-host read of the frame: how many entries to allocate.
     const int64_t n_entries = n ? offsets[n - 1].item<int64_t>() : 0;
+    // The GPU is idle after that read, so selecting the voxels in view costs no second drain.
+    Tensor in_view = torch::nonzero(n_duplicates).reshape({-1});
     TORCH_CHECK_VALUE(n_entries < (int64_t(1) << 31), "vox_centers: this view needs ", n_entries,
                       " tile-voxel entries; at most 2^31 - 1 are supported (fewer voxels or a smaller image)");
     const bool single = svr::single_key_sort(n_tiles);
@@ -100,7 +102,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> rasterize_preprocess(const std::vecto
     svr::identify_tile_ranges(n_entries, n_tiles, k ? k + n_entries : nullptr, tk ? tk + n_entries : nullptr,
                               ptr<int2>(ranges), stream);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
-    return {n_duplicates, ranges, values[1], pixel_rect};
+    return {n_duplicates, in_view, ranges, values[1], pixel_rect};
 }
 
 svr::RenderBuffers render_buffers(const Tensor& ranges, const Tensor& entries, const Tensor& pixel_rect,
@@ -191,7 +193,7 @@ std::vector<Tensor> rasterize_voxels_backward(
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
     m.def("rasterize_preprocess", &rasterize_preprocess,
-          "preprocess, duplicateWithKeys, sort, identifyTileRanges -> (n_duplicates, ranges, entries, pixel_rect)");
+          "preprocess, duplicateWithKeys, sort, identifyTileRanges -> (n_duplicates, in_view, ranges, entries, pixel_rect)");
     m.def("rasterize_voxels", &rasterize_voxels, "forward render -> [color, depth, normal, T, max_w, aux, last]");
     m.def("rasterize_voxels_backward", &rasterize_voxels_backward, "backward render -> [dL_dgeos, dL_drgbs, priority]");
     m.attr("MAX_NUM_LEVELS") = MAX_NUM_LEVELS;

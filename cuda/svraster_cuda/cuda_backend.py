@@ -58,9 +58,9 @@ def camera_args(settings):
 
 def rasterize_preprocess(settings, octree_paths, vox_centers, vox_lengths):
     camera = camera_args(settings)
-    n_duplicates, ranges, entries, pixel_rect = _load().rasterize_preprocess(
+    n_duplicates, in_view, ranges, entries, pixel_rect = _load().rasterize_preprocess(
         camera, octree_paths.contiguous(), vox_centers.contiguous(), vox_lengths.contiguous())
-    return n_duplicates, CudaState(camera, ranges, entries, pixel_rect)
+    return in_view, CudaState(camera, ranges, entries, pixel_rect)
 
 
 def rasterize_forward(settings, state, vox_centers, vox_lengths, geos, rgbs):

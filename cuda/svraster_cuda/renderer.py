@@ -39,15 +39,14 @@ class RasterSettings(NamedTuple):
 def rasterize_voxels(raster_settings, octree_paths, vox_centers, vox_lengths, vox_fn):
     """Render voxels. Returns (color [3,H,W], depth [3,H,W], normal [3,H,W], T [1,H,W],
     max_w [N,1]); depth, normal and max_w are empty unless requested in the settings."""
-    validation.check_voxels(octree_paths, vox_centers, vox_lengths)
+    validation.check_voxels(octree_paths, vox_centers, vox_lengths, values=raster_settings.debug)
     validation.check_settings(raster_settings, vox_centers.device)
     impl = backend.for_device(vox_centers.device)
-    n_duplicates, state = impl.rasterize_preprocess(raster_settings, octree_paths, vox_centers, vox_lengths)
+    in_view, state = impl.rasterize_preprocess(raster_settings, octree_paths, vox_centers, vox_lengths)
 
-    in_view = torch.nonzero(n_duplicates > 0)[:, 0]
     cam_pos = raster_settings.c2w_matrix[:3, 3].to(vox_centers.device)
     params = vox_fn(in_view, cam_pos, raster_settings.color_mode)
-    validation.check_vox_params(params, len(vox_centers), vox_centers.device)
+    validation.check_vox_params(params, len(vox_centers), vox_centers.device, values=raster_settings.debug)
     return _RasterizeVoxels.apply(state, raster_settings, octree_paths, vox_centers, vox_lengths,
                                   params["geos"], params["rgbs"], params["subdiv_p"])
 

@@ -75,7 +75,10 @@ def check_settings(settings, device):
             raise ValueError(f"raster_settings.gt_color: expected shape {list(shape)} when lambda_R_concen > 0, got {_describe(gt)}")
 
 
-def check_voxels(octree_paths, vox_centers, vox_lengths):
+def check_voxels(octree_paths, vox_centers, vox_lengths, values=False):
+    """Shapes, dtypes and devices always; the voxel sizes' values on CPU tensors, and on CUDA
+    only with `values` (RasterSettings.debug), since reading them back stalls the GPU. A
+    non-positive size cannot crash the kernels: its box is empty and it is never drawn."""
     if not isinstance(vox_centers, torch.Tensor):
         raise TypeError(f"vox_centers: expected a torch.Tensor, got {_describe(vox_centers)}")
     device = vox_centers.device
@@ -85,12 +88,12 @@ def check_voxels(octree_paths, vox_centers, vox_lengths):
     check_tensor("vox_lengths", vox_lengths, (n, 1), torch.float32, device)
     if n > meta.MAX_VOXELS:
         raise ValueError(f"vox_centers: at most {meta.MAX_VOXELS} voxels are supported, got {n}")
-    if n and not bool((vox_lengths > 0).all()):
+    if n and (values or vox_lengths.device.type == "cpu") and not bool((vox_lengths > 0).all()):
         raise ValueError("vox_lengths: expected positive voxel sizes, got "
                          f"min {vox_lengths.min().item()!r}")
 
 
-def check_vox_params(params, n, device):
+def check_vox_params(params, n, device, values=False):
     if not isinstance(params, dict):
         raise TypeError(f"vox_fn: expected it to return a dict with 'geos', 'rgbs', 'subdiv_p', got {_describe(params)}")
     missing = [k for k in ("geos", "rgbs", "subdiv_p") if k not in params]
@@ -99,3 +102,7 @@ def check_vox_params(params, n, device):
     check_tensor("vox_fn()['geos']", params["geos"], (n, 8), torch.float32, device)
     check_tensor("vox_fn()['rgbs']", params["rgbs"], (n, 3), torch.float32, device)
     check_tensor("vox_fn()['subdiv_p']", params["subdiv_p"], (n, 1), torch.float32, device)
+    if values:
+        for name in ("geos", "rgbs"):
+            if not bool(torch.isfinite(params[name]).all()):
+                raise ValueError(f"vox_fn()['{name}']: expected finite values (RasterSettings.debug is on)")

@@ -37,12 +37,12 @@ def make_rays(settings, dtype, device):
 
 
 def rasterize_preprocess(settings, octree_paths, vox_centers, vox_lengths):
-    """Stages 1-4. Returns (n_duplicates [N], state)."""
+    """Stages 1-4. Returns (indices of the voxels in view [K], state)."""
     pre = preprocess(settings, vox_centers, vox_lengths)
     tiles_x, tiles_y = tile_grid(settings)
     binning = bin_voxels(pre, octree_paths, tiles_x, tiles_y)
     rays = make_rays(settings, vox_centers.dtype, vox_centers.device)
-    return pre.n_duplicates, ReferenceState(pre, binning, rays)
+    return torch.nonzero(pre.n_duplicates)[:, 0], ReferenceState(pre, binning, rays)
 
 
 def rasterize_forward(settings, state, vox_centers, vox_lengths, geos, rgbs):
