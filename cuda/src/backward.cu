@@ -5,8 +5,9 @@
 // cancellation), which gives
 //   dL/dalpha_i = T_i (g . x_i) - g . (X behind i) / (1 - alpha_i)
 // for X = colour (with the background), normal, mean depth, T and the distortion loss.
-// As in the forward, a warp visits only the staged records that may touch its pixel strip
-// (newest first here); it sums each voxel's gradient before one atomic per value.
+// As in the forward, each warp walks the tile's list on its own (back to front here, from the
+// last entry any of its pixels used); a voxel touched by many lanes is summed over the warp
+// before one atomic per value.
 #include "render_common.cuh"
 
 namespace svr {
@@ -16,15 +17,13 @@ constexpr int FEW_LANES = 4;
 
 __device__ __forceinline__ float warp_sum(float x) {
 #pragma unroll
-    for (int offset = 16; offset > 0; offset >>= 1) x += __shfl_xor_sync(0xffffffffu, x, offset);
+    for (int offset = 16; offset > 0; offset >>= 1) x += __shfl_xor_sync(FULL_MASK, x, offset);
     return x;
 }
 
 template <int N, bool DEPTH, bool NORMAL>
 __global__ void __launch_bounds__(BLOCK_PIXELS)
 render_backward_kernel(Camera cam, BackwardOptions opt, RenderBuffers in, BackwardInputs g, BackwardOutputs out) {
-    __shared__ VoxelRecord batch[BLOCK_PIXELS];
-    __shared__ int block_last;
     const int tile = blockIdx.y * gridDim.x + blockIdx.x;
     const int px = blockIdx.x * TILE_SIZE + threadIdx.x % TILE_SIZE;
     const int py = blockIdx.y * TILE_SIZE + threadIdx.x / TILE_SIZE;
@@ -36,9 +35,7 @@ render_backward_kernel(Camera cam, BackwardOptions opt, RenderBuffers in, Backwa
     const WarpFootprint footprint(blockIdx.x, blockIdx.y, ray.quadrant);
     const float inv_hw = 1.f / float(hw);
     const int last = inside ? g.last[pix] : range.x;
-    if (threadIdx.x == 0) block_last = range.x;
-    __syncthreads();
-    atomicMax(&block_last, last);
+    const int lane = int(threadIdx.x & 31);
 
     // Incoming gradients and what the backward needs of the forward's outputs.
     float g_color[3], g_normal[3] = {0.f, 0.f, 0.f}, gt[3] = {0.f, 0.f, 0.f};
@@ -60,27 +57,24 @@ render_backward_kernel(Camera cam, BackwardOptions opt, RenderBuffers in, Backwa
     float behind_normal[3] = {0.f, 0.f, 0.f};
     float behind_depth = 0.f, behind_wm = 0.f, behind_gw = 0.f;
     float T_after = T_final;
-    __syncthreads();
-    const int end = block_last;
+    // The warp starts after the last entry any of its pixels used.
+    const int end = __reduce_max_sync(FULL_MASK, last);
 
-    for (int top = end; top > range.x; top -= BLOCK_PIXELS) {
-        const int base = max(range.x, top - BLOCK_PIXELS);
-        const int idx = base + int(threadIdx.x);
-        if (idx < top) load_record(in, in.entries[idx], batch[threadIdx.x]);
-        __syncthreads();
-        const int count = top - base;
-        for (int group = (count - 1) & ~31; group >= 0; group -= 32) {
-            const int mine = group + int(threadIdx.x & 31);
-            uint32_t todo = __ballot_sync(0xffffffffu, mine < count && footprint.may_touch(batch[mine]));
-            while (todo) {
-            const int j = group + 31 - __clz(todo);
-            todo &= ~(1u << (j - group));
-            const VoxelRecord& rec = batch[j];
+    for (int top = end; top > range.x; top -= 32) {
+        const int group = max(range.x, top - 32);
+        const bool valid = group + lane < top;
+        const Candidate mine = valid ? load_candidate(in, group + lane) : Candidate{0u, make_int4(1, 1, 0, 0)};
+        uint32_t todo = __ballot_sync(FULL_MASK, valid && footprint.may_touch(mine));
+        while (todo) {
+            const int k = 31 - __clz(todo);
+            todo &= ~(1u << k);
+            const Candidate cand = mine.from_lane(k);
             float d_geo[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f}, d_rgb[3] = {0.f, 0.f, 0.f}, priority = 0.f;
             bool contributes = false;
             float a, b;
-            if (base + j < last && rec.may_cover(px, py, ray.quadrant) &&
-                ray_segment(ray, rec.box_min, rec.length, a, b)) {
+            VoxelRecord rec;
+            if (group + k < last && cand.may_cover(px, py, ray.quadrant) &&
+                (load_record(in, cand.voxel(), rec), ray_segment(ray, rec.box_min, rec.length, a, b))) {
                 Quadrature<N> quad;
                 const float inv_len = 1.f / rec.length;
                 quad.evaluate(ray, a, b, rec.box_min, inv_len, rec.geo);
@@ -186,9 +180,9 @@ render_backward_kernel(Camera cam, BackwardOptions opt, RenderBuffers in, Backwa
                     T_after = T;
                 }
             }
-            const uint32_t lanes = __ballot_sync(0xffffffffu, contributes);
+            const uint32_t lanes = __ballot_sync(FULL_MASK, contributes);
             if (lanes) {
-                const uint32_t v = rec.entry & VOXEL_ID_MASK;
+                const uint32_t v = cand.voxel();
                 // Small voxels touch few lanes: those write their own atomics. Otherwise the
                 // warp sums first and lane 0 writes once.
                 const bool reduce = __popc(lanes) > FEW_LANES;
@@ -207,9 +201,7 @@ render_backward_kernel(Camera cam, BackwardOptions opt, RenderBuffers in, Backwa
                     atomicAdd(out.priority + v, priority);
                 }
             }
-            }
         }
-        __syncthreads();
     }
 }
 

@@ -1,17 +1,16 @@
 // Stage 5, renderCUDA forward (mirrors reference/forward.py): one block per 16x16 tile, one
-// thread per pixel. The block stages batches of its tile's list in shared memory; each
-// thread composites the voxels of its own ray octant front to back and stops early. A warp
-// first tests 32 staged records at once against its 16x2 pixel strip (one ballot) and then
-// visits only those, in order; a warp whose pixels are all saturated stops visiting.
+// thread per pixel. Each warp walks the tile's list (see render_common.cuh); each thread
+// composites the voxels of its own ray octant front to back and stops early; a warp whose
+// pixels are all saturated stops walking.
 #include "render_common.cuh"
 
 namespace svr {
 namespace {
 
 template <int N, bool DEPTH, bool NORMAL>
-__global__ void __launch_bounds__(BLOCK_PIXELS)
+// At most 64 registers: four tiles per multiprocessor keep enough warps to hide load latency.
+__global__ void __launch_bounds__(BLOCK_PIXELS, 4)
 render_forward_kernel(Camera cam, ForwardOptions opt, RenderBuffers in, ForwardOutputs out) {
-    __shared__ VoxelRecord batch[BLOCK_PIXELS];
     const int tile = blockIdx.y * gridDim.x + blockIdx.x;
     const int px = blockIdx.x * TILE_SIZE + threadIdx.x % TILE_SIZE;
     const int py = blockIdx.y * TILE_SIZE + threadIdx.x / TILE_SIZE;
@@ -20,30 +19,28 @@ render_forward_kernel(Camera cam, ForwardOptions opt, RenderBuffers in, ForwardO
     const Ray ray = pixel_ray(cam, px, py);
     const int2 range = in.ranges[tile];
     const WarpFootprint footprint(blockIdx.x, blockIdx.y, ray.quadrant);
+    const int lane = int(threadIdx.x & 31);
 
     float T = 1.f, color[3] = {0.f, 0.f, 0.f}, normal[3] = {0.f, 0.f, 0.f};
     float depth_sum = 0.f, wm_sum = 0.f;
     int last = range.x;
     // The median voxel: the last used one whose incoming T > 0.5 (evaluated after the loop).
-    int median_voxel = -1;
+    int median_entry = -1;
     float median_a = 0.f, median_b = 0.f, median_T = 0.f;
     bool done = !inside;
 
-    for (int base = range.x; base < range.y; base += BLOCK_PIXELS) {
-        if (__syncthreads_count(done) == BLOCK_PIXELS) break;
-        const int idx = base + threadIdx.x;
-        if (idx < range.y) load_record(in, in.entries[idx], batch[threadIdx.x]);
-        __syncthreads();
-        const int count = min(BLOCK_PIXELS, range.y - base);
-        for (int group = 0; group < count && !__all_sync(0xffffffffu, done); group += 32) {
-            const int mine = group + int(threadIdx.x & 31);
-            uint32_t todo = __ballot_sync(0xffffffffu, mine < count && footprint.may_touch(batch[mine]));
-            while (todo) {
-            const int j = group + __ffs(todo) - 1;
+    for (int group = range.x; group < range.y && !__all_sync(FULL_MASK, done); group += 32) {
+        const bool valid = group + lane < range.y;
+        const Candidate mine = valid ? load_candidate(in, group + lane) : Candidate{0u, make_int4(1, 1, 0, 0)};
+        uint32_t todo = __ballot_sync(FULL_MASK, valid && footprint.may_touch(mine));
+        while (todo) {
+            const int k = __ffs(todo) - 1;
             todo &= todo - 1;
-            const VoxelRecord& rec = batch[j];
+            const Candidate cand = mine.from_lane(k);
             float w = 0.f;
-            if (!done && rec.may_cover(px, py, ray.quadrant)) {
+            if (!done && cand.may_cover(px, py, ray.quadrant)) {
+                VoxelRecord rec;
+                load_record(in, cand.voxel(), rec);
                 float a, b;
                 if (ray_segment(ray, rec.box_min, rec.length, a, b)) {
                     Quadrature<N> quad;
@@ -55,7 +52,7 @@ render_forward_kernel(Camera cam, ForwardOptions opt, RenderBuffers in, ForwardO
                         if (DEPTH) {
                             depth_sum += T * quad.depth_value(a, b);
                             if (T > 0.5f) {
-                                median_voxel = j + base;
+                                median_entry = group + k;
                                 median_a = a; median_b = b; median_T = T;
                             }
                         }
@@ -67,19 +64,17 @@ render_forward_kernel(Camera cam, ForwardOptions opt, RenderBuffers in, ForwardO
                         }
                         T *= 1.f - quad.alpha;
                         done = T < EARLY_STOP_T;
-                        last = base + j + 1;
+                        last = group + k + 1;
                     }
                 }
             }
             if (opt.track_max_w) {
-                // Every lane reaches this point for every j: reduce the warp first, one atomic.
-                const float wmax = __reduce_max_sync(0xffffffffu, __float_as_uint(fmaxf(w, 0.f)));
-                if ((threadIdx.x & 31) == 0 && wmax > 0u)
-                    atomicMax(reinterpret_cast<unsigned int*>(out.max_w) + (rec.entry & VOXEL_ID_MASK), wmax);
-            }
+                // Every lane reaches this point for every visited entry: one atomic per warp.
+                const unsigned wmax = __reduce_max_sync(FULL_MASK, __float_as_uint(fmaxf(w, 0.f)));
+                if (lane == 0 && wmax > 0u)
+                    atomicMax(reinterpret_cast<unsigned int*>(out.max_w) + cand.voxel(), wmax);
             }
         }
-        __syncthreads();
     }
     if (!inside) return;
 
@@ -92,9 +87,9 @@ render_forward_kernel(Camera cam, ForwardOptions opt, RenderBuffers in, ForwardO
         out.depth[pix] = depth_sum / ray.cam_norm;
         out.depth[hw + pix] = opt.need_distortion ? wm_sum : 0.f;
         float median = 0.f;
-        if (median_voxel >= 0) {
+        if (median_entry >= 0) {
             VoxelRecord rec;
-            load_record(in, in.entries[median_voxel], rec);
+            load_record(in, in.entries[median_entry] & VOXEL_ID_MASK, rec);
             const float step = (median_b - median_a) * (1.f / MEDIAN_SUBSTEPS);
             float running = median_T, t = median_a;
             for (int s = 0; s < MEDIAN_SUBSTEPS; ++s) {

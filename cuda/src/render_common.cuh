@@ -1,5 +1,11 @@
-// What the forward and backward render kernels share: the per-tile batch of voxel records
-// in shared memory and the compile-time dispatch over their variants.
+// What the forward and backward render kernels share: the voxel record a warp reads for an
+// entry of its tile's list, the warp's pixel footprint used to skip entries 32 at a time, and
+// the compile-time dispatch over kernel variants.
+//
+// Each warp walks its tile's list on its own (no block barriers): lane l loads entry
+// `group + l` and its pixel rectangle (coalesced, and shared through L1 by the tile's warps),
+// a ballot keeps the entries that may touch the warp's 16x2 pixel strip, and the warp visits
+// those in order, reading each voxel's record with warp-uniform loads.
 #pragma once
 #include <utility>
 
@@ -8,23 +14,33 @@
 namespace svr {
 
 constexpr int BLOCK_PIXELS = TILE_SIZE * TILE_SIZE;
+constexpr unsigned FULL_MASK = 0xffffffffu;
 
-// One voxel of a tile's list, staged in shared memory by the block.
-struct VoxelRecord {
-    float3 box_min;
-    float length;
-    float geo[8];
-    float rgb[3];
+// One candidate of a tile's list, as a lane holds it while the warp decides.
+struct Candidate {
     uint32_t entry;  // octant << 29 | voxel id
-    uint32_t rect_lo, rect_hi;  // pixel rectangle corners packed as x | y << 16
+    int4 rect;       // the voxel's conservative pixel rectangle (x0, y0, x1, y1)
 
-    // The cheap test first: is the pixel inside the voxel's conservative rectangle, and does
-    // its ray octant match the entry's?
+    __device__ __forceinline__ int octant() const { return int(entry >> VOXEL_ID_BITS); }
+    __device__ __forceinline__ uint32_t voxel() const { return entry & VOXEL_ID_MASK; }
+
+    // Lane `k`'s candidate, broadcast to the warp.
+    __device__ __forceinline__ Candidate from_lane(int k) const {
+        return {__shfl_sync(FULL_MASK, entry, k),
+                make_int4(__shfl_sync(FULL_MASK, rect.x, k), __shfl_sync(FULL_MASK, rect.y, k),
+                          __shfl_sync(FULL_MASK, rect.z, k), __shfl_sync(FULL_MASK, rect.w, k))};
+    }
+
+    // The cheap per-pixel test before the ray-box test: same octant, inside the rectangle.
     __device__ __forceinline__ bool may_cover(int px, int py, int quadrant) const {
-        return int(entry >> VOXEL_ID_BITS) == quadrant && px >= int(rect_lo & 0xffffu) && py >= int(rect_lo >> 16) &&
-               px <= int(rect_hi & 0xffffu) && py <= int(rect_hi >> 16);
+        return octant() == quadrant && px >= rect.x && py >= rect.y && px <= rect.z && py <= rect.w;
     }
 };
+
+__device__ __forceinline__ Candidate load_candidate(const RenderBuffers& in, int index) {
+    const uint32_t entry = in.entries[index];
+    return {entry, in.pixel_rect[entry & VOXEL_ID_MASK]};
+}
 
 // The pixels of one warp: a 16 x 2 strip of the tile, and the ray octants among them.
 struct WarpFootprint {
@@ -32,25 +48,28 @@ struct WarpFootprint {
     uint32_t octants;  // bit q set when a lane's ray has octant q
 
     __device__ __forceinline__ WarpFootprint(int tile_x, int tile_y, int quadrant) {
-        const int warp = threadIdx.x / 32;
         constexpr int ROWS = 32 / TILE_SIZE;
         x0 = tile_x * TILE_SIZE;
         x1 = x0 + TILE_SIZE - 1;
-        y0 = tile_y * TILE_SIZE + warp * ROWS;
+        y0 = tile_y * TILE_SIZE + int(threadIdx.x / 32) * ROWS;
         y1 = y0 + ROWS - 1;
-        octants = __reduce_or_sync(0xffffffffu, 1u << quadrant);
+        octants = __reduce_or_sync(FULL_MASK, 1u << quadrant);
     }
 
-    // Can any lane of the warp be covered by this record?
-    __device__ __forceinline__ bool may_touch(const VoxelRecord& rec) const {
-        return (octants >> (rec.entry >> VOXEL_ID_BITS) & 1u) && x1 >= int(rec.rect_lo & 0xffffu) &&
-               y1 >= int(rec.rect_lo >> 16) && x0 <= int(rec.rect_hi & 0xffffu) && y0 <= int(rec.rect_hi >> 16);
+    __device__ __forceinline__ bool may_touch(const Candidate& c) const {
+        return (octants >> c.octant() & 1u) && x1 >= c.rect.x && y1 >= c.rect.y && x0 <= c.rect.z && y0 <= c.rect.w;
     }
 };
 
-__device__ __forceinline__ void load_record(const RenderBuffers& in, uint32_t entry, VoxelRecord& rec) {
-    const uint32_t v = entry & VOXEL_ID_MASK;
-    rec.entry = entry;
+// A voxel's geometry and appearance, read when some lane's ray may pass through it.
+struct VoxelRecord {
+    float3 box_min;
+    float length;
+    float geo[8];
+    float rgb[3];
+};
+
+__device__ __forceinline__ void load_record(const RenderBuffers& in, uint32_t v, VoxelRecord& rec) {
     rec.length = in.lengths[v];
     const float h = 0.5f * rec.length;
     rec.box_min = make_float3(in.centers[3 * v] - h, in.centers[3 * v + 1] - h, in.centers[3 * v + 2] - h);
@@ -59,9 +78,6 @@ __device__ __forceinline__ void load_record(const RenderBuffers& in, uint32_t en
     rec.geo[0] = g0.x; rec.geo[1] = g0.y; rec.geo[2] = g0.z; rec.geo[3] = g0.w;
     rec.geo[4] = g1.x; rec.geo[5] = g1.y; rec.geo[6] = g1.z; rec.geo[7] = g1.w;
     rec.rgb[0] = in.rgbs[3 * v]; rec.rgb[1] = in.rgbs[3 * v + 1]; rec.rgb[2] = in.rgbs[3 * v + 2];
-    const int4 r = in.pixel_rect[v];
-    rec.rect_lo = uint32_t(r.x) | uint32_t(r.y) << 16;
-    rec.rect_hi = uint32_t(r.z) | uint32_t(r.w) << 16;
 }
 
 // Calls f(std::integral_constant<int, N>{}, bool_constant<A>{}, bool_constant<B>{}) for the
