@@ -89,10 +89,14 @@ def test_camera_inside_voxels(cuda):
     compare(settings, (octpath, centers, lengths, geos * 0.3 - 2.0, rgbs), cuda)
 
 
-def test_large_image_crop(cuda):
-    """16384 x 16384 (tile ids need more than the 16 key bits left by the rank: the two-pass
-    sort) against the reference on a crop."""
+@pytest.mark.parametrize("full_rank", [False, True])
+def test_large_image_crop(cuda, full_rank):
+    """16384 x 16384 against the reference on crops. With octpaths that use all 16 levels the
+    20 tile bits and 48 rank bits do not fit one key (the two-pass sort); setting the finest
+    bit of every path changes no order (distinct leaves differ above it)."""
     octpath, centers, lengths, geos, rgbs = random_scene(12, max_level=5)
+    if full_rank:
+        octpath = octpath | 1
     W = H = 16384
     settings = make_settings((2.4, -2.0, 1.3), (0, 0, 0), width=W, height=H, fov_deg=60, need_depth=True)
     dev = [t.to(cuda) for t in (octpath, centers, lengths, geos, rgbs)]

@@ -22,17 +22,17 @@ __device__ __forceinline__ float warp_sum(float x) {
 }
 
 template <int N, bool DEPTH, bool NORMAL>
-__global__ void __launch_bounds__(BLOCK_PIXELS)
+__global__ void __launch_bounds__(BLOCK_THREADS)
 render_backward_kernel(Camera cam, BackwardOptions opt, RenderBuffers in, BackwardInputs g, BackwardOutputs out) {
     const int tile = blockIdx.y * gridDim.x + blockIdx.x;
-    const int px = blockIdx.x * TILE_SIZE + threadIdx.x % TILE_SIZE;
-    const int py = blockIdx.y * TILE_SIZE + threadIdx.x / TILE_SIZE;
+    const int2 pixel = thread_pixel();
+    const int px = pixel.x, py = pixel.y;
     const bool inside = px < cam.width && py < cam.height;
     const int hw = cam.width * cam.height;
     const int pix = inside ? py * cam.width + px : 0;
     const Ray ray = pixel_ray(cam, px, py);
     const int2 range = in.ranges[tile];
-    const WarpFootprint footprint(blockIdx.x, blockIdx.y, ray.quadrant);
+    const WarpFootprint footprint(pixel, ray.quadrant);
     const float inv_hw = 1.f / float(hw);
     const int last = inside ? g.last[pix] : range.x;
     const int lane = int(threadIdx.x & 31);
@@ -209,10 +209,9 @@ render_backward_kernel(Camera cam, BackwardOptions opt, RenderBuffers in, Backwa
 
 void render_backward(const Camera& cam, const BackwardOptions& opt, const RenderBuffers& in,
                      const BackwardInputs& grads, const BackwardOutputs& out, cudaStream_t stream) {
-    const dim3 grid(cam.tiles_x(), cam.tiles_y());
     dispatch_variant(opt.n_samp, opt.need_depth, opt.need_normal, [&](auto n, auto depth, auto normal) {
         render_backward_kernel<decltype(n)::value, decltype(depth)::value, decltype(normal)::value>
-            <<<grid, BLOCK_PIXELS, 0, stream>>>(cam, opt, in, grads, out);
+            <<<render_grid(cam), BLOCK_THREADS, 0, stream>>>(cam, opt, in, grads, out);
     });
 }
 

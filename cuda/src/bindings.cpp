@@ -70,36 +70,42 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> rasterize_preprocess(const st
     Tensor pixel_rect = torch::empty({n, 4}, opts.dtype(at::kInt));
     Tensor octant_mask = torch::empty({n}, opts.dtype(at::kByte));
     Tensor n_duplicates = torch::empty({n}, opts.dtype(at::kInt));
-    svr::preprocess(cam, int(n), ptr<float>(vox_centers), ptr<float>(vox_lengths), ptr<int4>(pixel_rect),
-                    ptr<uint8_t>(octant_mask), ptr<int32_t>(n_duplicates), stream);
+    Tensor free_levels = torch::full({1}, MAX_NUM_LEVELS, opts.dtype(at::kInt));
+    svr::preprocess(cam, int(n), ptr<int64_t>(octree_paths), ptr<float>(vox_centers), ptr<float>(vox_lengths),
+                    ptr<int4>(pixel_rect), ptr<uint8_t>(octant_mask), ptr<int32_t>(n_duplicates),
+                    ptr<int32_t>(free_levels), stream);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
 
     Tensor offsets = torch::cumsum(n_duplicates, 0, at::kLong);
-    // The one device-to-host read of the frame: how many entries to allocate.
-    const int64_t n_entries = n ? offsets[n - 1].item<int64_t>() : 0;
+    // The one device-to-host read of the frame: how many entries to allocate, and how many
+    // rank bits carry information.
+    const Tensor counts = torch::cat({n ? offsets.slice(0, n - 1) : torch::zeros({1}, offsets.options()),
+                                      free_levels.to(at::kLong)}).cpu();
+    const int64_t n_entries = counts[0].item<int64_t>();
+    const svr::KeyLayout layout(n_tiles, int(counts[1].item<int64_t>()));
     // The GPU is idle after that read, so selecting the voxels in view costs no second drain.
     Tensor in_view = torch::nonzero(n_duplicates).reshape({-1});
     TORCH_CHECK_VALUE(n_entries < (int64_t(1) << 31), "vox_centers: this view needs ", n_entries,
                       " tile-voxel entries; at most 2^31 - 1 are supported (fewer voxels or a smaller image)");
-    const bool single = svr::single_key_sort(n_tiles);
+    const bool single = layout.single();
     Tensor keys = torch::empty({2, n_entries}, opts.dtype(at::kLong));
     Tensor values = torch::empty({2, n_entries}, opts.dtype(at::kInt));
     Tensor tile_keys = torch::empty({single ? 0 : 2, n_entries}, opts.dtype(at::kInt));
     Tensor index_scratch = torch::empty({single ? 0 : 2 * n_entries}, opts.dtype(at::kInt));
-    Tensor scratch = torch::empty({int64_t(svr::sort_scratch_bytes(n_entries, n_tiles))}, opts.dtype(at::kByte));
+    Tensor scratch = torch::empty({int64_t(svr::sort_scratch_bytes(n_entries, layout))}, opts.dtype(at::kByte));
     Tensor ranges = torch::empty({n_tiles, 2}, opts.dtype(at::kInt));
 
     auto* k = ptr<uint64_t>(keys);
     auto* v = ptr<uint32_t>(values);
     auto* tk = ptr<uint32_t>(tile_keys);
-    svr::duplicate_with_keys(cam, int(n), ptr<int64_t>(octree_paths), ptr<int4>(pixel_rect), ptr<uint8_t>(octant_mask),
+    svr::duplicate_with_keys(cam, layout, int(n), ptr<int64_t>(octree_paths), ptr<int4>(pixel_rect), ptr<uint8_t>(octant_mask),
                              ptr<int64_t>(offsets), k, tk, v, stream);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
-    svr::sort_entries(n_entries, n_tiles, k, k ? k + n_entries : nullptr, tk, tk ? tk + n_entries : nullptr, v,
+    svr::sort_entries(n_entries, layout, k, k ? k + n_entries : nullptr, tk, tk ? tk + n_entries : nullptr, v,
                       v ? v + n_entries : nullptr, ptr<uint32_t>(index_scratch), scratch.data_ptr(),
                       size_t(scratch.numel()), stream);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
-    svr::identify_tile_ranges(n_entries, n_tiles, k ? k + n_entries : nullptr, tk ? tk + n_entries : nullptr,
+    svr::identify_tile_ranges(n_entries, n_tiles, layout, k ? k + n_entries : nullptr, tk ? tk + n_entries : nullptr,
                               ptr<int2>(ranges), stream);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     return {n_duplicates, in_view, ranges, values[1], pixel_rect};

@@ -15,7 +15,7 @@ int bits_for(int n) {
     return bits;
 }
 
-__global__ void duplicate_kernel(int n, int tiles_x, bool single_key, const int64_t* __restrict__ octpaths,
+__global__ void duplicate_kernel(int n, int tiles_x, KeyLayout layout, const int64_t* __restrict__ octpaths,
                                  const int4* __restrict__ pixel_rect, const uint8_t* __restrict__ octant_mask,
                                  const int64_t* __restrict__ offsets, uint64_t* __restrict__ keys,
                                  uint32_t* __restrict__ tile_keys, uint32_t* __restrict__ values) {
@@ -28,15 +28,16 @@ __global__ void duplicate_kernel(int n, int tiles_x, bool single_key, const int6
     const int64_t end = offsets[v];
     int64_t at = end - int64_t(r.z - r.x + 1) * (r.w - r.y + 1) * __popc(mask);
     const uint64_t path = uint64_t(octpaths[v]);
+    const bool single = layout.single();
     for (int q = 0; q < 8; ++q) {
         if (!(mask >> q & 1u)) continue;
-        const uint64_t rank = order_rank(path, q);
+        const uint64_t rank = order_rank(path, q) >> (RANK_BITS - layout.rank_bits);
         const uint32_t value = uint32_t(q) << VOXEL_ID_BITS | uint32_t(v);
         for (int ty = r.y; ty <= r.w; ++ty)
             for (int tx = r.x; tx <= r.z; ++tx, ++at) {
                 const uint32_t tile = uint32_t(ty * tiles_x + tx);
-                keys[at] = single_key ? (uint64_t(tile) << RANK_BITS | rank) : rank;
-                if (!single_key) tile_keys[at] = tile;
+                keys[at] = single ? (uint64_t(tile) << layout.rank_bits | rank) : rank;
+                if (!single) tile_keys[at] = tile;
                 values[at] = value;
             }
     }
@@ -57,11 +58,11 @@ __global__ void gather_kernel(int64_t n, const uint32_t* __restrict__ order, con
 }
 
 template <bool SingleKey>
-__global__ void ranges_kernel(int64_t n, const uint64_t* __restrict__ keys, const uint32_t* __restrict__ tile_keys,
-                              int2* __restrict__ ranges) {
+__global__ void ranges_kernel(int64_t n, int rank_bits, const uint64_t* __restrict__ keys,
+                              const uint32_t* __restrict__ tile_keys, int2* __restrict__ ranges) {
     const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
     if (i >= n) return;
-    auto tile_of = [&](int64_t j) { return SingleKey ? uint32_t(keys[j] >> RANK_BITS) : tile_keys[j]; };
+    auto tile_of = [&](int64_t j) { return SingleKey ? uint32_t(keys[j] >> rank_bits) : tile_keys[j]; };
     const uint32_t tile = tile_of(i);
     if (i == 0 || tile_of(i - 1) != tile) ranges[tile].x = int(i);
     if (i == n - 1 || tile_of(i + 1) != tile) ranges[tile].y = int(i + 1);
@@ -71,66 +72,70 @@ int grid_for(int64_t n, int block) { return int((n + block - 1) / block); }
 
 }  // namespace
 
-bool single_key_sort(int n_tiles) { return bits_for(n_tiles) + RANK_BITS <= 64; }
+KeyLayout::KeyLayout(int n_tiles, int free_levels)
+    : rank_bits(3 * (MAX_NUM_LEVELS - free_levels)), tile_bits(bits_for(n_tiles)) {}
 
-size_t sort_scratch_bytes(int64_t n_entries, int n_tiles) {
+// A radix sort over zero bits would leave its output buffers unwritten: sort at least one.
+int sort_bits(int bits) { return bits > 0 ? bits : 1; }
+
+size_t sort_scratch_bytes(int64_t n_entries, const KeyLayout& layout) {
     size_t a = 0, b = 0;
     const int n = int(n_entries);
-    if (single_key_sort(n_tiles)) {
+    if (layout.single()) {
         cub::DeviceRadixSort::SortPairs(nullptr, a, (uint64_t*)nullptr, (uint64_t*)nullptr, (uint32_t*)nullptr,
-                                        (uint32_t*)nullptr, n, 0, RANK_BITS + bits_for(n_tiles));
+                                        (uint32_t*)nullptr, n, 0, sort_bits(layout.rank_bits + layout.tile_bits));
     } else {
         cub::DeviceRadixSort::SortPairs(nullptr, a, (uint64_t*)nullptr, (uint64_t*)nullptr, (uint32_t*)nullptr,
-                                        (uint32_t*)nullptr, n, 0, RANK_BITS);
+                                        (uint32_t*)nullptr, n, 0, sort_bits(layout.rank_bits));
         cub::DeviceRadixSort::SortPairs(nullptr, b, (uint32_t*)nullptr, (uint32_t*)nullptr, (uint32_t*)nullptr,
-                                        (uint32_t*)nullptr, n, 0, bits_for(n_tiles));
+                                        (uint32_t*)nullptr, n, 0, sort_bits(layout.tile_bits));
     }
     return a > b ? a : b;
 }
 
-void duplicate_with_keys(const Camera& cam, int n_voxels, const int64_t* octpaths, const int4* pixel_rect,
-                         const uint8_t* octant_mask, const int64_t* offsets, uint64_t* keys, uint32_t* tile_keys,
-                         uint32_t* values, cudaStream_t stream) {
+void duplicate_with_keys(const Camera& cam, const KeyLayout& layout, int n_voxels, const int64_t* octpaths,
+                         const int4* pixel_rect, const uint8_t* octant_mask, const int64_t* offsets, uint64_t* keys,
+                         uint32_t* tile_keys, uint32_t* values, cudaStream_t stream) {
     if (n_voxels == 0) return;
-    const bool single = single_key_sort(cam.tiles_x() * cam.tiles_y());
-    duplicate_kernel<<<grid_for(n_voxels, 256), 256, 0, stream>>>(n_voxels, cam.tiles_x(), single, octpaths,
+    duplicate_kernel<<<grid_for(n_voxels, 256), 256, 0, stream>>>(n_voxels, cam.tiles_x(), layout, octpaths,
                                                                   pixel_rect, octant_mask, offsets, keys, tile_keys,
                                                                   values);
 }
 
-void sort_entries(int64_t n_entries, int n_tiles, uint64_t* keys, uint64_t* keys_out, uint32_t* tile_keys,
+void sort_entries(int64_t n_entries, const KeyLayout& layout, uint64_t* keys, uint64_t* keys_out, uint32_t* tile_keys,
                   uint32_t* tile_keys_out, uint32_t* values, uint32_t* values_out, uint32_t* index_scratch,
                   void* scratch, size_t scratch_bytes, cudaStream_t stream) {
     if (n_entries == 0) return;
     const int n = int(n_entries);
-    if (single_key_sort(n_tiles)) {
+    if (layout.single()) {
         cub::DeviceRadixSort::SortPairs(scratch, scratch_bytes, keys, keys_out, values, values_out, n, 0,
-                                        RANK_BITS + bits_for(n_tiles), stream);
+                                        sort_bits(layout.rank_bits + layout.tile_bits), stream);
         return;
     }
     // Two stable passes: by rank (carrying the entry index), then by tile.
     uint32_t* order = index_scratch;
     uint32_t* order_sorted = index_scratch + n_entries;
     iota_kernel<<<grid_for(n_entries, 256), 256, 0, stream>>>(n_entries, order);
-    cub::DeviceRadixSort::SortPairs(scratch, scratch_bytes, keys, keys_out, order, order_sorted, n, 0, RANK_BITS,
-                                    stream);
+    cub::DeviceRadixSort::SortPairs(scratch, scratch_bytes, keys, keys_out, order, order_sorted, n, 0,
+                                    sort_bits(layout.rank_bits), stream);
     gather_kernel<<<grid_for(n_entries, 256), 256, 0, stream>>>(n_entries, order_sorted, tile_keys, values,
                                                                 order, values_out);
     // `order` now holds the tiles in rank order; `values_out` the matching values.
     cub::DeviceRadixSort::SortPairs(scratch, scratch_bytes, order, tile_keys_out, values_out, values, n, 0,
-                                    bits_for(n_tiles), stream);
+                                    sort_bits(layout.tile_bits), stream);
     cudaMemcpyAsync(values_out, values, sizeof(uint32_t) * n_entries, cudaMemcpyDeviceToDevice, stream);
 }
 
-void identify_tile_ranges(int64_t n_entries, int n_tiles, const uint64_t* sorted_keys,
+void identify_tile_ranges(int64_t n_entries, int n_tiles, const KeyLayout& layout, const uint64_t* sorted_keys,
                           const uint32_t* sorted_tile_keys, int2* ranges, cudaStream_t stream) {
     cudaMemsetAsync(ranges, 0, sizeof(int2) * n_tiles, stream);
     if (n_entries == 0) return;
-    if (single_key_sort(n_tiles))
-        ranges_kernel<true><<<grid_for(n_entries, 256), 256, 0, stream>>>(n_entries, sorted_keys, nullptr, ranges);
+    if (layout.single())
+        ranges_kernel<true><<<grid_for(n_entries, 256), 256, 0, stream>>>(n_entries, layout.rank_bits, sorted_keys,
+                                                                           nullptr, ranges);
     else
-        ranges_kernel<false><<<grid_for(n_entries, 256), 256, 0, stream>>>(n_entries, nullptr, sorted_tile_keys,
-                                                                            ranges);
+        ranges_kernel<false><<<grid_for(n_entries, 256), 256, 0, stream>>>(n_entries, layout.rank_bits, nullptr,
+                                                                            sorted_tile_keys, ranges);
 }
 
 }  // namespace svr

@@ -7,18 +7,21 @@
 namespace svr {
 namespace {
 
+// At most 64 registers (1024 resident threads per multiprocessor): enough warps to hide the
+// latency of the record loads.
+constexpr int FORWARD_MIN_BLOCKS = 1024 / BLOCK_THREADS;
+
 template <int N, bool DEPTH, bool NORMAL>
-// At most 64 registers: four tiles per multiprocessor keep enough warps to hide load latency.
-__global__ void __launch_bounds__(BLOCK_PIXELS, 4)
+__global__ void __launch_bounds__(BLOCK_THREADS, FORWARD_MIN_BLOCKS)
 render_forward_kernel(Camera cam, ForwardOptions opt, RenderBuffers in, ForwardOutputs out) {
     const int tile = blockIdx.y * gridDim.x + blockIdx.x;
-    const int px = blockIdx.x * TILE_SIZE + threadIdx.x % TILE_SIZE;
-    const int py = blockIdx.y * TILE_SIZE + threadIdx.x / TILE_SIZE;
+    const int2 pixel = thread_pixel();
+    const int px = pixel.x, py = pixel.y;
     const bool inside = px < cam.width && py < cam.height;
     const int pix = py * cam.width + px;
     const Ray ray = pixel_ray(cam, px, py);
     const int2 range = in.ranges[tile];
-    const WarpFootprint footprint(blockIdx.x, blockIdx.y, ray.quadrant);
+    const WarpFootprint footprint(pixel, ray.quadrant);
     const int lane = int(threadIdx.x & 31);
 
     float T = 1.f, color[3] = {0.f, 0.f, 0.f}, normal[3] = {0.f, 0.f, 0.f};
@@ -112,10 +115,9 @@ render_forward_kernel(Camera cam, ForwardOptions opt, RenderBuffers in, ForwardO
 
 void render_forward(const Camera& cam, const ForwardOptions& opt, const RenderBuffers& in, const ForwardOutputs& out,
                     cudaStream_t stream) {
-    const dim3 grid(cam.tiles_x(), cam.tiles_y());
     dispatch_variant(opt.n_samp, opt.need_depth, opt.need_normal, [&](auto n, auto depth, auto normal) {
         render_forward_kernel<decltype(n)::value, decltype(depth)::value, decltype(normal)::value>
-            <<<grid, BLOCK_PIXELS, 0, stream>>>(cam, opt, in, out);
+            <<<render_grid(cam), BLOCK_THREADS, 0, stream>>>(cam, opt, in, out);
     });
 }
 

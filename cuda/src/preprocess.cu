@@ -16,9 +16,10 @@ __device__ __forceinline__ float3 to_camera(const Camera& cam, float3 p) {
                        m[8] * p.x + m[9] * p.y + m[10] * p.z + m[11]);
 }
 
-__global__ void preprocess_kernel(Camera cam, int n, const float* __restrict__ centers,
+__global__ void preprocess_kernel(Camera cam, int n, const int64_t* __restrict__ octpaths, const float* __restrict__ centers,
                                   const float* __restrict__ lengths, int4* __restrict__ pixel_rect,
-                                  uint8_t* __restrict__ octant_mask, int32_t* __restrict__ n_duplicates) {
+                                  uint8_t* __restrict__ octant_mask, int32_t* __restrict__ n_duplicates,
+                                  int32_t* __restrict__ free_levels) {
     const int v = blockIdx.x * blockDim.x + threadIdx.x;
     if (v >= n) return;
     const float3 c = make_float3(centers[3 * v], centers[3 * v + 1], centers[3 * v + 2]);
@@ -80,16 +81,20 @@ __global__ void preprocess_kernel(Camera cam, int n, const float* __restrict__ c
     pixel_rect[v] = make_int4(x0, y0, x1, y1);
     octant_mask[v] = uint8_t(mask);
     n_duplicates[v] = (x1 / TILE_SIZE - x0 / TILE_SIZE + 1) * (y1 / TILE_SIZE - y0 / TILE_SIZE + 1) * __popc(mask);
+    const uint64_t path = uint64_t(octpaths[v]);
+    const int unused = path ? __ffsll((long long)path) - 1 : 3 * MAX_NUM_LEVELS;
+    atomicMin(free_levels, min(unused / 3, MAX_NUM_LEVELS));
 }
 
 }  // namespace
 
-void preprocess(const Camera& cam, int n_voxels, const float* centers, const float* lengths, int4* pixel_rect,
-                uint8_t* octant_mask, int32_t* n_duplicates, cudaStream_t stream) {
+void preprocess(const Camera& cam, int n_voxels, const int64_t* octpaths, const float* centers, const float* lengths,
+                int4* pixel_rect, uint8_t* octant_mask, int32_t* n_duplicates, int32_t* free_levels,
+                cudaStream_t stream) {
     if (n_voxels == 0) return;
     const int block = 256;
-    preprocess_kernel<<<(n_voxels + block - 1) / block, block, 0, stream>>>(cam, n_voxels, centers, lengths,
-                                                                           pixel_rect, octant_mask, n_duplicates);
+    preprocess_kernel<<<(n_voxels + block - 1) / block, block, 0, stream>>>(
+        cam, n_voxels, octpaths, centers, lengths, pixel_rect, octant_mask, n_duplicates, free_levels);
 }
 
 }  // namespace svr

@@ -9,6 +9,13 @@
 
 #include "constants.h"
 
+// Members used on both sides (this header is also compiled by the host compiler).
+#ifdef __CUDACC__
+#define SVR_HOST_DEVICE __host__ __device__
+#else
+#define SVR_HOST_DEVICE
+#endif
+
 namespace svr {
 
 struct Camera {
@@ -25,28 +32,36 @@ constexpr int VOXEL_ID_BITS = 29;
 constexpr uint32_t VOXEL_ID_MASK = (1u << VOXEL_ID_BITS) - 1;
 
 // --- preprocess.cu: per voxel, conservative pixel rectangle (x0, y0, x1, y1 inclusive),
-// octant mask, number of (tile, octant) entries (0 when culled).
-void preprocess(const Camera& cam, int n_voxels, const float* centers, const float* lengths, int4* pixel_rect,
-                uint8_t* octant_mask, int32_t* n_duplicates, cudaStream_t stream);
+// octant mask, number of (tile, octant) entries (0 when culled); and over the voxels in view,
+// the fewest unused level slots at the bottom of their octpaths (`free_levels`, initialised
+// to MAX_NUM_LEVELS by the caller): those bits are zero in every path and never decide an order.
+void preprocess(const Camera& cam, int n_voxels, const int64_t* octpaths, const float* centers, const float* lengths,
+                int4* pixel_rect, uint8_t* octant_mask, int32_t* n_duplicates, int32_t* free_levels,
+                cudaStream_t stream);
 
 // --- binning.cu
-// Tiles and front-to-back rank share one 64-bit key when the tile id fits in the bits left
-// over by the rank; larger images sort twice (rank, then stably by tile).
-bool single_key_sort(int n_tiles);
+// The sort key is (tile, rank) with the rank reduced to its informative `rank_bits`
+// (3 * (MAX_NUM_LEVELS - free_levels)). Both share one 64-bit key when they fit; otherwise
+// the entries are sorted twice (rank, then stably by tile).
+struct KeyLayout {
+    int rank_bits, tile_bits;
+    KeyLayout(int n_tiles, int free_levels);
+    SVR_HOST_DEVICE bool single() const { return rank_bits + tile_bits <= 64; }
+};
 // Scratch bytes for the sorts of `n_entries` entries.
-size_t sort_scratch_bytes(int64_t n_entries, int n_tiles);
+size_t sort_scratch_bytes(int64_t n_entries, const KeyLayout& layout);
 // Writes each voxel's entries at `offsets[v] - n_duplicates[v]` (offsets = inclusive scan).
-// `tile_keys` is written only when !single_key_sort.
-void duplicate_with_keys(const Camera& cam, int n_voxels, const int64_t* octpaths, const int4* pixel_rect,
-                         const uint8_t* octant_mask, const int64_t* offsets, uint64_t* keys, uint32_t* tile_keys,
-                         uint32_t* values, cudaStream_t stream);
+// `tile_keys` is written only when !layout.single().
+void duplicate_with_keys(const Camera& cam, const KeyLayout& layout, int n_voxels, const int64_t* octpaths,
+                         const int4* pixel_rect, const uint8_t* octant_mask, const int64_t* offsets, uint64_t* keys,
+                         uint32_t* tile_keys, uint32_t* values, cudaStream_t stream);
 // Sorts entries by (tile, rank). Inputs are consumed; the sorted values and keys land in the
 // *_out buffers. `index_scratch` holds 2 * n_entries uint32 (used only by the two-pass sort).
-void sort_entries(int64_t n_entries, int n_tiles, uint64_t* keys, uint64_t* keys_out, uint32_t* tile_keys,
+void sort_entries(int64_t n_entries, const KeyLayout& layout, uint64_t* keys, uint64_t* keys_out, uint32_t* tile_keys,
                   uint32_t* tile_keys_out, uint32_t* values, uint32_t* values_out, uint32_t* index_scratch,
                   void* scratch, size_t scratch_bytes, cudaStream_t stream);
 // ranges[tile] = [first, last + 1) of the tile's slice of the sorted list (zeroed first).
-void identify_tile_ranges(int64_t n_entries, int n_tiles, const uint64_t* sorted_keys,
+void identify_tile_ranges(int64_t n_entries, int n_tiles, const KeyLayout& layout, const uint64_t* sorted_keys,
                           const uint32_t* sorted_tile_keys, int2* ranges, cudaStream_t stream);
 
 // --- forward.cu / backward.cu

@@ -14,7 +14,19 @@
 namespace svr {
 
 constexpr int BLOCK_PIXELS = TILE_SIZE * TILE_SIZE;
+// A tile is rendered by several small blocks (rows of it): warps are independent, and a small
+// block lets the GPU start new work as soon as its own warps finish.
+constexpr int BLOCK_THREADS = 64;
+constexpr int BLOCKS_PER_TILE = BLOCK_PIXELS / BLOCK_THREADS;
 constexpr unsigned FULL_MASK = 0xffffffffu;
+
+// This thread's pixel: grid (tiles_x, tiles_y, BLOCKS_PER_TILE), BLOCK_THREADS per block.
+__device__ __forceinline__ int2 thread_pixel() {
+    const int row = blockIdx.z * (BLOCK_THREADS / TILE_SIZE) + threadIdx.x / TILE_SIZE;
+    return make_int2(blockIdx.x * TILE_SIZE + threadIdx.x % TILE_SIZE, blockIdx.y * TILE_SIZE + row);
+}
+
+inline dim3 render_grid(const Camera& cam) { return dim3(cam.tiles_x(), cam.tiles_y(), BLOCKS_PER_TILE); }
 
 // One candidate of a tile's list, as a lane holds it while the warp decides.
 struct Candidate {
@@ -47,11 +59,11 @@ struct WarpFootprint {
     int x0, y0, x1, y1;
     uint32_t octants;  // bit q set when a lane's ray has octant q
 
-    __device__ __forceinline__ WarpFootprint(int tile_x, int tile_y, int quadrant) {
+    __device__ __forceinline__ WarpFootprint(int2 pixel, int quadrant) {
         constexpr int ROWS = 32 / TILE_SIZE;
-        x0 = tile_x * TILE_SIZE;
+        x0 = pixel.x - pixel.x % TILE_SIZE;
         x1 = x0 + TILE_SIZE - 1;
-        y0 = tile_y * TILE_SIZE + int(threadIdx.x / 32) * ROWS;
+        y0 = __reduce_min_sync(FULL_MASK, pixel.y);
         y1 = y0 + ROWS - 1;
         octants = __reduce_or_sync(FULL_MASK, 1u << quadrant);
     }
