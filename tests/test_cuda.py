@@ -89,20 +89,22 @@ def test_camera_inside_voxels(cuda):
     compare(settings, (octpath, centers, lengths, geos * 0.3 - 2.0, rgbs), cuda)
 
 
-@pytest.mark.parametrize("full_rank", [False, True])
-def test_large_image_crop(cuda, full_rank):
-    """16384 x 16384 against the reference on crops. With octpaths that use all 16 levels the
-    20 tile bits and 48 rank bits do not fit one key (the two-pass sort); setting the finest
-    bit of every path changes no order (distinct leaves differ above it)."""
+@pytest.mark.parametrize("size, full_rank", [((16384, 16384), False), ((16384, 16384), True),
+                                             ((7680, 4320), True), ((4097, 2161), True)])
+def test_large_image_crop(cuda, size, full_rank):
+    """Large images against the reference on crops. With octpaths that use all 16 levels the
+    tile bits and 48 rank bits do not fit one key (the two-pass sort); setting the finest bit
+    of every path changes no order (distinct leaves differ above it)."""
     octpath, centers, lengths, geos, rgbs = random_scene(12, max_level=5)
     if full_rank:
         octpath = octpath | 1
-    W = H = 16384
+    W, H = size
     settings = make_settings((2.4, -2.0, 1.3), (0, 0, 0), width=W, height=H, fov_deg=60, need_depth=True)
+    settings = settings._replace(tanfovy=settings.tanfovx * H / W)
     dev = [t.to(cuda) for t in (octpath, centers, lengths, geos, rgbs)]
     params = {"geos": dev[3], "rgbs": dev[4], "subdiv_p": torch.zeros(len(geos), 1, device=cuda)}
     color, depth, _, T, _ = rasterize_voxels(settings, dev[0], dev[1], dev[2], lambda *a: params)
-    for x0, y0 in ((8100, 8000), (0, 0), (16384 - 40, 12000)):
+    for x0, y0 in ((W // 2 - 20, H // 2 - 12), (0, 0), (W - 40, H - 24)):
         w, h = 40, 24
         crop = settings._replace(image_width=w, image_height=h, cx=settings.cx - x0, cy=settings.cy - y0,
                                  tanfovx=settings.tanfovx * w / W, tanfovy=settings.tanfovy * h / H)
@@ -143,3 +145,27 @@ def test_errors_leave_context_healthy(cuda):
     color = call(*good)[0]                               # the context still works
     torch.cuda.synchronize()
     assert torch.isfinite(color).all()
+
+
+def test_long_runs_do_not_grow(cuda):
+    """Repeated renders (with and without backward) keep allocated memory flat and do not slow
+    down (scripts/gpu_check.sh's benchmark covers the 1000-render case of issue 5)."""
+    import time
+    octpath, centers, lengths, geos, rgbs = random_scene(21, max_level=5)
+    settings = make_settings((2.2, 1.9, -1.4), (0, 0, 0), width=320, height=240, need_depth=True, lambda_dist=0.1)
+    dev = [t.to(cuda) for t in (octpath, centers, lengths)]
+    g, r = geos.to(cuda).requires_grad_(), rgbs.to(cuda).requires_grad_()
+    params = {"geos": g, "rgbs": r, "subdiv_p": torch.zeros(len(g), 1, device=cuda, requires_grad=True)}
+    memory, times = [], []
+    for i in range(300):
+        start = time.perf_counter()
+        color, depth, _, T, _ = rasterize_voxels(settings, *dev, lambda *a: params)
+        if i % 2:
+            (color.sum() + depth[0].sum() + T.sum()).backward()
+        del color, depth, T
+        torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+        memory.append(torch.cuda.memory_allocated())
+    assert memory[-1] == memory[20] and max(memory[20:]) == max(memory[20:40])
+    first, last = sorted(times[20:60])[20], sorted(times[-40:])[20]
+    assert last < 1.5 * first, (first, last)
