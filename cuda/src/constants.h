@@ -11,6 +11,7 @@
 #define EARLY_STOP_T 1e-4f    // compositing stops after T falls below this
 #define ACTIVATION_KNEE 1.1f  // density activation: linear above, exponential below
 #define NEAR_DEFAULT 0.02f    // default near plane (camera z)
+#define FOOTPRINT_NEAR_MIN 1e-6f  // screen footprints project from z >= max(near, this): no 0/0
 #define NORMAL_EPS 1e-15f     // normal = g / sqrt(|g|^2 + NORMAL_EPS)
 #define MEDIAN_SUBSTEPS 16    // sub-steps walked inside the median voxel
 #define TILE_SIZE 16          // pixels per tile side; one CUDA block per tile

@@ -32,7 +32,9 @@ __global__ void preprocess_kernel(Camera cam, int n, const int64_t* __restrict__
     const float3 dc = make_float3(c.x - cam_pos.x, c.y - cam_pos.y, c.z - cam_pos.z);
     if (!(dc.x * dc.x + dc.y * dc.y + dc.z * dc.z >= cam.near * cam.near)) return;
 
-    // The part with z_cam >= near is the hull of the corners in front and the edge crossings.
+    // The part with z_cam >= near is the hull of the corners in front and the edge crossings
+    // (projected from z >= FOOTPRINT_NEAR_MIN, so that near = 0 never divides by zero).
+    const float near = fmaxf(cam.near, FOOTPRINT_NEAR_MIN);
     float3 corner[8];
 #pragma unroll
     for (int k = 0; k < 8; ++k)
@@ -49,13 +51,13 @@ __global__ void preprocess_kernel(Camera cam, int n, const int64_t* __restrict__
     };
 #pragma unroll
     for (int k = 0; k < 8; ++k)
-        if (corner[k].z >= cam.near) add(corner[k]);
+        if (corner[k].z >= near) add(corner[k]);
 #pragma unroll
     for (int e = 0; e < 12; ++e) {
         const float3 p0 = corner[kEdges[e][0]], p1 = corner[kEdges[e][1]];
-        if ((p0.z < cam.near) != (p1.z < cam.near)) {
-            const float s = fminf(fmaxf((cam.near - p0.z) / (p1.z - p0.z), 0.f), 1.f);
-            add(make_float3(p0.x + s * (p1.x - p0.x), p0.y + s * (p1.y - p0.y), cam.near));
+        if ((p0.z < near) != (p1.z < near)) {
+            const float s = fminf(fmaxf((near - p0.z) / (p1.z - p0.z), 0.f), 1.f);
+            add(make_float3(p0.x + s * (p1.x - p0.x), p0.y + s * (p1.y - p0.y), near));
         }
     }
     if (!any) return;

@@ -41,19 +41,14 @@ def order_rank(octpath, quadrant):
 
 
 def slab_segment(ro, rd, box_min, box_max):
-    """Entry and exit distance of rays through axis-aligned boxes.
-
-    A zero direction component is an ordinary ray: it is inside that slab for all t, or for
-    none (no 0 * inf NaN is formed)."""
-    parallel = rd == 0
-    safe_rd = torch.where(parallel, torch.ones_like(rd), rd)
-    t_lo = (box_min - ro) / safe_rd
-    t_hi = (box_max - ro) / safe_rd
-    inside = (box_min <= ro) & (ro <= box_max)
-    inf = torch.full_like(t_lo, float("inf"))
-    t_enter = torch.where(parallel, torch.where(inside, -inf, inf), torch.minimum(t_lo, t_hi))
-    t_exit = torch.where(parallel, torch.where(inside, inf, -inf), torch.maximum(t_lo, t_hi))
-    return t_enter.amax(-1), t_exit.amin(-1)
+    """Entry and exit distance of rays through axis-aligned boxes, computed as the kernels do:
+    with the reciprocal direction, +-1e30 standing in for 1/0. A zero component is then
+    inside that slab for every t or for none, and no 0 * inf NaN forms. (A ray exactly on a
+    face shared by two voxels is ambiguous; the same arithmetic settles it the same way.)"""
+    inv = torch.where(rd != 0, 1 / torch.where(rd != 0, rd, torch.ones_like(rd)), torch.full_like(rd, 1e30))
+    t_lo = (box_min - ro) * inv
+    t_hi = (box_max - ro) * inv
+    return torch.minimum(t_lo, t_hi).amax(-1), torch.maximum(t_lo, t_hi).amin(-1)
 
 
 def trilinear_weights(u):

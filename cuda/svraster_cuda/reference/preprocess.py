@@ -25,7 +25,8 @@ def tile_grid(settings):
 def preprocess(settings, vox_centers, vox_lengths):
     dtype, device = vox_centers.dtype, vox_centers.device
     W, H = settings.image_width, settings.image_height
-    near = settings.near
+    # Footprints project from z >= max(near, FOOTPRINT_NEAR_MIN): near = 0 never divides by zero.
+    near = max(settings.near, meta.FOOTPRINT_NEAR_MIN)
     w2c = settings.w2c_matrix.to(device=device, dtype=dtype)
     cam_pos = settings.c2w_matrix[:3, 3].to(device=device, dtype=dtype)
     half = vox_lengths * 0.5
@@ -63,7 +64,7 @@ def preprocess(settings, vox_centers, vox_lengths):
     in_view = valid.any(1) & (torch.ceil(x_lo) <= torch.floor(x_hi)) & (torch.ceil(y_lo) <= torch.floor(y_hi))
     in_view &= (torch.floor(x_hi) >= 0) & (torch.ceil(x_lo) <= W - 1)
     in_view &= (torch.floor(y_hi) >= 0) & (torch.ceil(y_lo) <= H - 1)
-    in_view &= (vox_centers - cam_pos).norm(dim=-1) >= near
+    in_view &= (vox_centers - cam_pos).norm(dim=-1) >= settings.near
 
     t = meta.TILE_SIZE
     tile_rect = torch.stack([x0 // t, y0 // t, x1 // t, y1 // t], -1)
