@@ -27,6 +27,9 @@ if [ "${NCU:-0}" = 1 ]; then
       python3 bench/bench_cuda.py --scenes O6M --views 1 --repeat 1 >"$OUT/ncu.txt" 2>&1
   grep -E "Duration|Throughput|Stall|Warp Cycles|Issued|Occupancy|Registers|Eligible|L1/TEX Hit|L2 Hit|Mem Busy" "$OUT/ncu.txt" | head -40
 fi
+if [ "${SKIP_FIT:-0}" != 1 ]; then
+  python3 examples/fit_voxels.py --device cuda --out /tmp/fit_output 2>&1 | tee "$OUT/fit.log" | tail -n 4
+fi
 if [ "${SKIP_BENCH:-0}" != 1 ]; then
   python3 bench/bench_cuda.py --json "$OUT/bench.json" 2>&1 | tee "$OUT/bench.log" | tail -n 12
 fi

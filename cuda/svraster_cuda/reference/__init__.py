@@ -61,7 +61,7 @@ def rasterize_forward(settings, state, vox_centers, vox_lengths, geos, rgbs):
 
     with torch.no_grad():
         for pixels in pixel_chunks(rays, binning):
-            hits = intersect(settings, rays, binning, pixels, vox_centers, vox_lengths)
+            hits = intersect(settings, rays, binning, state.preprocessed.pixel_rect, pixels, vox_centers, vox_lengths)
             shaded = shade_hits(settings, rays, pixels, hits, vox_centers, vox_lengths, geos, rgbs, len(pixels))
             color[pixels] = shaded["color"]
             trans[pixels] = shaded["T"]

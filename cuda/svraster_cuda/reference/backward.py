@@ -52,7 +52,7 @@ def render_backward(settings, state, vox_centers, vox_lengths, geos, rgbs, dL_dc
     g_normal = dL_dnormal.reshape(3, -1).T.to(ACC) if settings.need_normal and dL_dnormal.numel() else None
 
     for pixels in pixel_chunks(rays, binning):
-        hits = intersect(settings, rays, binning, pixels, vox_centers, vox_lengths)
+        hits = intersect(settings, rays, binning, state.preprocessed.pixel_rect, pixels, vox_centers, vox_lengths)
         if len(hits.voxel) == 0:
             continue
         with torch.enable_grad():

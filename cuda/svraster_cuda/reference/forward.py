@@ -42,9 +42,10 @@ def pixel_chunks(rays, binning):
             yield torch.arange(lo, hi, device=rays.group.device)
 
 
-def intersect(settings, rays, binning, pixels, vox_centers, vox_lengths):
-    """The hits of the chunk's pixels: candidates from their lists, kept if the ray segment
-    in front of the near plane passes through the box."""
+def intersect(settings, rays, binning, pixel_rect, pixels, vox_centers, vox_lengths):
+    """The hits of the chunk's pixels: candidates from their lists whose pixel rectangle holds
+    the pixel (the kernels' cheap test), kept if the ray segment in front of the near plane
+    passes through the box."""
     group = rays.group[pixels]
     start = binning.group_start[group]
     counts = binning.group_end[group] - start
@@ -52,6 +53,11 @@ def intersect(settings, rays, binning, pixels, vox_centers, vox_lengths):
     offset = torch.cumsum(counts, 0) - counts
     entry = start[pair_pixel] + torch.arange(len(pair_pixel), device=pixels.device) - offset[pair_pixel]
     voxel = binning.entry_voxel[entry]
+    px = pixels[pair_pixel] % settings.image_width
+    py = pixels[pair_pixel] // settings.image_width
+    rect = pixel_rect[voxel]
+    inside = (px >= rect[:, 0]) & (px <= rect[:, 2]) & (py >= rect[:, 1]) & (py <= rect[:, 3])
+    pair_pixel, voxel = pair_pixel[inside], voxel[inside]
 
     rd = rays.direction[pixels][pair_pixel]
     half = vox_lengths[voxel] * 0.5

@@ -13,6 +13,7 @@ CORNER_OFFSETS = torch.tensor([[(c >> 2) & 1, (c >> 1) & 1, c & 1] for c in rang
 
 class Preprocessed(NamedTuple):
     tile_rect: torch.Tensor     # [N, 4] int64: tx0, ty0, tx1, ty1 (inclusive); empty when culled
+    pixel_rect: torch.Tensor    # [N, 4] int64: conservative x0, y0, x1, y1 (inclusive)
     octant_mask: torch.Tensor   # [N] int64: bit q set when rays of octant q can reach the voxel
     n_duplicates: torch.Tensor  # [N] int64: tiles x octants, 0 for culled voxels
 
@@ -67,6 +68,7 @@ def preprocess(settings, vox_centers, vox_lengths):
     in_view &= (vox_centers - cam_pos).norm(dim=-1) >= settings.near
 
     t = meta.TILE_SIZE
+    pixel_rect = torch.stack([x0, y0, x1, y1], -1)
     tile_rect = torch.stack([x0 // t, y0 // t, x1 // t, y1 // t], -1)
     tile_rect[~in_view] = torch.tensor([0, 0, -1, -1], device=device)
 
@@ -83,4 +85,4 @@ def preprocess(settings, vox_centers, vox_lengths):
 
     n_tiles = (tile_rect[:, 2] - tile_rect[:, 0] + 1).clamp(min=0) * (tile_rect[:, 3] - tile_rect[:, 1] + 1).clamp(min=0)
     n_octants = sum((octant_mask >> q) & 1 for q in range(8))
-    return Preprocessed(tile_rect, octant_mask, n_tiles * n_octants)
+    return Preprocessed(tile_rect, pixel_rect, octant_mask, n_tiles * n_octants)
