@@ -102,6 +102,63 @@ def profile_scene(name, width, height):
     print(prof.key_averages().table(sort_by="self_cuda_memory_usage", row_limit=6, max_name_column_width=60))
 
 
+def make_step(name, scene, params):
+    def forward(s):
+        with torch.no_grad():
+            return rasterize_voxels(s, scene["octpath"], scene["vox_centers"], scene["vox_lengths"], lambda *a: params)
+
+    def forward_backward(s):
+        color, _, _, T, _ = rasterize_voxels(s, scene["octpath"], scene["vox_centers"], scene["vox_lengths"],
+                                             lambda *a: params)
+        (color.sum() + T.sum()).backward()
+
+    return forward, forward_backward
+
+
+def scene_and_params(name):
+    scene = make_scene(name, "cuda")
+    geos = scene["geos"].requires_grad_()
+    params = {"geos": geos, "rgbs": scene["rgbs"].requires_grad_(),
+              "subdiv_p": torch.zeros(len(geos), 1, device="cuda", requires_grad=True)}
+    return scene, params
+
+
+def long_run(name, n, width, height):
+    """n consecutive renders of one view, alternating forward and forward+backward: allocated
+    memory and time per render at the start and at the end."""
+    scene, params = scene_and_params(name)
+    forward, forward_backward = make_step(name, scene, params)
+    s = orbit_settings(name, 1, width, height, "cpu")[0]
+    memory, times = [], []
+    for i in range(n):
+        times.append(time_ms(lambda: (forward_backward if i % 2 else forward)(s), 1))
+        memory.append(torch.cuda.memory_allocated())
+    head, tail = times[10:110], times[-100:]
+    print(f"long run {name}, {n} renders ({width}x{height}): allocated after render 10 / {n}: "
+          f"{memory[10] / 2**20:.1f} / {memory[-1] / 2**20:.1f} MB (max {max(memory[10:]) / 2**20:.1f} MB); "
+          f"median ms renders 10-110: {statistics.median(head):.2f}, last 100: {statistics.median(tail):.2f}")
+
+
+def large_images(name, sizes):
+    """Forward and forward+backward time and peak memory at large resolutions."""
+    scene, params = scene_and_params(name)
+    forward, forward_backward = make_step(name, scene, params)
+    print(f"| {name} size | forward ms | fwd+bwd ms | peak GB fwd / fwd+bwd |")
+    print("|---|---|---|---|")
+    for w, h in sizes:
+        s = orbit_settings(name, 1, w, h, "cpu")[0]
+        forward_backward(s)
+        peaks = []
+        for fn in (forward, forward_backward):
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            fn(s)
+            torch.cuda.synchronize()
+            peaks.append(torch.cuda.max_memory_allocated() / 2**30)
+        print(f"| {w}x{h} | {time_ms(lambda: forward(s), 3):.2f} | {time_ms(lambda: forward_backward(s), 3):.2f} | "
+              f"{peaks[0]:.2f} / {peaks[1]:.2f} |")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--scenes", default="O1.4M,O6M,R1.5M,R6M")
@@ -111,7 +168,15 @@ def main():
     ap.add_argument("--repeat", type=int, default=10)
     ap.add_argument("--json")
     ap.add_argument("--profile", action="store_true", help="profile one view of each scene instead")
+    ap.add_argument("--long", type=int, metavar="N", help="N consecutive renders of the first scene instead")
+    ap.add_argument("--sizes", action="store_true", help="large images (4097x2161, 7680x4320, 16384^2) instead")
     args = ap.parse_args()
+    if args.long:
+        long_run(args.scenes.split(",")[0], args.long, args.width, args.height)
+        return
+    if args.sizes:
+        large_images(args.scenes.split(",")[0], [(1920, 1080), (4097, 2161), (7680, 4320), (16384, 16384)])
+        return
     if args.profile:
         for n in args.scenes.split(","):
             profile_scene(n, args.width, args.height)

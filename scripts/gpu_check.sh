@@ -32,4 +32,6 @@ if [ "${SKIP_FIT:-0}" != 1 ]; then
 fi
 if [ "${SKIP_BENCH:-0}" != 1 ]; then
   python3 bench/bench_cuda.py --json "$OUT/bench.json" 2>&1 | tee "$OUT/bench.log" | tail -n 12
+  python3 bench/bench_cuda.py --scenes R1.5M --long 1000 2>&1 | tee -a "$OUT/bench.log" | tail -n 1
+  python3 bench/bench_cuda.py --scenes O6M --sizes 2>&1 | tee -a "$OUT/bench.log" | tail -n 6
 fi

@@ -149,7 +149,7 @@ def test_errors_leave_context_healthy(cuda):
 
 def test_long_runs_do_not_grow(cuda):
     """Repeated renders (with and without backward) keep allocated memory flat and do not slow
-    down (scripts/gpu_check.sh's benchmark covers the 1000-render case of issue 5)."""
+    down; `bench/bench_cuda.py --long 1000` measures the 1000-render case on the benchmark scenes."""
     import time
     octpath, centers, lengths, geos, rgbs = random_scene(21, max_level=5)
     settings = make_settings((2.2, 1.9, -1.4), (0, 0, 0), width=320, height=240, need_depth=True, lambda_dist=0.1)

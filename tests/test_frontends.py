@@ -11,7 +11,7 @@ import torch
 
 from helpers import REPO
 from svraster_cuda import cameras, demo
-from svraster_cuda.model import SVRasterModel
+from svraster_cuda.model import ModelError, SVRasterModel
 from svraster_cuda.params import SH_C0, SH_C1, SH_C2, SH_C3, SH_eval, sh_basis
 
 
@@ -198,6 +198,20 @@ def test_render_fly_through(demo_model, tmp_path):
     import imageio.v2 as imageio
     reader = imageio.get_reader(str(out))
     assert reader.count_frames() == 9 and tuple(reader.get_meta_data()["size"]) == (48, 36)
+
+
+def test_absurd_sizes_fail_before_allocating(tmp_path):
+    """A checkpoint claiming 2^40 voxels (a zero-stride tensor: the file is tiny) is refused
+    from its metadata, before anything of that size is allocated."""
+    huge = torch.zeros(1, dtype=torch.long).as_strided((2 ** 40, 1), (0, 0))
+    state = {"active_sh_degree": 0, "scene_center": torch.zeros(3), "scene_extent": torch.ones(1),
+             "octpath": huge, "octlevel": torch.ones(1, 1, dtype=torch.int8).as_strided((2 ** 40, 1), (0, 0)),
+             "_geo_grid_pts": torch.zeros(1, 1), "_sh0": torch.zeros(1, 3), "_shs": torch.zeros(1, 0, 3), "quantized": False}
+    (tmp_path / "checkpoints").mkdir()
+    torch.save(state, tmp_path / "checkpoints" / "iter000001_model.pt")
+    assert (tmp_path / "checkpoints" / "iter000001_model.pt").stat().st_size < 10_000
+    with pytest.raises(ModelError, match="1099511627776 voxels exceed"):
+        SVRasterModel.load(tmp_path)
 
 
 @pytest.mark.parametrize("case", ["missing", "corrupt", "pickle", "keys", "no_cameras", "unwritable"])
