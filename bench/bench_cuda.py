@@ -34,22 +34,10 @@ def time_ms(fn, repeat):
 
 def bench_scene(name, width, height, views, repeat):
     t0 = time.time()
-    scene = make_scene(name, "cuda")
+    scene, params = scene_and_params(name)
     built = time.time() - t0
-    geos = scene["geos"].requires_grad_()
-    rgbs = scene["rgbs"].requires_grad_()
-    subdiv = torch.zeros(len(geos), 1, device="cuda", requires_grad=True)
-    params = {"geos": geos, "rgbs": rgbs, "subdiv_p": subdiv}
+    forward, forward_backward = make_step(name, scene, params)
     cams = orbit_settings(name, views, width, height, "cpu")
-
-    def forward(s):
-        with torch.no_grad():
-            return rasterize_voxels(s, scene["octpath"], scene["vox_centers"], scene["vox_lengths"], lambda *a: params)
-
-    def forward_backward(s):
-        color, _, _, T, _ = rasterize_voxels(s, scene["octpath"], scene["vox_centers"], scene["vox_lengths"],
-                                             lambda *a: params)
-        (color.sum() + T.sum()).backward()
 
     fwd, both, coverage = [], [], []
     for s in cams:
@@ -73,7 +61,7 @@ def bench_scene(name, width, height, views, repeat):
             else:
                 peak_both = max(peak_both, peak)
     resident = torch.cuda.memory_allocated() / 2**30
-    return {"scene": name, "voxels": len(geos), "forward_ms": statistics.median(fwd),
+    return {"scene": name, "voxels": len(params["geos"]), "forward_ms": statistics.median(fwd),
             "forward_backward_ms": statistics.median(both), "peak_fwd_gb": peak_fwd, "peak_fwd_bwd_gb": peak_both,
             "resident_gb": resident, "coverage": statistics.mean(coverage), "build_s": built}
 

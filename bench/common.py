@@ -3,6 +3,7 @@ import math
 
 import torch
 
+from svraster_cuda.cameras import look_at
 from svraster_cuda.renderer import RasterSettings
 from svraster_cuda.scenes import procedural_scene
 
@@ -16,17 +17,6 @@ SCENES = {
 }
 
 
-def look_at(eye, target, up=(0.0, 0.0, 1.0)):
-    eye, target, up = (torch.tensor(v, dtype=torch.float64) for v in (eye, target, up))
-    z = (target - eye) / (target - eye).norm()
-    x = torch.linalg.cross(z, up)
-    x = x / x.norm()
-    y = torch.linalg.cross(z, x)
-    c2w = torch.eye(4, dtype=torch.float64)
-    c2w[:3, 0], c2w[:3, 1], c2w[:3, 2], c2w[:3, 3] = x, y, z, eye
-    return torch.linalg.inv(c2w).float(), c2w.float()
-
-
 def orbit_settings(name, n_views, width, height, device, fov_deg=60.0, **kw):
     """Orbit cameras: outside the objects for O scenes, inside the shell for R scenes."""
     radius = 1.35 if name.startswith("R") else 2.6
@@ -34,11 +24,12 @@ def orbit_settings(name, n_views, width, height, device, fov_deg=60.0, **kw):
     for i in range(n_views):
         phi = 2 * math.pi * i / n_views
         eye = (radius * math.cos(phi), radius * math.sin(phi), 0.35 * radius * math.sin(3 * phi))
-        w2c, c2w = look_at(eye, (0.0, 0.0, 0.0))
+        c2w = look_at(eye, (0.0, 0.0, 0.0))
+        w2c = torch.linalg.inv(c2w)
         tanx = math.tan(math.radians(fov_deg) / 2)
         views.append(RasterSettings(color_mode="rgb", n_samp_per_vox=1, image_width=width, image_height=height,
                                     tanfovx=tanx, tanfovy=tanx * height / width, cx=width / 2, cy=height / 2,
-                                    w2c_matrix=w2c.to(device), c2w_matrix=c2w.to(device), **kw))
+                                    w2c_matrix=w2c.float().to(device), c2w_matrix=c2w.float().to(device), **kw))
     return views
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from svraster_cuda import meta, utils
+from svraster_cuda import cameras, meta, utils
 from svraster_cuda.renderer import RasterSettings, rasterize_voxels
 
 REPO = Path(__file__).resolve().parent.parent
@@ -33,18 +33,9 @@ def device_or_skip(name):
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)]
 
 
-def look_at(eye, target, up=(0.0, 0.0, 1.0)):
-    """OpenCV camera (x right, y down, z forward) at `eye` looking at `target`: (w2c, c2w)."""
-    eye, target, up = (torch.tensor(v, dtype=torch.float64) for v in (eye, target, up))
-    z = target - eye
-    z = z / z.norm()
-    x = torch.linalg.cross(z, up)
-    if x.norm() < 1e-8:
-        x = torch.linalg.cross(z, torch.tensor([1.0, 0.0, 0.0], dtype=torch.float64))
-    x = x / x.norm()
-    y = torch.linalg.cross(z, x)
-    c2w = torch.eye(4, dtype=torch.float64)
-    c2w[:3, 0], c2w[:3, 1], c2w[:3, 2], c2w[:3, 3] = x, y, z, eye
+def look_at(eye, target):
+    """(w2c, c2w) float32 of an OpenCV camera at `eye` looking at `target`."""
+    c2w = cameras.look_at(eye, target)
     return torch.linalg.inv(c2w).float(), c2w.float()
 
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from helpers import DEVICES, device_or_skip, make_settings, random_octree, render
+from helpers import device_or_skip, make_settings, random_octree, render
 
 scenes = st.fixed_dictionaries({
     "seed": st.integers(0, 10_000),
