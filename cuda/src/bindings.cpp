@@ -77,14 +77,14 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> rasterize_preprocess(const st
     C10_CUDA_KERNEL_LAUNCH_CHECK();
 
     Tensor offsets = torch::cumsum(n_duplicates, 0, at::kLong);
-    // The one device-to-host read of the frame: how many entries to allocate, and how many
-    // rank bits carry information.
+    // The one device-to-host read of the frame: how many entries to allocate, how many rank
+    // bits carry information, and how many voxels are in view.
     const Tensor counts = torch::cat({n ? offsets.slice(0, n - 1) : torch::zeros({1}, offsets.options()),
-                                      free_levels.to(at::kLong)}).cpu();
+                                      free_levels.to(at::kLong), (n_duplicates > 0).sum().reshape({1})}).cpu();
     const int64_t n_entries = counts[0].item<int64_t>();
     const svr::KeyLayout layout(n_tiles, int(counts[1].item<int64_t>()));
-    // The GPU is idle after that read, so selecting the voxels in view costs no second drain.
-    Tensor in_view = torch::nonzero(n_duplicates).reshape({-1});
+    // With the count known, selecting the voxels in view needs no second read.
+    Tensor in_view = torch::nonzero_static(n_duplicates, counts[2].item<int64_t>()).reshape({-1});
     TORCH_CHECK_VALUE(n_entries < (int64_t(1) << 31), "vox_centers: this view needs ", n_entries,
                       " tile-voxel entries; at most 2^31 - 1 are supported (fewer voxels or a smaller image)");
     const bool single = layout.single();

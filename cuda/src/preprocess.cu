@@ -44,7 +44,8 @@ __global__ void preprocess_kernel(Camera cam, int n, const int64_t* __restrict__
     float x_lo = INFINITY, x_hi = -INFINITY, y_lo = INFINITY, y_hi = -INFINITY;
     bool any = false;
     auto add = [&](float3 p) {
-        const float px = p.x / p.z * fx + cam.cx - 0.5f, py = p.y / p.z * fy + cam.cy - 0.5f;
+        const float inv_z = 1.f / p.z;
+        const float px = p.x * inv_z * fx + cam.cx - 0.5f, py = p.y * inv_z * fy + cam.cy - 0.5f;
         x_lo = fminf(x_lo, px); x_hi = fmaxf(x_hi, px);
         y_lo = fminf(y_lo, py); y_hi = fmaxf(y_hi, py);
         any = true;
