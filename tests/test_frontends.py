@@ -142,6 +142,29 @@ def test_colmap_unsupported_model(tmp_path):
         cameras.load_colmap(tmp_path / "s")
 
 
+def test_malformed_camera_files(tmp_path):
+    """Truncated, wrongly typed or absurd camera files fail with a message naming the file."""
+    _write_colmap(tmp_path / "bin", True)
+    data = (tmp_path / "bin" / "images.bin").read_bytes()
+    (tmp_path / "bin" / "images.bin").write_bytes(data[:30])                       # truncated
+    with pytest.raises(cameras.CameraError, match="malformed COLMAP"):
+        cameras.load_colmap(tmp_path / "bin")
+    _write_colmap(tmp_path / "huge", True)
+    (tmp_path / "huge" / "cameras.bin").write_bytes(struct.pack("<Q", 2 ** 40))    # claims 2^40 cameras
+    with pytest.raises(cameras.CameraError, match="malformed COLMAP"):
+        cameras.load_colmap(tmp_path / "huge")
+    (tmp_path / "t.json").write_text('{"frames": [{"transform_matrix": "not a matrix"}], "camera_angle_x": 1}')
+    with pytest.raises(cameras.CameraError, match="transform_matrix"):
+        cameras.load_transforms(tmp_path / "t.json")
+    (tmp_path / "c.json").write_text('{"cameras": [{"width": "wide"}]}')
+    with pytest.raises(cameras.CameraError, match="c.json: malformed camera entry"):
+        cameras.load_camera_json(tmp_path / "c.json")
+    (tmp_path / "config.yaml").write_text("model: !!python/object/apply:os.system ['echo hacked']\n")
+    from svraster_cuda.model import ModelConfig
+    with pytest.raises(ModelError, match="config.yaml: cannot read config"):
+        ModelConfig.load(tmp_path / "config.yaml")
+
+
 def test_fly_through_is_closed_and_smooth():
     keys = demo.demo_cameras(8, 40, 30)
     path = cameras.fly_through(keys, 64)
