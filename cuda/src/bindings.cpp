@@ -14,17 +14,17 @@ namespace {
 
 using torch::Tensor;
 
-void check_cuda(const Tensor& t, const char* name, at::ScalarType dtype, const Tensor& like) {
+// A CUDA tensor on `like`'s device, of `dtype`, contiguous, with `shape` (-1: any size).
+void check_tensor(const Tensor& t, const char* name, at::ScalarType dtype, std::vector<int64_t> shape,
+                  const Tensor& like) {
     TORCH_CHECK_VALUE(t.is_cuda(), name, ": expected a CUDA tensor, got one on ", t.device());
     TORCH_CHECK_VALUE(t.device() == like.device(), name, ": expected a tensor on ", like.device(), ", got ",
                       t.device());
     TORCH_CHECK_TYPE(t.scalar_type() == dtype, name, ": expected dtype ", dtype, ", got ", t.scalar_type());
     TORCH_CHECK_VALUE(t.is_contiguous(), name, ": expected a contiguous tensor");
-}
-
-void check_shape(const Tensor& t, const char* name, std::vector<int64_t> shape) {
-    TORCH_CHECK_VALUE(t.sizes().vec() == shape, name, ": expected shape ", c10::IntArrayRef(shape), ", got ",
-                      t.sizes());
+    bool ok = t.dim() == int64_t(shape.size());
+    for (size_t i = 0; ok && i < shape.size(); ++i) ok = shape[i] < 0 || shape[i] == t.size(int64_t(i));
+    TORCH_CHECK_VALUE(ok, name, ": expected shape ", c10::IntArrayRef(shape), " (-1: any), got ", t.sizes());
 }
 
 // camera = [W, H, tanfovx, tanfovy, cx, cy, near, w2c (12 values), c2w (12 values)]
@@ -56,12 +56,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> rasterize_preprocess(const st
     const c10::cuda::CUDAGuard guard(vox_centers.device());
     const int64_t n = vox_centers.size(0);
     TORCH_CHECK_VALUE(n <= MAX_VOXELS, "vox_centers: at most ", MAX_VOXELS, " voxels are supported, got ", n);
-    check_cuda(vox_centers, "vox_centers", at::kFloat, vox_centers);
-    check_cuda(octree_paths, "octree_paths", at::kLong, vox_centers);
-    check_cuda(vox_lengths, "vox_lengths", at::kFloat, vox_centers);
-    check_shape(vox_centers, "vox_centers", {n, 3});
-    check_shape(octree_paths, "octree_paths", {n, 1});
-    check_shape(vox_lengths, "vox_lengths", {n, 1});
+    check_tensor(vox_centers, "vox_centers", at::kFloat, {n, 3}, vox_centers);
+    check_tensor(octree_paths, "octree_paths", at::kLong, {n, 1}, vox_centers);
+    check_tensor(vox_lengths, "vox_lengths", at::kFloat, {n, 1}, vox_centers);
     const svr::Camera cam = make_camera(camera);
     const int n_tiles = cam.tiles_x() * cam.tiles_y();
     const auto stream = c10::cuda::getCurrentCUDAStream();
@@ -115,19 +112,13 @@ svr::RenderBuffers render_buffers(const Tensor& ranges, const Tensor& entries, c
                                   const Tensor& vox_centers,
                                   const Tensor& vox_lengths, const Tensor& geos, const Tensor& rgbs, int n_tiles) {
     const int64_t n = vox_centers.size(0);
-    check_cuda(ranges, "ranges", at::kInt, vox_centers);
-    check_shape(ranges, "ranges", {n_tiles, 2});
-    check_cuda(entries, "entries", at::kInt, vox_centers);
-    check_cuda(pixel_rect, "pixel_rect", at::kInt, vox_centers);
-    check_shape(pixel_rect, "pixel_rect", {n, 4});
-    check_cuda(vox_centers, "vox_centers", at::kFloat, vox_centers);
-    check_cuda(vox_lengths, "vox_lengths", at::kFloat, vox_centers);
-    check_cuda(geos, "geos", at::kFloat, vox_centers);
-    check_cuda(rgbs, "rgbs", at::kFloat, vox_centers);
-    check_shape(vox_centers, "vox_centers", {n, 3});
-    check_shape(vox_lengths, "vox_lengths", {n, 1});
-    check_shape(geos, "geos", {n, 8});
-    check_shape(rgbs, "rgbs", {n, 3});
+    check_tensor(ranges, "ranges", at::kInt, {n_tiles, 2}, vox_centers);
+    check_tensor(entries, "entries", at::kInt, {-1}, vox_centers);
+    check_tensor(pixel_rect, "pixel_rect", at::kInt, {n, 4}, vox_centers);
+    check_tensor(vox_centers, "vox_centers", at::kFloat, {n, 3}, vox_centers);
+    check_tensor(vox_lengths, "vox_lengths", at::kFloat, {n, 1}, vox_centers);
+    check_tensor(geos, "geos", at::kFloat, {n, 8}, vox_centers);
+    check_tensor(rgbs, "rgbs", at::kFloat, {n, 3}, vox_centers);
     return {ptr<int2>(ranges), ptr<uint32_t>(entries), ptr<int4>(pixel_rect), ptr<float>(vox_centers), ptr<float>(vox_lengths),
             ptr<float>(geos), ptr<float>(rgbs)};
 }
@@ -171,12 +162,10 @@ std::vector<Tensor> rasterize_voxels_backward(
     const auto in = render_buffers(ranges, entries, pixel_rect, vox_centers, vox_lengths, geos, rgbs, cam.tiles_x() * cam.tiles_y());
     const int64_t H = cam.height, W = cam.width, n = vox_centers.size(0);
     auto image = [&](const Tensor& t, const char* name, int64_t ch) {
-        check_cuda(t, name, at::kFloat, vox_centers);
-        check_shape(t, name, {ch, H, W});
+        check_tensor(t, name, at::kFloat, {ch, H, W}, vox_centers);
         return ptr<float>(t);
     };
-    check_cuda(last, "last", at::kInt, vox_centers);
-    check_shape(last, "last", {H, W});
+    check_tensor(last, "last", at::kInt, {H, W}, vox_centers);
     svr::BackwardInputs g{image(T, "T", 1), lambda_dist > 0 ? image(aux, "aux", 1) : nullptr, ptr<int32_t>(last),
                           image(dL_dcolor, "dL_dcolor", 3),
                           need_depth ? image(dL_ddepth, "dL_ddepth", 3) : nullptr,
