@@ -131,11 +131,10 @@ def main(argv=None):
     device = torch.device(args.device)
     torch.manual_seed(0)
     width, height = args.res, max(1, args.res * 3 // 4)
-    cams = cameras.orbit(args.views, (0.0, 0.0, -0.1), 1.45, width, height, fov_deg=65.0, elevation_deg=28.0)
-    for i, c in enumerate(cams):  # vary the elevation so that the views see the scene from several heights
-        if i % 2:
-            cams[i] = cameras.orbit(args.views, (0.0, 0.0, -0.1), 1.45, width, height, fov_deg=65.0,
-                                    elevation_deg=10.0)[i]
+    # Alternate two elevations so that the views see the scene from several heights.
+    high, low = (cameras.orbit(args.views, (0.0, 0.0, -0.1), 1.45, width, height, fov_deg=65.0, elevation_deg=e)
+                 for e in (28.0, 10.0))
+    cams = [low[i] if i % 2 else high[i] for i in range(args.views)]
     truth = demo.build_model().to(device)
     with torch.no_grad():
         gt = [truth.render(c, ss=1.0)["color"].clamp(0, 1) for c in cams]

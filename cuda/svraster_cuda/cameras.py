@@ -96,6 +96,15 @@ def _image_size(path):
         return im.size
 
 
+def _focal(info, axis, size):
+    """Focal length along `axis` from 'fl_<axis>' or 'camera_angle_<axis>'; None if neither."""
+    if f"fl_{axis}" in info:
+        return float(info[f"fl_{axis}"])
+    if f"camera_angle_{axis}" in info:
+        return size / (2 * math.tan(float(info[f"camera_angle_{axis}"]) / 2))
+    return None
+
+
 def load_transforms(path, image_root=None):
     """Cameras of a NeRF-synthetic style transforms_*.json (OpenGL c2w converted to OpenCV)."""
     path = Path(path)
@@ -125,18 +134,10 @@ def load_transforms(path, image_root=None):
             W, H = _image_size(image)
         else:
             raise CameraError(f"{path}: frame {i}: image {image} not found and no 'w'/'h' given")
-        if "fl_x" in info:
-            fx = float(info["fl_x"])
-        elif "camera_angle_x" in info:
-            fx = W / (2 * math.tan(float(info["camera_angle_x"]) / 2))
-        else:
+        fx = _focal(info, "x", W)
+        if fx is None:
             raise CameraError(f"{path}: frame {i}: no 'camera_angle_x' or 'fl_x'")
-        if "fl_y" in info:
-            fy = float(info["fl_y"])
-        elif "camera_angle_y" in info:
-            fy = H / (2 * math.tan(float(info["camera_angle_y"]) / 2))
-        else:
-            fy = fx
+        fy = _focal(info, "y", H) or fx
         cx = float(info["cx"]) if "cx" in info else float(info.get("cx_p", 0.5)) * W
         cy = float(info["cy"]) if "cy" in info else float(info.get("cy_p", 0.5)) * H
         cams.append(Camera(W, H, fx, fy, cx, cy, c2w, Path(file_path).name, str(image)))

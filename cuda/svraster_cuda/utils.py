@@ -2,7 +2,7 @@
 import torch
 
 from . import meta
-from .reference.math import OCTANT_REPEAT
+from .reference.math import OCTANT_REPEAT, camera_directions
 
 
 def _level_shift(octlevel):
@@ -39,17 +39,11 @@ def voxel_order_rank(octree_paths):
     return torch.bitwise_xor(octree_paths.reshape(-1, 1), q * OCTANT_REPEAT)
 
 
-def _camera_dirs(width, height, cx, cy, tanfovx, tanfovy, c2w_matrix):
-    xs = (torch.arange(width, dtype=torch.float32, device=c2w_matrix.device) + 0.5 - cx) * (2 * tanfovx / width)
-    ys = (torch.arange(height, dtype=torch.float32, device=c2w_matrix.device) + 0.5 - cy) * (2 * tanfovy / height)
-    d_cam = torch.stack(torch.broadcast_tensors(xs[None, :], ys[:, None], torch.ones(1, 1, device=c2w_matrix.device)), -1)
-    return d_cam @ c2w_matrix[:3, :3].float().T
-
-
 def compute_rd(width, height, cx, cy, tanfovx, tanfovy, c2w_matrix):
     """Per-pixel world ray directions [H, W, 3] scaled to unit camera z (R_c2w . d_cam), so
     that `cam_pos + depth * rd` is the point at camera depth `depth`."""
-    return _camera_dirs(width, height, cx, cy, tanfovx, tanfovy, c2w_matrix)
+    d_cam = camera_directions(width, height, cx, cy, tanfovx, tanfovy, device=c2w_matrix.device)
+    return d_cam @ c2w_matrix[:3, :3].float().T
 
 
 def depth2pts(width, height, cx, cy, tanfovx, tanfovy, c2w_matrix, depth):

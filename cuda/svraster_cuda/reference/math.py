@@ -11,22 +11,23 @@ from .. import meta
 OCTANT_REPEAT = sum(1 << (3 * level) for level in range(meta.MAX_NUM_LEVELS))
 
 
+def camera_directions(width, height, cx, cy, tanfovx, tanfovy, dtype=torch.float32, device="cpu"):
+    """Per-pixel camera-space direction with z = 1 (`d_cam`, SPEC section 2): [H, W, 3]."""
+    xs = (torch.arange(width, dtype=torch.float64, device=device) + 0.5 - cx) * (2 * tanfovx / width)
+    ys = (torch.arange(height, dtype=torch.float64, device=device) + 0.5 - cy) * (2 * tanfovy / height)
+    ones = torch.ones(1, 1, dtype=torch.float64, device=device)
+    return torch.stack(torch.broadcast_tensors(xs[None, :], ys[:, None], ones), -1).to(dtype)
+
+
 def pixel_rays(settings, dtype=torch.float32, device="cpu"):
-    """Per-pixel camera-space direction with z = 1 (`d_cam`), world ray direction (unit) and
-    |d_cam|, as `[H, W, 3]`, `[H, W, 3]`, `[H, W]` (SPEC section 2)."""
-    W, H = settings.image_width, settings.image_height
-    xs = (torch.arange(W, dtype=torch.float64, device=device) + 0.5 - settings.cx) * (2 * settings.tanfovx / W)
-    ys = (torch.arange(H, dtype=torch.float64, device=device) + 0.5 - settings.cy) * (2 * settings.tanfovy / H)
-    d_cam = torch.stack(torch.broadcast_tensors(xs[None, :], ys[:, None], torch.ones(1, 1, dtype=torch.float64, device=device)), -1)
-    d_cam = d_cam.to(dtype)
+    """Per-pixel `d_cam`, world ray direction (unit) and |d_cam|, as `[H, W, 3]`, `[H, W, 3]`,
+    `[H, W]` (SPEC section 2)."""
+    d_cam = camera_directions(settings.image_width, settings.image_height, settings.cx, settings.cy,
+                              settings.tanfovx, settings.tanfovy, dtype, device)
     rot = settings.c2w_matrix[:3, :3].to(device=device, dtype=dtype)
     norm = d_cam.norm(dim=-1)
     rd = (d_cam @ rot.T) / norm[..., None]
     return d_cam, rd, norm
-
-
-def camera_position(settings, dtype=torch.float32, device="cpu"):
-    return settings.c2w_matrix[:3, 3].to(device=device, dtype=dtype)
 
 
 def ray_quadrant(rd):
