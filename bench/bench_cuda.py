@@ -1,6 +1,7 @@
 """CUDA rasterizer benchmark: the issue's procedural scenes at 1920x1080 over 8 orbit views.
 
     python bench/bench_cuda.py [--scenes O1.4M,O6M,R1.5M,R6M] [--json out.json]
+    python bench/bench_cuda.py --scenes O6M,R6M --sparse    # sparse pixels, top-K, reuse
 
 Per scene: median over views of the median of repeated runs (CUDA events) of the forward
 (`rasterize_voxels`, preprocess and sort included) and of forward+backward, and the peak GPU
@@ -147,6 +148,50 @@ def large_images(name, sizes):
               f"{peaks[0]:.2f} / {peaks[1]:.2f} |")
 
 
+def sparse_queries(name, width, height, fraction=0.01, k=8, profile=False):
+    """A random `fraction` of the pixels rendered sparsely (fresh, and with reused
+    intersections), against the dense render; and top-K of the whole image."""
+    from svraster_cuda.renderer import intersect_voxels, rasterize_voxels_sparse, topk_contributors
+    scene, params = scene_and_params(name)
+    forward, forward_backward = make_step(name, scene, params)
+    s = orbit_settings(name, 1, width, height, "cpu")[0]
+    gen = torch.Generator().manual_seed(0)
+    n = int(fraction * width * height)
+    pixels = torch.stack([torch.randint(0, height, (n,), generator=gen), torch.randint(0, width, (n,), generator=gen)],
+                         1).cuda()
+    voxels = (scene["octpath"], scene["vox_centers"], scene["vox_lengths"])
+    inter = intersect_voxels(s, *voxels)
+
+    def sparse(intersections=None, backward=False):
+        color, _, _, T, _ = rasterize_voxels_sparse(s, *voxels, lambda *a: params, pixels, intersections=intersections)
+        if backward:
+            (color.sum() + T.sum()).backward()
+
+    rows = [("dense forward", lambda: forward(s)), ("dense fwd+bwd", lambda: forward_backward(s)),
+            (f"sparse {fraction:.0%} forward", lambda: sparse()),
+            (f"sparse {fraction:.0%} fwd+bwd", lambda: sparse(backward=True)),
+            (f"sparse {fraction:.0%} forward, reused intersections", lambda: sparse(inter)),
+            ("intersect_voxels (dense)", lambda: intersect_voxels(s, *voxels)),
+            (f"topk k={k}, whole image, reused intersections",
+             lambda: topk_contributors(s, *voxels, params["geos"], k, intersections=inter))]
+    if profile:
+        from torch.profiler import ProfilerActivity
+        from torch.profiler import profile as torch_profile
+        sparse()
+        torch.cuda.synchronize()
+        with torch_profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+            sparse()
+            torch.cuda.synchronize()
+        print(f"== profile {name}, sparse {fraction:.0%} forward")
+        print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=15, max_name_column_width=50))
+        return
+    print(f"| {name} {width}x{height}, {n} sparse pixels | ms |")
+    print("|---|---|")
+    for label, fn in rows:
+        fn()
+        print(f"| {label} | {time_ms(fn, 10):.3f} |")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--scenes", default="O1.4M,O6M,R1.5M,R6M")
@@ -158,7 +203,12 @@ def main():
     ap.add_argument("--profile", action="store_true", help="profile one view of each scene instead")
     ap.add_argument("--long", type=int, metavar="N", help="N consecutive renders of the first scene instead")
     ap.add_argument("--sizes", action="store_true", help="large images (4097x2161, 7680x4320, 16384^2) instead")
+    ap.add_argument("--sparse", action="store_true", help="sparse pixels, reuse and top-K against dense instead")
     args = ap.parse_args()
+    if args.sparse:
+        for n in args.scenes.split(","):
+            sparse_queries(n, args.width, args.height, profile=args.profile)
+        return
     if args.long:
         long_run(args.scenes.split(",")[0], args.long, args.width, args.height)
         return

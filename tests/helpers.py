@@ -97,8 +97,9 @@ def render(settings, octpath, centers, lengths, geos, rgbs, device="cpu", grad=F
     return out, (geos, rgbs, subdiv)
 
 
-def brute_force_pixel(settings, x, y, centers, lengths, geos, rgbs):
-    """SPEC section 3 for one pixel in float64: colour [3], T, mean depth, normal [3]."""
+def brute_force_pixel(settings, x, y, centers, lengths, geos, rgbs, weights_out=None):
+    """SPEC section 3 for one pixel in float64: colour [3], T, mean depth, normal [3]. With
+    `weights_out` (a list), appends (voxel id, blending weight) of each used voxel, front first."""
     f64 = torch.float64
     W, H = settings.image_width, settings.image_height
     d_cam = torch.tensor([(x + 0.5 - settings.cx) * 2 * settings.tanfovx / W,
@@ -131,6 +132,8 @@ def brute_force_pixel(settings, x, y, centers, lengths, geos, rgbs):
         if alpha < meta.MIN_ALPHA:
             continue
         wgt = T * alpha
+        if weights_out is not None:
+            weights_out.append((i, wgt))
         color += wgt * rgbs[i].to(f64)
         depth += T * alpha * float(a[i] + b[i]) / 2 if n == 1 else 0.0
         gv = g[i].reshape(2, 2, 2)

@@ -131,7 +131,8 @@ def test_errors_leave_context_healthy(cuda):
         call(*good[:3], good[3].double(), good[4])
     from svraster_cuda import cuda_backend
     with pytest.raises(ValueError, match="CUDA tensor"):
-        cuda_backend._load().rasterize_preprocess([16.0, 16.0, 1, 1, 8, 8, 0.02] + [0.0] * 24, octpath, centers, lengths)
+        cuda_backend._load().rasterize_preprocess([16.0, 16.0, 1, 1, 8, 8, 0.02] + [0.0] * 24, octpath, centers, lengths,
+                                                  torch.empty(0, dtype=torch.bool), torch.empty(0, dtype=torch.int32))
     nan = good[3].clone()
     nan[:] = math.nan
     color = call(*good[:3], nan, good[4])[0]

@@ -4,7 +4,7 @@ import torch
 
 from helpers import make_settings, random_octree
 from svraster_cuda import reference
-from svraster_cuda.renderer import _RasterizeVoxels
+from svraster_cuda.renderer import _RasterizeVoxels, _intersect
 
 
 def _scene(seed=5):
@@ -24,11 +24,12 @@ def test_gradcheck(n_samp):
     settings = make_settings((2.1, -1.7, 1.3), (0.0, 0.1, 0.0), width=7, height=6, fov_deg=50, n_samp_per_vox=n_samp,
                              need_depth=True, need_normal=True, bg_color=0.4)
     settings = settings._replace(w2c_matrix=settings.w2c_matrix.double(), c2w_matrix=settings.c2w_matrix.double())
-    _, state = reference.rasterize_preprocess(settings, octpath, centers, lengths)
+    intersections = _intersect(settings, octpath, centers, lengths, None)
+    layout = reference.pixel_layout(settings, None, torch.float64, "cpu")
     subdiv = torch.zeros(n, 1, dtype=torch.float64)
 
     def fn(g, r):
-        color, depth, normal, T, _ = _RasterizeVoxels.apply(state, settings, octpath, centers, lengths, g, r, subdiv)
+        color, depth, normal, T, _ = _RasterizeVoxels.apply(intersections, layout, settings, centers, lengths, g, r, subdiv)
         return color, depth[0], normal, T
 
     assert torch.autograd.gradcheck(fn, (geos, rgbs), eps=1e-6, atol=1e-5, rtol=1e-4)

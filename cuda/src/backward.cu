@@ -23,18 +23,18 @@ __device__ __forceinline__ float warp_sum(float x) {
 
 template <int N, bool DEPTH, bool NORMAL>
 __global__ void __launch_bounds__(BLOCK_THREADS)
-render_backward_kernel(Camera cam, BackwardOptions opt, RenderBuffers in, BackwardInputs g, BackwardOutputs out) {
-    const int tile = blockIdx.y * gridDim.x + blockIdx.x;
-    const int2 pixel = thread_pixel();
-    const int px = pixel.x, py = pixel.y;
-    const bool inside = px < cam.width && py < cam.height;
-    const int hw = cam.width * cam.height;
-    const int pix = inside ? py * cam.width + px : 0;
+render_backward_kernel(Camera cam, PixelSet pixels, BackwardOptions opt, RenderBuffers in, BackwardInputs g,
+                       BackwardOutputs out) {
+    PixelTask task;
+    if (!locate_pixel(cam, pixels, task)) return;
+    const int px = task.px, py = task.py;
+    const int hw = task.stride, pix = task.index;
     const Ray ray = pixel_ray(cam, px, py);
-    const int2 range = in.ranges[tile];
-    const WarpFootprint footprint(pixel, ray.quadrant);
-    const float inv_hw = 1.f / float(hw);
-    const int last = inside ? g.last[pix] : range.x;
+    const int2 range = in.ranges[task.tile];
+    const WarpPixels warp_pixels{task.px, task.py, ray.quadrant};
+    // The regularisers are normalised by the image's size, also for requested pixels.
+    const float inv_hw = 1.f / (float(cam.width) * float(cam.height));
+    const int last = task.active ? g.last[pix] : range.x;
     const int lane = int(threadIdx.x & 31);
 
     // Incoming gradients and what the backward needs of the forward's outputs.
@@ -64,7 +64,7 @@ render_backward_kernel(Camera cam, BackwardOptions opt, RenderBuffers in, Backwa
         const int group = max(range.x, top - 32);
         const bool valid = group + lane < top;
         const Candidate mine = valid ? load_candidate(in, group + lane) : Candidate{0u, make_int4(1, 1, 0, 0)};
-        uint32_t todo = __ballot_sync(FULL_MASK, valid && footprint.may_touch(mine));
+        uint32_t todo = warp_pixels.touched(mine, valid, group < last);
         while (todo) {
             const int k = 31 - __clz(todo);
             todo &= ~(1u << k);
@@ -207,11 +207,12 @@ render_backward_kernel(Camera cam, BackwardOptions opt, RenderBuffers in, Backwa
 
 }  // namespace
 
-void render_backward(const Camera& cam, const BackwardOptions& opt, const RenderBuffers& in,
+void render_backward(const Camera& cam, const PixelSet& pixels, const BackwardOptions& opt, const RenderBuffers& in,
                      const BackwardInputs& grads, const BackwardOutputs& out, cudaStream_t stream) {
+    if (nothing_to_render(pixels)) return;
     dispatch_variant(opt.n_samp, opt.need_depth, opt.need_normal, [&](auto n, auto depth, auto normal) {
         render_backward_kernel<decltype(n)::value, decltype(depth)::value, decltype(normal)::value>
-            <<<render_grid(cam), BLOCK_THREADS, 0, stream>>>(cam, opt, in, grads, out);
+            <<<render_grid(cam, pixels), BLOCK_THREADS, 0, stream>>>(cam, pixels, opt, in, grads, out);
     });
 }
 

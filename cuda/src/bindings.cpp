@@ -50,8 +50,14 @@ svr::Camera make_camera(const std::vector<double>& camera) {
 template <typename T>
 T* ptr(const Tensor& t) { return t.numel() ? reinterpret_cast<T*>(t.data_ptr()) : nullptr; }
 
-std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> rasterize_preprocess(const std::vector<double>& camera, const Tensor& octree_paths,
-                                                        const Tensor& vox_centers, const Tensor& vox_lengths) {
+// Sparse rendering: tile_active [n_tiles] bool and row_masks [n_tiles, TILE_SIZE] int32 of the
+// requested pixels (both empty to bin every tile).
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> rasterize_preprocess(const std::vector<double>& camera,
+                                                                        const Tensor& octree_paths,
+                                                                        const Tensor& vox_centers,
+                                                                        const Tensor& vox_lengths,
+                                                                        const Tensor& tile_active,
+                                                                        const Tensor& row_masks) {
     TORCH_CHECK_VALUE(vox_centers.is_cuda(), "vox_centers: expected a CUDA tensor, got one on ", vox_centers.device());
     const c10::cuda::CUDAGuard guard(vox_centers.device());
     const int64_t n = vox_centers.size(0);
@@ -64,11 +70,22 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> rasterize_preprocess(const st
     const auto stream = c10::cuda::getCurrentCUDAStream();
     const auto opts = vox_centers.options();
 
+    Tensor tile_sat;
+    svr::RequestedPixels requests{nullptr, nullptr, nullptr};
+    if (tile_active.numel()) {
+        check_tensor(tile_active, "tile_active", at::kBool, {n_tiles}, vox_centers);
+        check_tensor(row_masks, "row_masks", at::kInt, {n_tiles, TILE_SIZE}, vox_centers);
+        tile_sat = torch::zeros({cam.tiles_y() + 1, cam.tiles_x() + 1}, opts.dtype(at::kInt));
+        tile_sat.slice(0, 1).slice(1, 1).copy_(
+            tile_active.reshape({cam.tiles_y(), cam.tiles_x()}).cumsum(0, at::kInt).cumsum(1, at::kInt));
+        requests = {ptr<uint8_t>(tile_active), ptr<int32_t>(tile_sat), ptr<uint32_t>(row_masks)};
+    }
+
     Tensor pixel_rect = torch::empty({n, 4}, opts.dtype(at::kInt));
     Tensor octant_mask = torch::empty({n}, opts.dtype(at::kByte));
     Tensor n_duplicates = torch::empty({n}, opts.dtype(at::kInt));
     Tensor free_levels = torch::full({1}, MAX_NUM_LEVELS, opts.dtype(at::kInt));
-    svr::preprocess(cam, int(n), ptr<int64_t>(octree_paths), ptr<float>(vox_centers), ptr<float>(vox_lengths),
+    svr::preprocess(cam, requests, int(n), ptr<int64_t>(octree_paths), ptr<float>(vox_centers), ptr<float>(vox_lengths),
                     ptr<int4>(pixel_rect), ptr<uint8_t>(octant_mask), ptr<int32_t>(n_duplicates),
                     ptr<int32_t>(free_levels), stream);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -95,8 +112,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> rasterize_preprocess(const st
     auto* k = ptr<uint64_t>(keys);
     auto* v = ptr<uint32_t>(values);
     auto* tk = ptr<uint32_t>(tile_keys);
-    svr::duplicate_with_keys(cam, layout, int(n), ptr<int64_t>(octree_paths), ptr<int4>(pixel_rect), ptr<uint8_t>(octant_mask),
-                             ptr<int64_t>(offsets), k, tk, v, stream);
+    svr::duplicate_with_keys(cam, requests, layout, int(n), ptr<int64_t>(octree_paths), ptr<int4>(pixel_rect),
+                             ptr<uint8_t>(octant_mask), ptr<int32_t>(n_duplicates), ptr<int64_t>(offsets), k, tk, v,
+                             stream);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     svr::sort_entries(n_entries, layout, k, k ? k + n_entries : nullptr, tk, tk ? tk + n_entries : nullptr, v,
                       v ? v + n_entries : nullptr, ptr<uint32_t>(index_scratch), scratch.data_ptr(),
@@ -108,6 +126,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> rasterize_preprocess(const st
     return {n_duplicates, in_view, ranges, values[1], pixel_rect};
 }
 
+// `rgbs` may be undefined where colours are not read (top-K).
 svr::RenderBuffers render_buffers(const Tensor& ranges, const Tensor& entries, const Tensor& pixel_rect,
                                   const Tensor& vox_centers,
                                   const Tensor& vox_lengths, const Tensor& geos, const Tensor& rgbs, int n_tiles) {
@@ -118,30 +137,52 @@ svr::RenderBuffers render_buffers(const Tensor& ranges, const Tensor& entries, c
     check_tensor(vox_centers, "vox_centers", at::kFloat, {n, 3}, vox_centers);
     check_tensor(vox_lengths, "vox_lengths", at::kFloat, {n, 1}, vox_centers);
     check_tensor(geos, "geos", at::kFloat, {n, 8}, vox_centers);
-    check_tensor(rgbs, "rgbs", at::kFloat, {n, 3}, vox_centers);
+    if (rgbs.defined()) check_tensor(rgbs, "rgbs", at::kFloat, {n, 3}, vox_centers);
     return {ptr<int2>(ranges), ptr<uint32_t>(entries), ptr<int4>(pixel_rect), ptr<float>(vox_centers), ptr<float>(vox_lengths),
-            ptr<float>(geos), ptr<float>(rgbs)};
+            ptr<float>(geos), rgbs.defined() ? ptr<float>(rgbs) : nullptr};
+}
+
+// The pixels to render: the whole image, or (sparse) requests [P, 2] int32 (row, col) grouped
+// by tile into warps: warp_tiles [n_warps], lane_requests [32 * n_warps] (-1: idle lane).
+svr::PixelSet pixel_set(bool sparse, const Tensor& requests, const Tensor& warp_tiles, const Tensor& lane_requests,
+                        const Tensor& like) {
+    if (!sparse) return {0, nullptr, 0, nullptr, nullptr};
+    check_tensor(requests, "requests", at::kInt, {-1, 2}, like);
+    check_tensor(warp_tiles, "warp_tiles", at::kInt, {-1}, like);
+    check_tensor(lane_requests, "lane_requests", at::kInt, {32 * warp_tiles.size(0)}, like);
+    // A non-null pointer marks the set as sparse even when it is empty.
+    static const int2 no_requests{0, 0};
+    return {int(requests.size(0)), requests.numel() ? ptr<int2>(requests) : &no_requests, int(warp_tiles.size(0)),
+            ptr<int32_t>(warp_tiles), ptr<int32_t>(lane_requests)};
+}
+
+// Shape of a per-pixel output with `channels` channels: [C, H, W], or [C, P] for requests.
+std::vector<int64_t> pixel_shape(const svr::Camera& cam, const svr::PixelSet& set, int64_t channels) {
+    if (set.sparse()) return {channels, set.n_requests};
+    return {channels, cam.height, cam.width};
 }
 
 std::vector<Tensor> rasterize_voxels(const std::vector<double>& camera, int64_t n_samp, double bg, bool need_depth,
                                      bool need_distortion, bool need_normal, bool track_max_w, const Tensor& ranges,
-                                     const Tensor& entries, const Tensor& pixel_rect, const Tensor& vox_centers, const Tensor& vox_lengths,
-                                     const Tensor& geos, const Tensor& rgbs) {
+                                     const Tensor& entries, const Tensor& pixel_rect, const Tensor& vox_centers,
+                                     const Tensor& vox_lengths, const Tensor& geos, const Tensor& rgbs, bool sparse,
+                                     const Tensor& requests, const Tensor& warp_tiles, const Tensor& lane_requests) {
     TORCH_CHECK_VALUE(vox_centers.is_cuda(), "vox_centers: expected a CUDA tensor, got one on ", vox_centers.device());
     const c10::cuda::CUDAGuard guard(vox_centers.device());
     TORCH_CHECK_VALUE(n_samp >= 1 && n_samp <= MAX_N_SAMP, "n_samp_per_vox: expected 1..", MAX_N_SAMP, ", got ", n_samp);
     const svr::Camera cam = make_camera(camera);
     const auto in = render_buffers(ranges, entries, pixel_rect, vox_centers, vox_lengths, geos, rgbs, cam.tiles_x() * cam.tiles_y());
+    const svr::PixelSet set = pixel_set(sparse, requests, warp_tiles, lane_requests, vox_centers);
     const auto opts = geos.options();
-    const int64_t H = cam.height, W = cam.width, n = vox_centers.size(0);
-    Tensor color = torch::empty({3, H, W}, opts);
-    Tensor T = torch::empty({1, H, W}, opts);
-    Tensor depth = need_depth ? torch::empty({3, H, W}, opts) : torch::empty({0}, opts);
-    Tensor normal = need_normal ? torch::empty({3, H, W}, opts) : torch::empty({0}, opts);
+    const int64_t n = vox_centers.size(0);
+    Tensor color = torch::empty(pixel_shape(cam, set, 3), opts);
+    Tensor T = torch::empty(pixel_shape(cam, set, 1), opts);
+    Tensor depth = need_depth ? torch::empty(pixel_shape(cam, set, 3), opts) : torch::empty({0}, opts);
+    Tensor normal = need_normal ? torch::empty(pixel_shape(cam, set, 3), opts) : torch::empty({0}, opts);
     Tensor max_w = track_max_w ? torch::zeros({n, 1}, opts) : torch::empty({0}, opts);
-    Tensor aux = need_distortion ? torch::empty({1, H, W}, opts) : torch::empty({0}, opts);
-    Tensor last = torch::empty({H, W}, opts.dtype(at::kInt));
-    svr::render_forward(cam, {int(n_samp), float(bg), need_depth, need_distortion, need_normal, track_max_w}, in,
+    Tensor aux = need_distortion ? torch::empty(pixel_shape(cam, set, 1), opts) : torch::empty({0}, opts);
+    Tensor last = torch::empty(pixel_shape(cam, set, 1), opts.dtype(at::kInt));
+    svr::render_forward(cam, set, {int(n_samp), float(bg), need_depth, need_distortion, need_normal, track_max_w}, in,
                         {ptr<float>(color), ptr<float>(depth), ptr<float>(normal), ptr<float>(T), ptr<float>(max_w),
                          ptr<float>(aux), ptr<int32_t>(last)},
                         c10::cuda::getCurrentCUDAStream());
@@ -154,18 +195,20 @@ std::vector<Tensor> rasterize_voxels_backward(
     double lambda_R_concen, double lambda_ascending, double lambda_dist, const Tensor& gt_color, const Tensor& ranges,
     const Tensor& entries, const Tensor& pixel_rect, const Tensor& vox_centers, const Tensor& vox_lengths, const Tensor& geos, const Tensor& rgbs,
     const Tensor& T, const Tensor& aux, const Tensor& last,
-    const Tensor& dL_dcolor, const Tensor& dL_ddepth, const Tensor& dL_dnormal, const Tensor& dL_dT) {
+    const Tensor& dL_dcolor, const Tensor& dL_ddepth, const Tensor& dL_dnormal, const Tensor& dL_dT, bool sparse,
+    const Tensor& requests, const Tensor& warp_tiles, const Tensor& lane_requests) {
     TORCH_CHECK_VALUE(vox_centers.is_cuda(), "vox_centers: expected a CUDA tensor, got one on ", vox_centers.device());
     const c10::cuda::CUDAGuard guard(vox_centers.device());
     TORCH_CHECK_VALUE(n_samp >= 1 && n_samp <= MAX_N_SAMP, "n_samp_per_vox: expected 1..", MAX_N_SAMP, ", got ", n_samp);
     const svr::Camera cam = make_camera(camera);
     const auto in = render_buffers(ranges, entries, pixel_rect, vox_centers, vox_lengths, geos, rgbs, cam.tiles_x() * cam.tiles_y());
-    const int64_t H = cam.height, W = cam.width, n = vox_centers.size(0);
+    const svr::PixelSet set = pixel_set(sparse, requests, warp_tiles, lane_requests, vox_centers);
+    const int64_t n = vox_centers.size(0);
     auto image = [&](const Tensor& t, const char* name, int64_t ch) {
-        check_tensor(t, name, at::kFloat, {ch, H, W}, vox_centers);
+        check_tensor(t, name, at::kFloat, pixel_shape(cam, set, ch), vox_centers);
         return ptr<float>(t);
     };
-    check_tensor(last, "last", at::kInt, {H, W}, vox_centers);
+    check_tensor(last, "last", at::kInt, pixel_shape(cam, set, 1), vox_centers);
     svr::BackwardInputs g{image(T, "T", 1), lambda_dist > 0 ? image(aux, "aux", 1) : nullptr, ptr<int32_t>(last),
                           image(dL_dcolor, "dL_dcolor", 3),
                           need_depth ? image(dL_ddepth, "dL_ddepth", 3) : nullptr,
@@ -175,7 +218,7 @@ std::vector<Tensor> rasterize_voxels_backward(
     Tensor dL_dgeos = torch::zeros({n, 8}, opts);
     Tensor dL_drgbs = torch::zeros({n, 3}, opts);
     Tensor priority = torch::zeros({n, 1}, opts);
-    svr::render_backward(cam,
+    svr::render_backward(cam, set,
                          {int(n_samp), float(bg), need_depth, need_normal, float(lambda_R_concen),
                           float(lambda_ascending), float(lambda_dist)},
                          in, g, {ptr<float>(dL_dgeos), ptr<float>(dL_drgbs), ptr<float>(priority)},
@@ -184,13 +227,36 @@ std::vector<Tensor> rasterize_voxels_backward(
     return {dL_dgeos, dL_drgbs, priority};
 }
 
+std::vector<Tensor> rasterize_topk(const std::vector<double>& camera, int64_t n_samp, int64_t k, const Tensor& ranges,
+                                   const Tensor& entries, const Tensor& pixel_rect, const Tensor& vox_centers,
+                                   const Tensor& vox_lengths, const Tensor& geos, bool sparse, const Tensor& requests,
+                                   const Tensor& warp_tiles, const Tensor& lane_requests) {
+    TORCH_CHECK_VALUE(vox_centers.is_cuda(), "vox_centers: expected a CUDA tensor, got one on ", vox_centers.device());
+    const c10::cuda::CUDAGuard guard(vox_centers.device());
+    TORCH_CHECK_VALUE(n_samp >= 1 && n_samp <= MAX_N_SAMP, "n_samp_per_vox: expected 1..", MAX_N_SAMP, ", got ", n_samp);
+    TORCH_CHECK_VALUE(k >= 1 && k <= (int64_t(1) << 20), "k: expected 1..2^20, got ", k);
+    const svr::Camera cam = make_camera(camera);
+    // Top-K reads no colours (an undefined tensor).
+    const auto in = render_buffers(ranges, entries, pixel_rect, vox_centers, vox_lengths, geos, Tensor(),
+                                   cam.tiles_x() * cam.tiles_y());
+    const svr::PixelSet set = pixel_set(sparse, requests, warp_tiles, lane_requests, vox_centers);
+    Tensor ids = torch::full(pixel_shape(cam, set, k), -1, geos.options().dtype(at::kLong));
+    Tensor weights = torch::zeros(pixel_shape(cam, set, k), geos.options());
+    svr::render_topk(cam, set, int(n_samp), int(k), in, ptr<int64_t>(ids), ptr<float>(weights),
+                     c10::cuda::getCurrentCUDAStream());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    return {ids, weights};
+}
+
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
     m.def("rasterize_preprocess", &rasterize_preprocess,
-          "preprocess, duplicateWithKeys, sort, identifyTileRanges -> (n_duplicates, in_view, ranges, entries, pixel_rect)");
+          "preprocess, duplicateWithKeys, sort, identifyTileRanges -> (n_duplicates, in_view, ranges, entries, "
+          "pixel_rect)");
     m.def("rasterize_voxels", &rasterize_voxels, "forward render -> [color, depth, normal, T, max_w, aux, last]");
     m.def("rasterize_voxels_backward", &rasterize_voxels_backward, "backward render -> [dL_dgeos, dL_drgbs, priority]");
+    m.def("rasterize_topk", &rasterize_topk, "per-pixel top-K contributors -> [ids, weights]");
     m.attr("MAX_NUM_LEVELS") = MAX_NUM_LEVELS;
     m.attr("MAX_N_SAMP") = MAX_N_SAMP;
     m.attr("STEP_SZ_SCALE") = STEP_SZ_SCALE;
@@ -199,4 +265,5 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
     m.attr("EARLY_STOP_T") = EARLY_STOP_T;
     m.attr("TILE_SIZE") = TILE_SIZE;
     m.attr("MAX_VOXELS") = MAX_VOXELS;
+    m.attr("MAX_EXACT_TILES") = MAX_EXACT_TILES;
 }

@@ -15,18 +15,21 @@ int bits_for(int n) {
     return bits;
 }
 
-__global__ void duplicate_kernel(int n, int tiles_x, KeyLayout layout, const int64_t* __restrict__ octpaths,
+__global__ void duplicate_kernel(int n, int tiles_x, RequestedPixels requests, KeyLayout layout,
+                                 const int64_t* __restrict__ octpaths,
                                  const int4* __restrict__ pixel_rect, const uint8_t* __restrict__ octant_mask,
-                                 const int64_t* __restrict__ offsets, uint64_t* __restrict__ keys,
+                                 const int32_t* __restrict__ n_duplicates, const int64_t* __restrict__ offsets,
+                                 uint64_t* __restrict__ keys,
                                  uint32_t* __restrict__ tile_keys, uint32_t* __restrict__ values) {
     const int v = blockIdx.x * blockDim.x + threadIdx.x;
     if (v >= n) return;
+    const int32_t count = n_duplicates[v];
+    if (count == 0) return;  // culled, or no active tile
     const uint32_t mask = octant_mask[v];
     const int4 p = pixel_rect[v];
-    if (mask == 0 || p.z < p.x) return;
     const int4 r = make_int4(p.x / TILE_SIZE, p.y / TILE_SIZE, p.z / TILE_SIZE, p.w / TILE_SIZE);
-    const int64_t end = offsets[v];
-    int64_t at = end - int64_t(r.z - r.x + 1) * (r.w - r.y + 1) * __popc(mask);
+    const bool exact = (r.z - r.x + 1) * (r.w - r.y + 1) <= MAX_EXACT_TILES;  // as preprocess counted
+    int64_t at = offsets[v] - count;
     const uint64_t path = uint64_t(octpaths[v]);
     const bool single = layout.single();
     for (int q = 0; q < 8; ++q) {
@@ -34,11 +37,12 @@ __global__ void duplicate_kernel(int n, int tiles_x, KeyLayout layout, const int
         const uint64_t rank = order_rank(path, q) >> (RANK_BITS - layout.rank_bits);
         const uint32_t value = uint32_t(q) << VOXEL_ID_BITS | uint32_t(v);
         for (int ty = r.y; ty <= r.w; ++ty)
-            for (int tx = r.x; tx <= r.z; ++tx, ++at) {
+            for (int tx = r.x; tx <= r.z; ++tx) {
                 const uint32_t tile = uint32_t(ty * tiles_x + tx);
+                if (requests.tile_active && !bins_into(requests, p, tx, ty, tiles_x, exact)) continue;
                 keys[at] = single ? (uint64_t(tile) << layout.rank_bits | rank) : rank;
                 if (!single) tile_keys[at] = tile;
-                values[at] = value;
+                values[at++] = value;
             }
     }
 }
@@ -93,13 +97,14 @@ size_t sort_scratch_bytes(int64_t n_entries, const KeyLayout& layout) {
     return a > b ? a : b;
 }
 
-void duplicate_with_keys(const Camera& cam, const KeyLayout& layout, int n_voxels, const int64_t* octpaths,
-                         const int4* pixel_rect, const uint8_t* octant_mask, const int64_t* offsets, uint64_t* keys,
-                         uint32_t* tile_keys, uint32_t* values, cudaStream_t stream) {
+void duplicate_with_keys(const Camera& cam, const RequestedPixels& requests, const KeyLayout& layout, int n_voxels,
+                         const int64_t* octpaths, const int4* pixel_rect, const uint8_t* octant_mask,
+                         const int32_t* n_duplicates, const int64_t* offsets, uint64_t* keys, uint32_t* tile_keys,
+                         uint32_t* values, cudaStream_t stream) {
     if (n_voxels == 0) return;
-    duplicate_kernel<<<grid_for(n_voxels, 256), 256, 0, stream>>>(n_voxels, cam.tiles_x(), layout, octpaths,
-                                                                  pixel_rect, octant_mask, offsets, keys, tile_keys,
-                                                                  values);
+    duplicate_kernel<<<grid_for(n_voxels, 256), 256, 0, stream>>>(n_voxels, cam.tiles_x(), requests, layout, octpaths,
+                                                                  pixel_rect, octant_mask, n_duplicates, offsets, keys,
+                                                                  tile_keys, values);
 }
 
 void sort_entries(int64_t n_entries, const KeyLayout& layout, uint64_t* keys, uint64_t* keys_out, uint32_t* tile_keys,

@@ -1,7 +1,7 @@
-// Stage 5, renderCUDA forward (mirrors reference/forward.py): one block per 16x16 tile, one
-// thread per pixel. Each warp walks the tile's list (see render_common.cuh); each thread
-// composites the voxels of its own ray octant front to back and stops early; a warp whose
-// pixels are all saturated stops walking.
+// Stage 5, renderCUDA forward (mirrors reference/forward.py): one thread per pixel, one block
+// per 16x16 tile (or warps of requested pixels of one tile). Each warp walks its tile's list
+// (see render_common.cuh); each thread composites the voxels of its own ray octant front to
+// back and stops early; a warp whose pixels are all saturated stops walking.
 #include "render_common.cuh"
 
 namespace svr {
@@ -13,15 +13,13 @@ constexpr int FORWARD_MIN_BLOCKS = 1024 / BLOCK_THREADS;
 
 template <int N, bool DEPTH, bool NORMAL>
 __global__ void __launch_bounds__(BLOCK_THREADS, FORWARD_MIN_BLOCKS)
-render_forward_kernel(Camera cam, ForwardOptions opt, RenderBuffers in, ForwardOutputs out) {
-    const int tile = blockIdx.y * gridDim.x + blockIdx.x;
-    const int2 pixel = thread_pixel();
-    const int px = pixel.x, py = pixel.y;
-    const bool inside = px < cam.width && py < cam.height;
-    const int pix = py * cam.width + px;
+render_forward_kernel(Camera cam, PixelSet pixels, ForwardOptions opt, RenderBuffers in, ForwardOutputs out) {
+    PixelTask task;
+    if (!locate_pixel(cam, pixels, task)) return;
+    const int px = task.px, py = task.py;
     const Ray ray = pixel_ray(cam, px, py);
-    const int2 range = in.ranges[tile];
-    const WarpFootprint footprint(pixel, ray.quadrant);
+    const int2 range = in.ranges[task.tile];
+    const WarpPixels warp_pixels{task.px, task.py, ray.quadrant};
     const int lane = int(threadIdx.x & 31);
 
     float T = 1.f, color[3] = {0.f, 0.f, 0.f}, normal[3] = {0.f, 0.f, 0.f};
@@ -30,58 +28,50 @@ render_forward_kernel(Camera cam, ForwardOptions opt, RenderBuffers in, ForwardO
     // The median voxel: the last used one whose incoming T > 0.5 (evaluated after the loop).
     int median_entry = -1;
     float median_a = 0.f, median_b = 0.f, median_T = 0.f;
-    bool done = !inside;
+    bool done = !task.active;
 
-    for (int group = range.x; group < range.y && !__all_sync(FULL_MASK, done); group += 32) {
-        const bool valid = group + lane < range.y;
-        const Candidate mine = valid ? load_candidate(in, group + lane) : Candidate{0u, make_int4(1, 1, 0, 0)};
-        uint32_t todo = __ballot_sync(FULL_MASK, valid && footprint.may_touch(mine));
-        while (todo) {
-            const int k = __ffs(todo) - 1;
-            todo &= todo - 1;
-            const Candidate cand = mine.from_lane(k);
-            float w = 0.f;
-            if (!done && cand.may_cover(px, py, ray.quadrant)) {
-                VoxelRecord rec;
-                load_record(in, cand.voxel(), rec);
-                float a, b;
-                if (ray_segment(ray, rec.box_min, rec.length, a, b)) {
-                    Quadrature<N> quad;
-                    quad.evaluate(ray, a, b, rec.box_min, 1.f / rec.length, rec.geo);
-                    if (!(quad.alpha < MIN_ALPHA)) {  // NaN is kept: it reaches the pixel
-                        w = T * quad.alpha;
+    walk_front_to_back(in, range, warp_pixels, done, [&](const Candidate& cand, int index) {
+        float w = 0.f;
+        if (!done && cand.may_cover(px, py, ray.quadrant)) {
+            VoxelRecord rec;
+            load_record(in, cand.voxel(), rec);
+            float a, b;
+            if (ray_segment(ray, rec.box_min, rec.length, a, b)) {
+                Quadrature<N> quad;
+                quad.evaluate(ray, a, b, rec.box_min, 1.f / rec.length, rec.geo);
+                if (!(quad.alpha < MIN_ALPHA)) {  // NaN is kept: it reaches the pixel
+                    w = T * quad.alpha;
 #pragma unroll
-                        for (int c = 0; c < 3; ++c) color[c] += w * rec.rgb[c];
-                        if (DEPTH) {
-                            depth_sum += T * quad.depth_value(a, b);
-                            if (T > 0.5f) {
-                                median_entry = group + k;
-                                median_a = a; median_b = b; median_T = T;
-                            }
+                    for (int c = 0; c < 3; ++c) color[c] += w * rec.rgb[c];
+                    if (DEPTH) {
+                        depth_sum += T * quad.depth_value(a, b);
+                        if (T > 0.5f) {
+                            median_entry = index;
+                            median_a = a; median_b = b; median_T = T;
                         }
-                        if (opt.need_distortion) wm_sum += w * 0.5f * (contract(a) + contract(b));
-                        if (NORMAL) {
-                            const float3 g = corner_gradient(rec.geo);
-                            const float inv = rsqrtf(g.x * g.x + g.y * g.y + g.z * g.z + NORMAL_EPS);
-                            normal[0] += w * g.x * inv; normal[1] += w * g.y * inv; normal[2] += w * g.z * inv;
-                        }
-                        T *= 1.f - quad.alpha;
-                        done = T < EARLY_STOP_T;
-                        last = group + k + 1;
                     }
+                    if (opt.need_distortion) wm_sum += w * 0.5f * (contract(a) + contract(b));
+                    if (NORMAL) {
+                        const float3 g = corner_gradient(rec.geo);
+                        const float inv = rsqrtf(g.x * g.x + g.y * g.y + g.z * g.z + NORMAL_EPS);
+                        normal[0] += w * g.x * inv; normal[1] += w * g.y * inv; normal[2] += w * g.z * inv;
+                    }
+                    T *= 1.f - quad.alpha;
+                    done = T < EARLY_STOP_T;
+                    last = index + 1;
                 }
             }
-            if (opt.track_max_w) {
-                // Every lane reaches this point for every visited entry: one atomic per warp.
-                const unsigned wmax = __reduce_max_sync(FULL_MASK, __float_as_uint(fmaxf(w, 0.f)));
-                if (lane == 0 && wmax > 0u)
-                    atomicMax(reinterpret_cast<unsigned int*>(out.max_w) + cand.voxel(), wmax);
-            }
         }
-    }
-    if (!inside) return;
+        if (opt.track_max_w) {
+            // Every lane reaches this point for every visited entry: one atomic per warp.
+            const unsigned wmax = __reduce_max_sync(FULL_MASK, __float_as_uint(fmaxf(w, 0.f)));
+            if (lane == 0 && wmax > 0u)
+                atomicMax(reinterpret_cast<unsigned int*>(out.max_w) + cand.voxel(), wmax);
+        }
+    });
+    if (!task.active) return;
 
-    const int hw = cam.width * cam.height;
+    const int hw = task.stride, pix = task.index;
 #pragma unroll
     for (int c = 0; c < 3; ++c) out.color[c * hw + pix] = color[c] + T * opt.bg;
     out.T[pix] = T;
@@ -113,11 +103,12 @@ render_forward_kernel(Camera cam, ForwardOptions opt, RenderBuffers in, ForwardO
 
 }  // namespace
 
-void render_forward(const Camera& cam, const ForwardOptions& opt, const RenderBuffers& in, const ForwardOutputs& out,
-                    cudaStream_t stream) {
+void render_forward(const Camera& cam, const PixelSet& pixels, const ForwardOptions& opt, const RenderBuffers& in,
+                    const ForwardOutputs& out, cudaStream_t stream) {
+    if (nothing_to_render(pixels)) return;
     dispatch_variant(opt.n_samp, opt.need_depth, opt.need_normal, [&](auto n, auto depth, auto normal) {
         render_forward_kernel<decltype(n)::value, decltype(depth)::value, decltype(normal)::value>
-            <<<render_grid(cam), BLOCK_THREADS, 0, stream>>>(cam, opt, in, out);
+            <<<render_grid(cam, pixels), BLOCK_THREADS, 0, stream>>>(cam, pixels, opt, in, out);
     });
 }
 

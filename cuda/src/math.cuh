@@ -16,6 +16,23 @@ __device__ __forceinline__ uint64_t order_rank(uint64_t octpath, int quadrant) {
     return octpath ^ (uint64_t(quadrant) * OCTANT_REPEAT);
 }
 
+// Sparse rendering bins a voxel into tile (tx, ty) only when its pixel rectangle holds a
+// requested pixel of the tile. Rectangles spanning more than MAX_EXACT_TILES tiles (`exact`
+// false) go to every tile holding a request: cheaper, and still conservative.
+static_assert(TILE_SIZE <= 32, "row masks hold one bit per pixel of a tile row");
+__device__ __forceinline__ bool bins_into(const RequestedPixels& req, int4 rect, int tx, int ty, int tiles_x,
+                                          bool exact) {
+    const int tile = ty * tiles_x + tx;
+    if (!req.tile_active[tile]) return false;
+    if (!exact) return true;
+    const int x0 = max(rect.x - tx * TILE_SIZE, 0), x1 = min(rect.z - tx * TILE_SIZE, TILE_SIZE - 1);
+    const int y0 = max(rect.y - ty * TILE_SIZE, 0), y1 = min(rect.w - ty * TILE_SIZE, TILE_SIZE - 1);
+    const uint32_t columns = (uint32_t((2ull << (x1 - x0)) - 1)) << x0;
+    for (int y = y0; y <= y1; ++y)
+        if (req.row_masks[tile * TILE_SIZE + y] & columns) return true;
+    return false;
+}
+
 struct Ray {
     float3 origin, dir;  // dir has unit length
     float3 inv_dir;      // 1 / dir, with +-1e30 for a zero component (see ray_segment)

@@ -1,6 +1,6 @@
 // Stage 1 (mirrors reference/preprocess.py): per voxel, the conservative tile rectangle of
 // its part in front of the near plane, the octants of rays that can reach it, and its number
-// of (tile, octant) entries.
+// of (tile, octant) entries (only tiles where it may cover a requested pixel, when sparse).
 #include "math.cuh"
 
 namespace svr {
@@ -16,7 +16,28 @@ __device__ __forceinline__ float3 to_camera(const Camera& cam, float3 p) {
                        m[8] * p.x + m[9] * p.y + m[10] * p.z + m[11]);
 }
 
-__global__ void preprocess_kernel(Camera cam, int n, const int64_t* __restrict__ octpaths, const float* __restrict__ centers,
+// Tiles holding requests in the inclusive tile rectangle r: four reads of the summed-area table.
+__device__ __forceinline__ int active_tiles_in(const RequestedPixels& req, int tiles_x, int4 r) {
+    const int stride = tiles_x + 1;
+    const int32_t* sat = req.tile_sat;
+    return sat[(r.w + 1) * stride + r.z + 1] - sat[r.y * stride + r.z + 1] - sat[(r.w + 1) * stride + r.x] +
+           sat[r.y * stride + r.x];
+}
+
+// The tiles of `tile_rect` the voxel is binned into (all of them unless pixels are requested).
+__device__ __forceinline__ int tiles_binned(const RequestedPixels& req, int tiles_x, int4 pixel_rect, int4 tile_rect) {
+    const int area = (tile_rect.z - tile_rect.x + 1) * (tile_rect.w - tile_rect.y + 1);
+    if (!req.tile_active) return area;
+    const int active = active_tiles_in(req, tiles_x, tile_rect);
+    if (active == 0 || area > MAX_EXACT_TILES) return active;
+    int count = 0;
+    for (int ty = tile_rect.y; ty <= tile_rect.w; ++ty)
+        for (int tx = tile_rect.x; tx <= tile_rect.z; ++tx) count += bins_into(req, pixel_rect, tx, ty, tiles_x, true);
+    return count;
+}
+
+__global__ void preprocess_kernel(Camera cam, RequestedPixels requests, int n, const int64_t* __restrict__ octpaths,
+                                  const float* __restrict__ centers,
                                   const float* __restrict__ lengths, int4* __restrict__ pixel_rect,
                                   uint8_t* __restrict__ octant_mask, int32_t* __restrict__ n_duplicates,
                                   int32_t* __restrict__ free_levels) {
@@ -81,9 +102,13 @@ __global__ void preprocess_kernel(Camera cam, int n, const int64_t* __restrict__
     for (int q = 0; q < 8; ++q)
         if (((q & 4) ? neg[0] : pos[0]) && ((q & 2) ? neg[1] : pos[1]) && ((q & 1) ? neg[2] : pos[2])) mask |= 1u << q;
 
-    pixel_rect[v] = make_int4(x0, y0, x1, y1);
+    const int4 rect = make_int4(x0, y0, x1, y1);
+    const int n_tiles = tiles_binned(requests, cam.tiles_x(), rect,
+                                     make_int4(x0 / TILE_SIZE, y0 / TILE_SIZE, x1 / TILE_SIZE, y1 / TILE_SIZE));
+    if (n_tiles == 0) return;
+    pixel_rect[v] = rect;
     octant_mask[v] = uint8_t(mask);
-    n_duplicates[v] = (x1 / TILE_SIZE - x0 / TILE_SIZE + 1) * (y1 / TILE_SIZE - y0 / TILE_SIZE + 1) * __popc(mask);
+    n_duplicates[v] = n_tiles * __popc(mask);
     const uint64_t path = uint64_t(octpaths[v]);
     const int unused = path ? __ffsll((long long)path) - 1 : 3 * MAX_NUM_LEVELS;
     atomicMin(free_levels, min(unused / 3, MAX_NUM_LEVELS));
@@ -91,13 +116,13 @@ __global__ void preprocess_kernel(Camera cam, int n, const int64_t* __restrict__
 
 }  // namespace
 
-void preprocess(const Camera& cam, int n_voxels, const int64_t* octpaths, const float* centers, const float* lengths,
-                int4* pixel_rect, uint8_t* octant_mask, int32_t* n_duplicates, int32_t* free_levels,
-                cudaStream_t stream) {
+void preprocess(const Camera& cam, const RequestedPixels& requests, int n_voxels, const int64_t* octpaths,
+                const float* centers, const float* lengths, int4* pixel_rect, uint8_t* octant_mask,
+                int32_t* n_duplicates, int32_t* free_levels, cudaStream_t stream) {
     if (n_voxels == 0) return;
     const int block = 256;
     preprocess_kernel<<<(n_voxels + block - 1) / block, block, 0, stream>>>(
-        cam, n_voxels, octpaths, centers, lengths, pixel_rect, octant_mask, n_duplicates, free_levels);
+        cam, requests, n_voxels, octpaths, centers, lengths, pixel_rect, octant_mask, n_duplicates, free_levels);
 }
 
 }  // namespace svr

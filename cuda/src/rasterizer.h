@@ -1,7 +1,7 @@
 // The pipeline's stages as plain CUDA host functions on raw device pointers (no PyTorch here:
 // the bindings in bindings.cpp own memory and validation). In order:
 //   preprocess -> duplicate_with_keys -> sort_entries -> identify_tile_ranges -> render_forward
-//   and render_backward.
+//   and render_backward (or render_topk).
 #pragma once
 #include <cstddef>
 #include <cstdint>
@@ -23,21 +23,32 @@ struct Camera {
     float tanfovx, tanfovy, cx, cy, near;
     float w2c[12];  // first three rows of the row-major 4x4 world-to-camera matrix
     float c2w[12];  // first three rows of the row-major 4x4 camera-to-world matrix
-    int tiles_x() const { return (width + TILE_SIZE - 1) / TILE_SIZE; }
-    int tiles_y() const { return (height + TILE_SIZE - 1) / TILE_SIZE; }
+    SVR_HOST_DEVICE int tiles_x() const { return (width + TILE_SIZE - 1) / TILE_SIZE; }
+    SVR_HOST_DEVICE int tiles_y() const { return (height + TILE_SIZE - 1) / TILE_SIZE; }
 };
 
 // Entry value: octant in the top 3 bits, voxel id in the low 29 (hence MAX_VOXELS).
 constexpr int VOXEL_ID_BITS = 29;
 constexpr uint32_t VOXEL_ID_MASK = (1u << VOXEL_ID_BITS) - 1;
 
+// Which (voxel, tile) pairs get entries: all of them, or (sparse rendering) only those where
+// the voxel's pixel rectangle holds a requested pixel of the tile (see bins_into in math.cuh).
+struct RequestedPixels {
+    const uint8_t* tile_active;  // [n_tiles]: the tile holds a request; null: every pixel is rendered
+    const int32_t* tile_sat;     // summed-area table of tile_active, [tiles_y + 1, tiles_x + 1] with a zero
+                                 // first row and column: a rectangle's count in four reads
+    const uint32_t* row_masks;   // [n_tiles, TILE_SIZE]: bit x of row y set when pixel (x, y) of the tile
+                                 // is requested
+};
+
 // --- preprocess.cu: per voxel, conservative pixel rectangle (x0, y0, x1, y1 inclusive),
-// octant mask, number of (tile, octant) entries (0 when culled); and over the voxels in view,
-// the fewest unused level slots at the bottom of their octpaths (`free_levels`, initialised
-// to MAX_NUM_LEVELS by the caller): those bits are zero in every path and never decide an order.
-void preprocess(const Camera& cam, int n_voxels, const int64_t* octpaths, const float* centers, const float* lengths,
-                int4* pixel_rect, uint8_t* octant_mask, int32_t* n_duplicates, int32_t* free_levels,
-                cudaStream_t stream);
+// octant mask, number of (tile, octant) entries (0 when culled); and over the voxels in
+// view, the fewest unused level slots at the bottom of their octpaths (`free_levels`,
+// initialised to MAX_NUM_LEVELS by the caller): those bits are zero in every path and never
+// decide an order.
+void preprocess(const Camera& cam, const RequestedPixels& requests, int n_voxels, const int64_t* octpaths,
+                const float* centers, const float* lengths, int4* pixel_rect, uint8_t* octant_mask,
+                int32_t* n_duplicates, int32_t* free_levels, cudaStream_t stream);
 
 // --- binning.cu
 // The sort key is (tile, rank) with the rank reduced to its informative `rank_bits`
@@ -52,9 +63,10 @@ struct KeyLayout {
 size_t sort_scratch_bytes(int64_t n_entries, const KeyLayout& layout);
 // Writes each voxel's entries at `offsets[v] - n_duplicates[v]` (offsets = inclusive scan).
 // `tile_keys` is written only when !layout.single().
-void duplicate_with_keys(const Camera& cam, const KeyLayout& layout, int n_voxels, const int64_t* octpaths,
-                         const int4* pixel_rect, const uint8_t* octant_mask, const int64_t* offsets, uint64_t* keys,
-                         uint32_t* tile_keys, uint32_t* values, cudaStream_t stream);
+void duplicate_with_keys(const Camera& cam, const RequestedPixels& requests, const KeyLayout& layout, int n_voxels,
+                         const int64_t* octpaths, const int4* pixel_rect, const uint8_t* octant_mask,
+                         const int32_t* n_duplicates, const int64_t* offsets, uint64_t* keys, uint32_t* tile_keys,
+                         uint32_t* values, cudaStream_t stream);
 // Sorts entries by (tile, rank). Inputs are consumed; the sorted values and keys land in the
 // *_out buffers. `index_scratch` holds 2 * n_entries uint32 (used only by the two-pass sort).
 void sort_entries(int64_t n_entries, const KeyLayout& layout, uint64_t* keys, uint64_t* keys_out, uint32_t* tile_keys,
@@ -64,7 +76,19 @@ void sort_entries(int64_t n_entries, const KeyLayout& layout, uint64_t* keys, ui
 void identify_tile_ranges(int64_t n_entries, int n_tiles, const KeyLayout& layout, const uint64_t* sorted_keys,
                           const uint32_t* sorted_tile_keys, int2* ranges, cudaStream_t stream);
 
-// --- forward.cu / backward.cu
+// --- forward.cu / backward.cu / topk.cu
+// The pixels a render covers: the whole image (one block per tile, outputs [C, H, W]) or a
+// list of requested pixels (outputs [C, P] in request order), grouped by tile into warps of at
+// most 32 so that a warp still walks one tile's list.
+struct PixelSet {
+    int n_requests;                // P; 0 for the whole image
+    const int2* requests;          // [P] (row, col), or null for the whole image
+    int n_warps;
+    const int32_t* warp_tiles;     // [n_warps] the tile of each warp
+    const int32_t* lane_requests;  // [n_warps * 32] the request of each lane, -1 for none
+    SVR_HOST_DEVICE bool sparse() const { return requests != nullptr; }
+};
+
 struct RenderBuffers {
     const int2* ranges;
     const uint32_t* entries;  // sorted values: octant << 29 | voxel id
@@ -72,7 +96,7 @@ struct RenderBuffers {
     const float* centers;     // [N, 3]
     const float* lengths;     // [N]
     const float* geos;        // [N, 8]
-    const float* rgbs;        // [N, 3]
+    const float* rgbs;        // [N, 3] (null for top-K)
 };
 
 struct ForwardOptions {
@@ -81,18 +105,19 @@ struct ForwardOptions {
     bool need_depth, need_distortion, need_normal, track_max_w;
 };
 
+// Per-pixel arrays are [C, H, W] for the whole image and [C, P] for requested pixels.
 struct ForwardOutputs {
-    float* color;   // [3, H, W]
-    float* depth;   // [3, H, W] or null
-    float* normal;  // [3, H, W] or null
-    float* T;       // [H, W]
+    float* color;   // [3, ...]
+    float* depth;   // [3, ...] or null
+    float* normal;  // [3, ...] or null
+    float* T;       // [...]
     float* max_w;   // [N] or null
-    float* aux;     // [H, W] when need_distortion: sum of w * contracted midpoint
-    int32_t* last;  // [H, W]: one past the last list entry the pixel used (where backward starts)
+    float* aux;     // [...] when need_distortion: sum of w * contracted midpoint
+    int32_t* last;  // [...]: one past the last list entry the pixel used (where backward starts)
 };
 
-void render_forward(const Camera& cam, const ForwardOptions& opt, const RenderBuffers& in, const ForwardOutputs& out,
-                    cudaStream_t stream);
+void render_forward(const Camera& cam, const PixelSet& pixels, const ForwardOptions& opt, const RenderBuffers& in,
+                    const ForwardOutputs& out, cudaStream_t stream);
 
 struct BackwardOptions {
     int n_samp;
@@ -105,11 +130,11 @@ struct BackwardInputs {
     const float* T;          // forward outputs
     const float* aux;        // or null (lambda_dist == 0)
     const int32_t* last;
-    const float* dL_dcolor;  // [3, H, W]
-    const float* dL_ddepth;  // [3, H, W] or null
-    const float* dL_dnormal; // [3, H, W] or null
-    const float* dL_dT;      // [H, W]
-    const float* gt_color;   // [3, H, W] or null
+    const float* dL_dcolor;  // [3, ...]
+    const float* dL_ddepth;  // [3, ...] or null
+    const float* dL_dnormal; // [3, ...] or null
+    const float* dL_dT;      // [...]
+    const float* gt_color;   // [3, ...] or null
 };
 
 struct BackwardOutputs {
@@ -118,7 +143,12 @@ struct BackwardOutputs {
     float* priority;   // [N]: sum over pixels |dL/dalpha * alpha|
 };
 
-void render_backward(const Camera& cam, const BackwardOptions& opt, const RenderBuffers& in,
+void render_backward(const Camera& cam, const PixelSet& pixels, const BackwardOptions& opt, const RenderBuffers& in,
                      const BackwardInputs& grads, const BackwardOutputs& out, cudaStream_t stream);
+
+// --- topk.cu: per pixel, the k used voxels of largest weight T * alpha, by weight descending
+// (ties: front first); ids [k, ...] (-1 padded) and weights [k, ...] (0 padded).
+void render_topk(const Camera& cam, const PixelSet& pixels, int n_samp, int k, const RenderBuffers& in, int64_t* ids,
+                 float* weights, cudaStream_t stream);
 
 }  // namespace svr

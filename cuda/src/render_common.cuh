@@ -1,12 +1,14 @@
-// What the forward and backward render kernels share: the voxel record a warp reads for an
-// entry of its tile's list, the warp's pixel footprint used to skip entries 32 at a time, and
-// the compile-time dispatch over kernel variants.
+// What the render kernels (forward, backward, top-K) share: which pixel a thread renders, the
+// voxel record a warp reads for an entry of its tile's list, the filter that lets a warp skip
+// entries 32 at a time, the front-to-back walk, and the compile-time dispatch over kernel
+// variants.
 //
 // Each warp walks its tile's list on its own (no block barriers): lane l loads entry
 // `group + l` and its pixel rectangle (coalesced, and shared through L1 by the tile's warps),
 // a ballot keeps the entries that may touch the warp's 16x2 pixel strip, and the warp visits
 // those in order, reading each voxel's record with warp-uniform loads.
 #pragma once
+#include <climits>
 #include <utility>
 
 #include "math.cuh"
@@ -21,13 +23,47 @@ constexpr int BLOCK_THREADS = 256;
 constexpr int BLOCKS_PER_TILE = BLOCK_PIXELS / BLOCK_THREADS;
 constexpr unsigned FULL_MASK = 0xffffffffu;
 
-// This thread's pixel: grid (tiles_x, tiles_y, BLOCKS_PER_TILE), BLOCK_THREADS per block.
-__device__ __forceinline__ int2 thread_pixel() {
-    const int row = blockIdx.z * (BLOCK_THREADS / TILE_SIZE) + threadIdx.x / TILE_SIZE;
-    return make_int2(blockIdx.x * TILE_SIZE + threadIdx.x % TILE_SIZE, blockIdx.y * TILE_SIZE + row);
+// A thread's pixel, the tile whose list its warp walks, and where its outputs go.
+struct PixelTask {
+    int tile;
+    int px, py;
+    bool active;  // a pixel of the image (whole image) or a request (sparse)
+    int index;    // into per-pixel arrays: py * W + px, or the request's row
+    int stride;   // between channels of per-pixel arrays: W * H, or P
+};
+
+// Whole image: grid (tiles_x, tiles_y, BLOCKS_PER_TILE), the threads of a block on one tile.
+// Requested pixels: one warp per PixelSet warp, BLOCK_THREADS / 32 of them per block.
+// Returns false (for the whole warp) when the warp has nothing to do.
+__device__ __forceinline__ bool locate_pixel(const Camera& cam, const PixelSet& set, PixelTask& task) {
+    if (!set.sparse()) {
+        const int row = blockIdx.z * (BLOCK_THREADS / TILE_SIZE) + threadIdx.x / TILE_SIZE;
+        task.tile = blockIdx.y * gridDim.x + blockIdx.x;
+        task.px = blockIdx.x * TILE_SIZE + threadIdx.x % TILE_SIZE;
+        task.py = blockIdx.y * TILE_SIZE + row;
+        task.active = task.px < cam.width && task.py < cam.height;
+        task.index = task.active ? task.py * cam.width + task.px : 0;
+        task.stride = cam.width * cam.height;
+        return true;
+    }
+    const int warp = int(blockIdx.x) * (BLOCK_THREADS / 32) + int(threadIdx.x / 32);
+    if (warp >= set.n_warps) return false;
+    const int request = set.lane_requests[32 * warp + (threadIdx.x & 31)];
+    task.tile = set.warp_tiles[warp];
+    task.active = request >= 0;
+    const int2 rc = task.active ? set.requests[request] : make_int2(0, 0);
+    task.px = rc.y;
+    task.py = rc.x;
+    task.index = task.active ? request : 0;
+    task.stride = set.n_requests;
+    return true;
 }
 
-inline dim3 render_grid(const Camera& cam) { return dim3(cam.tiles_x(), cam.tiles_y(), BLOCKS_PER_TILE); }
+inline dim3 render_grid(const Camera& cam, const PixelSet& set) {
+    if (set.sparse()) return dim3((set.n_warps + BLOCK_THREADS / 32 - 1) / (BLOCK_THREADS / 32));
+    return dim3(cam.tiles_x(), cam.tiles_y(), BLOCKS_PER_TILE);
+}
+inline bool nothing_to_render(const PixelSet& set) { return set.sparse() && set.n_warps == 0; }
 
 // One candidate of a tile's list, as a lane holds it while the warp decides.
 struct Candidate {
@@ -55,22 +91,36 @@ __device__ __forceinline__ Candidate load_candidate(const RenderBuffers& in, int
     return {entry, in.pixel_rect[entry & VOXEL_ID_MASK]};
 }
 
-// The pixels of one warp: a 16 x 2 strip of the tile, and the ray octants among them.
-struct WarpFootprint {
-    int x0, y0, x1, y1;
-    uint32_t octants;  // bit q set when a lane's ray has octant q
+// With at most this many live pixels, a warp tests each candidate against every one of them
+// (a shuffle per pixel); with more, against their bounding box and octants.
+constexpr int FEW_LIVE_PIXELS = 4;
 
-    __device__ __forceinline__ WarpFootprint(int2 pixel, int quadrant) {
-        constexpr int ROWS = 32 / TILE_SIZE;
-        x0 = pixel.x - pixel.x % TILE_SIZE;
-        x1 = x0 + TILE_SIZE - 1;
-        y0 = __reduce_min_sync(FULL_MASK, pixel.y);
-        y1 = y0 + ROWS - 1;
-        octants = __reduce_or_sync(FULL_MASK, 1u << quadrant);
-    }
+// The lanes' pixels as the warp filters its list: each lane holds one candidate, and the warp
+// keeps those that may cover a *live* pixel (one still compositing). Recomputed for every group
+// of 32 candidates, so the filter tightens as pixels saturate (and is exact for the few pixels
+// of a sparse warp).
+struct WarpPixels {
+    int px, py, quadrant;  // this lane's pixel and ray octant
 
-    __device__ __forceinline__ bool may_touch(const Candidate& c) const {
-        return (octants >> c.octant() & 1u) && x1 >= c.rect.x && y1 >= c.rect.y && x0 <= c.rect.z && y0 <= c.rect.w;
+    __device__ __forceinline__ uint32_t touched(const Candidate& mine, bool valid, bool live) const {
+        const uint32_t live_lanes = __ballot_sync(FULL_MASK, live);
+        bool touches = false;
+        if (__popc(live_lanes) <= FEW_LIVE_PIXELS) {
+            for (uint32_t m = live_lanes; m; m &= m - 1) {
+                const int j = __ffs(m) - 1;
+                touches |= mine.may_cover(__shfl_sync(FULL_MASK, px, j), __shfl_sync(FULL_MASK, py, j),
+                                          __shfl_sync(FULL_MASK, quadrant, j));
+            }
+        } else {
+            const int x0 = __reduce_min_sync(FULL_MASK, live ? px : INT_MAX);
+            const int y0 = __reduce_min_sync(FULL_MASK, live ? py : INT_MAX);
+            const int x1 = __reduce_max_sync(FULL_MASK, live ? px : INT_MIN);
+            const int y1 = __reduce_max_sync(FULL_MASK, live ? py : INT_MIN);
+            const uint32_t octants = __reduce_or_sync(FULL_MASK, live ? 1u << quadrant : 0u);
+            touches = (octants >> mine.octant() & 1u) && x1 >= mine.rect.x && y1 >= mine.rect.y &&
+                      x0 <= mine.rect.z && y0 <= mine.rect.w;
+        }
+        return __ballot_sync(FULL_MASK, valid && touches);
     }
 };
 
@@ -82,6 +132,8 @@ struct VoxelRecord {
     float rgb[3];
 };
 
+// WITH_RGB false leaves rec.rgb unset (top-K reads no colours).
+template <bool WITH_RGB = true>
 __device__ __forceinline__ void load_record(const RenderBuffers& in, uint32_t v, VoxelRecord& rec) {
     rec.length = in.lengths[v];
     const float h = 0.5f * rec.length;
@@ -90,7 +142,29 @@ __device__ __forceinline__ void load_record(const RenderBuffers& in, uint32_t v,
     const float4 g0 = g[0], g1 = g[1];
     rec.geo[0] = g0.x; rec.geo[1] = g0.y; rec.geo[2] = g0.z; rec.geo[3] = g0.w;
     rec.geo[4] = g1.x; rec.geo[5] = g1.y; rec.geo[6] = g1.z; rec.geo[7] = g1.w;
-    rec.rgb[0] = in.rgbs[3 * v]; rec.rgb[1] = in.rgbs[3 * v + 1]; rec.rgb[2] = in.rgbs[3 * v + 2];
+    if (WITH_RGB) {
+        rec.rgb[0] = in.rgbs[3 * v]; rec.rgb[1] = in.rgbs[3 * v + 1]; rec.rgb[2] = in.rgbs[3 * v + 2];
+    }
+}
+
+// The front-to-back walk of a warp over its tile's list `range`: lane l loads candidate
+// `group + l`, the warp keeps those that may touch its live pixels (not `done`), and for each of
+// them, in list order, every lane calls visit(candidate, list index) (warp-uniform, so visitors
+// may use warp collectives). Stops when every lane is done.
+template <typename Visit>
+__device__ __forceinline__ void walk_front_to_back(const RenderBuffers& in, int2 range, const WarpPixels& pixels,
+                                                   const bool& done, Visit&& visit) {
+    const int lane = int(threadIdx.x & 31);
+    for (int group = range.x; group < range.y && !__all_sync(FULL_MASK, done); group += 32) {
+        const bool valid = group + lane < range.y;
+        const Candidate mine = valid ? load_candidate(in, group + lane) : Candidate{0u, make_int4(1, 1, 0, 0)};
+        uint32_t todo = pixels.touched(mine, valid, !done);
+        while (todo) {
+            const int k = __ffs(todo) - 1;
+            todo &= todo - 1;
+            visit(mine.from_lane(k), group + k);
+        }
+    }
 }
 
 // Calls f(std::integral_constant<int, N>{}, bool_constant<A>{}, bool_constant<B>{}) for the

@@ -11,6 +11,9 @@ from typing import NamedTuple
 
 import torch
 
+from . import meta
+from .validation import camera_args
+
 _SRC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "src")
 _C = None
 _load_error = None
@@ -48,31 +51,63 @@ class CudaState(NamedTuple):
     pixel_rect: torch.Tensor  # [N, 4] int32 conservative pixel rectangle per voxel
 
 
-def camera_args(settings):
-    w2c = settings.w2c_matrix.detach().to("cpu", torch.float64)
-    c2w = settings.c2w_matrix.detach().to("cpu", torch.float64)
-    return [float(settings.image_width), float(settings.image_height), float(settings.tanfovx),
-            float(settings.tanfovy), float(settings.cx), float(settings.cy), float(settings.near),
-            *w2c[:3].reshape(-1).tolist(), *c2w[:3].reshape(-1).tolist()]
+class SparsePixels(NamedTuple):
+    """Requested pixels grouped by tile into warps of at most 32 (rasterizer.h's PixelSet)."""
+    requests: torch.Tensor       # [P, 2] int32 (row, col)
+    warp_tiles: torch.Tensor     # [n_warps] int32
+    lane_requests: torch.Tensor  # [n_warps * 32] int32, -1 for an idle lane
 
 
-def rasterize_preprocess(settings, octree_paths, vox_centers, vox_lengths):
+def _pixel_args(layout):
+    if layout is None:
+        empty = torch.empty(0, dtype=torch.int32)
+        return False, empty, empty, empty
+    return True, layout.requests, layout.warp_tiles, layout.lane_requests
+
+
+def rasterize_preprocess(settings, octree_paths, vox_centers, vox_lengths, requests=None):
     camera = camera_args(settings)
+    if requests is None:
+        requests = (torch.empty(0, dtype=torch.bool), torch.empty(0, dtype=torch.int32))
     n_duplicates, in_view, ranges, entries, pixel_rect = _load().rasterize_preprocess(
-        camera, octree_paths.contiguous(), vox_centers.contiguous(), vox_lengths.contiguous())
+        camera, octree_paths.contiguous(), vox_centers.contiguous(), vox_lengths.contiguous(), *requests)
     return in_view, CudaState(camera, ranges, entries, pixel_rect)
 
 
-def rasterize_forward(settings, state, vox_centers, vox_lengths, geos, rgbs):
+def pixel_layout(settings, pixels, dtype, device):
+    """None for the whole image; for requested pixels, their grouping into warps of one tile
+    (one device read: the number of warps)."""
+    if pixels is None:
+        return None
+    tile_size = meta.TILE_SIZE
+    tiles_x = (settings.image_width + tile_size - 1) // tile_size
+    tiles_y = (settings.image_height + tile_size - 1) // tile_size
+    tile = (pixels[:, 0] // tile_size) * tiles_x + pixels[:, 1] // tile_size
+    order = torch.argsort(tile, stable=True)
+    counts = torch.bincount(tile, minlength=tiles_x * tiles_y)
+    warps = (counts + 31) // 32
+    warp_end = torch.cumsum(warps, 0)
+    n_warps = int(warp_end[-1])
+    warp_tiles = torch.repeat_interleave(torch.arange(len(warps), device=device, dtype=torch.int32), warps,
+                                         output_size=n_warps)
+    sorted_tile = tile[order]
+    rank = torch.arange(len(order), device=device) - (torch.cumsum(counts, 0) - counts)[sorted_tile]
+    slot = (warp_end - warps)[sorted_tile] * 32 + rank
+    lane_requests = torch.full((n_warps * 32,), -1, dtype=torch.int32, device=device)
+    lane_requests[slot] = order.to(torch.int32)
+    return SparsePixels(pixels.to(torch.int32).contiguous(), warp_tiles, lane_requests)
+
+
+def rasterize_forward(settings, state, layout, vox_centers, vox_lengths, geos, rgbs):
     color, depth, normal, T, max_w, aux, last = _load().rasterize_voxels(
         state.camera, settings.n_samp_per_vox, float(settings.bg_color), bool(settings.need_depth),
         settings.lambda_dist > 0, bool(settings.need_normal), bool(settings.track_max_w),
-        state.ranges, state.entries, state.pixel_rect, vox_centers.contiguous(), vox_lengths.contiguous(), geos.contiguous(),
-        rgbs.contiguous())
+        state.ranges, state.entries, state.pixel_rect, vox_centers.contiguous(), vox_lengths.contiguous(),
+        geos.contiguous(), rgbs.contiguous(), *_pixel_args(layout))
     return (color, depth, normal, T, max_w), (T, aux, last)
 
 
-def rasterize_backward(settings, state, saved, vox_centers, vox_lengths, geos, rgbs, dL_dcolor, dL_ddepth,
+def rasterize_backward(settings, state, layout, saved, vox_centers, vox_lengths, geos, rgbs, dL_dcolor, dL_ddepth,
                        dL_dnormal, dL_dT):
     T, aux, last = saved
     gt = settings.gt_color
@@ -82,5 +117,12 @@ def rasterize_backward(settings, state, saved, vox_centers, vox_lengths, geos, r
         bool(settings.need_normal), float(settings.lambda_R_concen), float(settings.lambda_ascending),
         float(settings.lambda_dist), gt, state.ranges, state.entries, state.pixel_rect, vox_centers.contiguous(),
         vox_lengths.contiguous(), geos.contiguous(), rgbs.contiguous(), T, aux, last,
-        dL_dcolor, dL_ddepth, dL_dnormal, dL_dT)
+        dL_dcolor, dL_ddepth, dL_dnormal, dL_dT, *_pixel_args(layout))
     return grad_geos, grad_rgbs, priority
+
+
+def rasterize_topk(settings, state, layout, vox_centers, vox_lengths, geos, k):
+    ids, weights = _load().rasterize_topk(
+        state.camera, settings.n_samp_per_vox, int(k), state.ranges, state.entries, state.pixel_rect,
+        vox_centers.contiguous(), vox_lengths.contiguous(), geos.contiguous(), *_pixel_args(layout))
+    return ids, weights

@@ -2,7 +2,12 @@
 
 `rasterize_voxels` runs preprocess and binning, asks `vox_fn` for the parameters of the voxels
 in view, then `_RasterizeVoxels` composites them differentiably. CUDA tensors use the compiled
-extension when it is there; everything else uses the PyTorch reference (same results)."""
+extension when it is there; everything else uses the PyTorch reference (same results).
+
+Beyond upstream: `intersect_voxels` keeps preprocess/sort/tile ranges of one camera as a
+`TileIntersections` for reuse, `rasterize_voxels_sparse` renders a list of pixels (only the
+tiles holding them are processed), and `topk_contributors` lists each pixel's k voxels of
+largest blending weight."""
 from typing import NamedTuple
 
 import torch
@@ -10,7 +15,8 @@ import torch
 from . import backend, meta, validation
 from .params import GatherGeoParams, SH_eval
 
-__all__ = ["RasterSettings", "rasterize_voxels", "_RasterizeVoxels", "GatherGeoParams", "SH_eval"]
+__all__ = ["RasterSettings", "rasterize_voxels", "_RasterizeVoxels", "GatherGeoParams", "SH_eval",
+           "TileIntersections", "intersect_voxels", "rasterize_voxels_sparse", "topk_contributors"]
 
 
 class RasterSettings(NamedTuple):
@@ -36,18 +42,153 @@ class RasterSettings(NamedTuple):
     debug: bool = False
 
 
-def rasterize_voxels(raster_settings, octree_paths, vox_centers, vox_lengths, vox_fn):
-    """Render voxels. Returns (color [3,H,W], depth [3,H,W], normal [3,H,W], T [1,H,W],
-    max_w [N,1]); depth, normal and max_w are empty unless requested in the settings."""
-    validation.check_voxels(octree_paths, vox_centers, vox_lengths, values=raster_settings.debug)
-    validation.check_settings(raster_settings, vox_centers.device)
-    impl = backend.for_device(vox_centers.device)
-    in_view, state = impl.rasterize_preprocess(raster_settings, octree_paths, vox_centers, vox_lengths)
+class TileIntersections:
+    """What preprocess, sort and tile ranges produced for one camera and one set of voxels
+    (with `pixels`, for the tiles holding them only). `rasterize_voxels`,
+    `rasterize_voxels_sparse` and `topk_contributors` accept it as `intersections=` and skip
+    those stages; they refuse one built for another camera, image size or voxel set, or whose
+    voxel tensors were modified in place since.
 
+    `in_view` holds the indices of the voxels that have at least one entry."""
+
+    def __init__(self, impl, state, in_view, camera, voxels, requests):
+        self.impl, self.state, self.in_view = impl, state, in_view
+        self.camera, self.voxels, self.requests = camera, voxels, requests
+
+    def __repr__(self):
+        scope = "all pixels" if self.requests is None else f"requested pixels in {int(self.requests[0].sum())} tiles"
+        return (f"TileIntersections({int(self.camera[0])}x{int(self.camera[1])} image, {self.voxels[0][1][0]} voxels, "
+                f"{len(self.in_view)} in view, {scope})")
+
+
+def _voxel_signature(octree_paths, vox_centers, vox_lengths):
+    return tuple((t.data_ptr(), tuple(t.shape), t._version) for t in (octree_paths, vox_centers, vox_lengths))
+
+
+def _tile_grid(settings):
+    t = meta.TILE_SIZE
+    return (settings.image_width + t - 1) // t, (settings.image_height + t - 1) // t
+
+
+def _request_masks(pixels, settings):
+    """(tile_active [n_tiles] bool, row_masks [n_tiles, TILE_SIZE] int32): per tile, bit x of
+    row y is set when pixel (x, y) of the tile is requested."""
+    t, W = meta.TILE_SIZE, settings.image_width
+    tiles_x, tiles_y = _tile_grid(settings)
+    flat = torch.unique(pixels[:, 0] * W + pixels[:, 1])
+    rows, cols = flat // W, flat % W
+    slot = ((rows // t) * tiles_x + cols // t) * t + rows % t
+    # The pixels are distinct, so each slot's bits are distinct and their sum is their OR.
+    masks = torch.zeros(tiles_x * tiles_y * t, dtype=torch.int64, device=pixels.device)
+    masks.index_add_(0, slot, 1 << (cols % t))
+    masks = masks.to(torch.int32).reshape(-1, t)
+    return (masks != 0).any(1), masks
+
+
+def _all_requested(requests, pixels, settings):
+    t = meta.TILE_SIZE
+    tiles_x, _ = _tile_grid(settings)
+    tile = (pixels[:, 0] // t) * tiles_x + pixels[:, 1] // t
+    return bool(((requests[1][tile, pixels[:, 0] % t] >> (pixels[:, 1] % t)) & 1).bool().all())
+
+
+def _check_inputs(raster_settings, octree_paths, vox_centers, vox_lengths, pixels=None):
+    validation.check_voxels(octree_paths, vox_centers, vox_lengths, values=raster_settings.debug)
+    validation.check_settings(raster_settings, vox_centers.device, None if pixels is None else len(pixels))
+    if pixels is not None:
+        validation.check_pixels(pixels, raster_settings, vox_centers.device)
+
+
+def _intersect(raster_settings, octree_paths, vox_centers, vox_lengths, pixels):
+    impl = backend.for_device(vox_centers.device)
+    requests = None if pixels is None else _request_masks(pixels, raster_settings)
+    in_view, state = impl.rasterize_preprocess(raster_settings, octree_paths, vox_centers, vox_lengths, requests)
+    return TileIntersections(impl, state, in_view, validation.camera_args(raster_settings),
+                             _voxel_signature(octree_paths, vox_centers, vox_lengths), requests)
+
+
+def intersect_voxels(raster_settings, octree_paths, vox_centers, vox_lengths, pixels=None):
+    """Preprocess, duplicate with keys, sort and tile ranges for this camera, kept for reuse.
+    With `pixels` (int64 [P, 2] of (row, col)) a voxel is binned only into tiles where it may
+    cover one of them: the object then serves sparse renders and top-K queries of those pixels
+    (any subset, in any order, with repeats)."""
+    _check_inputs(raster_settings, octree_paths, vox_centers, vox_lengths, pixels)
+    return _intersect(raster_settings, octree_paths, vox_centers, vox_lengths, pixels)
+
+
+def _reuse(intersections, raster_settings, octree_paths, vox_centers, vox_lengths, pixels):
+    """`intersections` if it was built for these inputs (a clear error otherwise), else new ones."""
+    if intersections is None:
+        return _intersect(raster_settings, octree_paths, vox_centers, vox_lengths, pixels)
+    if not isinstance(intersections, TileIntersections):
+        raise TypeError(f"intersections: expected a TileIntersections from intersect_voxels(), got "
+                        f"{type(intersections).__name__}")
+    if intersections.camera != validation.camera_args(raster_settings):
+        raise ValueError("intersections: built for another camera or image size than raster_settings "
+                         f"(built for {int(intersections.camera[0])}x{int(intersections.camera[1])} and its pose; "
+                         f"got {raster_settings.image_width}x{raster_settings.image_height}); call intersect_voxels() again")
+    voxels = _voxel_signature(octree_paths, vox_centers, vox_lengths)
+    if intersections.voxels != voxels:
+        built, got = intersections.voxels[1][1][0], voxels[1][1][0]
+        what = f"{built} voxels, got {got}" if built != got else "other voxel tensors, or they were modified in place since"
+        raise ValueError(f"intersections: built for {what}; call intersect_voxels() again")
+    if intersections.requests is not None:
+        if pixels is None:
+            raise ValueError("intersections: built for a pixel subset (intersect_voxels(..., pixels=...)); a dense "
+                             "render needs one built without pixels")
+        if len(pixels) and not _all_requested(intersections.requests, pixels, raster_settings):
+            raise ValueError("pixels: some requested pixels are not among those `intersections` was built for; "
+                             "build it with these pixels (or without pixels)")
+    return intersections
+
+
+def rasterize_voxels(raster_settings, octree_paths, vox_centers, vox_lengths, vox_fn, intersections=None):
+    """Render voxels. Returns (color [3,H,W], depth [3,H,W], normal [3,H,W], T [1,H,W],
+    max_w [N,1]); depth, normal and max_w are empty unless requested in the settings.
+    `intersections` (from `intersect_voxels`) skips preprocess and sorting."""
+    _check_inputs(raster_settings, octree_paths, vox_centers, vox_lengths)
+    inter = _reuse(intersections, raster_settings, octree_paths, vox_centers, vox_lengths, None)
+    layout = inter.impl.pixel_layout(raster_settings, None, vox_centers.dtype, vox_centers.device)
+    return _render(raster_settings, inter, layout, octree_paths, vox_centers, vox_lengths, vox_fn)
+
+
+def rasterize_voxels_sparse(raster_settings, octree_paths, vox_centers, vox_lengths, vox_fn, pixels,
+                            intersections=None):
+    """Render only the pixels `pixels` (int64 [P, 2] of (row, col); repeats allowed). Returns
+    (color [3,P], depth [3,P], normal [3,P], T [1,P], max_w [N,1]), equal to the dense render
+    at those pixels, with the same gradients restricted to them. The implicit regularisers
+    count each requested pixel (each row) once and are normalised by the image's W * H as in
+    the dense case; `gt_color` may be [3,H,W] or [3,P]. Only tiles holding requested pixels
+    are processed."""
+    _check_inputs(raster_settings, octree_paths, vox_centers, vox_lengths, pixels)
+    inter = _reuse(intersections, raster_settings, octree_paths, vox_centers, vox_lengths, pixels)
+    if raster_settings.lambda_R_concen > 0 and raster_settings.gt_color.dim() == 3:
+        gt = raster_settings.gt_color.to(pixels.device)[:, pixels[:, 0], pixels[:, 1]]
+        raster_settings = raster_settings._replace(gt_color=gt)
+    layout = inter.impl.pixel_layout(raster_settings, pixels, vox_centers.dtype, vox_centers.device)
+    return _render(raster_settings, inter, layout, octree_paths, vox_centers, vox_lengths, vox_fn)
+
+
+def topk_contributors(raster_settings, octree_paths, vox_centers, vox_lengths, geos, k, pixels=None,
+                      intersections=None):
+    """For each pixel, the k voxels with the largest blending weight w = T * alpha. Returns
+    (ids int64 [k,H,W], weights float32 [k,H,W]) -- [k,P] with `pixels` -- sorted by weight
+    descending (ties: the front voxel first), padded with id -1 and weight 0. No gradient."""
+    _check_inputs(raster_settings, octree_paths, vox_centers, vox_lengths, pixels)
+    validation.check_k(k)
+    validation.check_tensor("geos", geos, (len(vox_centers), 8), torch.float32, vox_centers.device)
+    inter = _reuse(intersections, raster_settings, octree_paths, vox_centers, vox_lengths, pixels)
+    layout = inter.impl.pixel_layout(raster_settings, pixels, vox_centers.dtype, vox_centers.device)
+    with torch.no_grad():
+        return inter.impl.rasterize_topk(raster_settings, inter.state, layout, vox_centers, vox_lengths,
+                                         geos.detach(), k)
+
+
+def _render(raster_settings, inter, layout, octree_paths, vox_centers, vox_lengths, vox_fn):
     cam_pos = raster_settings.c2w_matrix[:3, 3].to(vox_centers.device)
-    params = vox_fn(in_view, cam_pos, raster_settings.color_mode)
+    params = vox_fn(inter.in_view, cam_pos, raster_settings.color_mode)
     validation.check_vox_params(params, len(vox_centers), vox_centers.device, values=raster_settings.debug)
-    return _RasterizeVoxels.apply(state, raster_settings, octree_paths, vox_centers, vox_lengths,
+    return _RasterizeVoxels.apply(inter, layout, raster_settings, vox_centers, vox_lengths,
                                   params["geos"], params["rgbs"], params["subdiv_p"])
 
 
@@ -56,11 +197,11 @@ class _RasterizeVoxels(torch.autograd.Function):
     priority sum_pixels |dL/dalpha * alpha| (SPEC section 4), not a true gradient."""
 
     @staticmethod
-    def forward(ctx, state, raster_settings, octree_paths, vox_centers, vox_lengths, geos, rgbs, subdiv_p):
-        impl = backend.for_device(vox_centers.device)
+    def forward(ctx, intersections, layout, raster_settings, vox_centers, vox_lengths, geos, rgbs, subdiv_p):
+        impl, state = intersections.impl, intersections.state
         (color, depth, normal, T, max_w), saved = impl.rasterize_forward(
-            raster_settings, state, vox_centers, vox_lengths, geos, rgbs)
-        ctx.impl, ctx.state, ctx.raster_settings = impl, state, raster_settings
+            raster_settings, state, layout, vox_centers, vox_lengths, geos, rgbs)
+        ctx.impl, ctx.state, ctx.layout, ctx.raster_settings = impl, state, layout, raster_settings
         # Outputs kept for backward go through save_for_backward: as plain ctx attributes they
         # would form a reference cycle (output -> grad_fn -> ctx -> output) that keeps every
         # frame's buffers alive until Python's garbage collector runs.
@@ -74,6 +215,6 @@ class _RasterizeVoxels(torch.autograd.Function):
     def backward(ctx, dL_dcolor, dL_ddepth, dL_dnormal, dL_dT, _dL_dmax_w):
         vox_centers, vox_lengths, geos, rgbs, *saved = ctx.saved_tensors
         grad_geos, grad_rgbs, priority = ctx.impl.rasterize_backward(
-            ctx.raster_settings, ctx.state, saved, vox_centers, vox_lengths, geos, rgbs,
+            ctx.raster_settings, ctx.state, ctx.layout, saved, vox_centers, vox_lengths, geos, rgbs,
             dL_dcolor.contiguous(), dL_ddepth.contiguous(), dL_dnormal.contiguous(), dL_dT.contiguous())
         return None, None, None, None, None, grad_geos, grad_rgbs, priority

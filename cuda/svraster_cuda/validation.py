@@ -39,8 +39,9 @@ def _check_number(name, value, positive=False, finite=True):
     return value
 
 
-def check_settings(settings, device):
-    """Validate RasterSettings for rendering on `device`."""
+def check_settings(settings, device, n_pixels=None):
+    """Validate RasterSettings for rendering on `device` (`n_pixels` requested pixels for a
+    sparse render, whose gt_color may then also be [3, n_pixels])."""
     for name in ("image_width", "image_height"):
         value = getattr(settings, name)
         if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
@@ -70,9 +71,10 @@ def check_settings(settings, device):
             raise ValueError(f"raster_settings.{name}: expected finite values, got {m.tolist()}")
     if settings.lambda_R_concen > 0:
         gt = settings.gt_color
-        shape = (3, settings.image_height, settings.image_width)
-        if not isinstance(gt, torch.Tensor) or tuple(gt.shape) != shape:
-            raise ValueError(f"raster_settings.gt_color: expected shape {list(shape)} when lambda_R_concen > 0, got {_describe(gt)}")
+        shapes = [(3, settings.image_height, settings.image_width)] + ([(3, n_pixels)] if n_pixels is not None else [])
+        if not isinstance(gt, torch.Tensor) or tuple(gt.shape) not in shapes:
+            want = " or ".join(str(list(x)) for x in shapes)
+            raise ValueError(f"raster_settings.gt_color: expected shape {want} when lambda_R_concen > 0, got {_describe(gt)}")
 
 
 def check_voxels(octree_paths, vox_centers, vox_lengths, values=False):
@@ -106,3 +108,30 @@ def check_vox_params(params, n, device, values=False):
         for name in ("geos", "rgbs"):
             if not bool(torch.isfinite(params[name]).all()):
                 raise ValueError(f"vox_fn()['{name}']: expected finite values (RasterSettings.debug is on)")
+
+
+def camera_args(settings):
+    """The 31 numbers that define a camera (and image size), as the kernels take them:
+    W, H, tanfovx, tanfovy, cx, cy, near, w2c (3x4 rows), c2w (3x4 rows)."""
+    w2c = settings.w2c_matrix.detach().to("cpu", torch.float64)
+    c2w = settings.c2w_matrix.detach().to("cpu", torch.float64)
+    return [float(settings.image_width), float(settings.image_height), float(settings.tanfovx),
+            float(settings.tanfovy), float(settings.cx), float(settings.cy), float(settings.near),
+            *w2c[:3].reshape(-1).tolist(), *c2w[:3].reshape(-1).tolist()]
+
+
+def check_pixels(pixels, settings, device):
+    """`pixels`: int64 [P, 2] of (row, col) inside the image. The range check reads the
+    values back (one device read): an index outside the image must never reach a kernel."""
+    check_tensor("pixels", pixels, (None, 2), torch.int64, device)
+    if len(pixels):
+        lo, row_hi, col_hi = torch.stack([pixels.min(), pixels[:, 0].max(), pixels[:, 1].max()]).tolist()
+        H, W = settings.image_height, settings.image_width
+        if lo < 0 or row_hi >= H or col_hi >= W:
+            raise ValueError(f"pixels: expected (row, col) pairs with 0 <= row < {H} and 0 <= col < {W}, got "
+                             f"values from {lo} to rows up to {row_hi}, columns up to {col_hi}")
+
+
+def check_k(k):
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise ValueError(f"k: expected an int >= 1, got {_describe(k)}")

@@ -11,48 +11,59 @@ from .. import meta
 
 from .backward import render_backward
 from .binning import Binning, bin_voxels
-from .forward import ACC, Rays, intersect, median_depth, pixel_chunks, shade_hits
+from .forward import ACC, Rays, intersect, median_depth, pixel_chunks, shade_hits, topk_of_hits
 from .math import pixel_rays, ray_quadrant
 from .preprocess import Preprocessed, preprocess, tile_grid
 
-__all__ = ["rasterize_preprocess", "rasterize_forward", "rasterize_backward", "ReferenceState"]
+__all__ = ["rasterize_preprocess", "pixel_layout", "rasterize_forward", "rasterize_backward", "rasterize_topk",
+           "ReferenceState"]
 
 
 class ReferenceState(NamedTuple):
-    """What the forward pass leaves for the backward pass (the kernels' buffers)."""
+    """What preprocess and binning leave for rendering (the kernels' buffers)."""
     preprocessed: Preprocessed
     binning: Binning
-    rays: Rays
 
 
-def make_rays(settings, dtype, device):
+def pixel_layout(settings, pixels, dtype, device):
+    """The rays to render: every pixel (pixels None) or the requested (row, col) pairs [P, 2]."""
     d_cam, rd, cam_norm = pixel_rays(settings, dtype, device)
     W, H = settings.image_width, settings.image_height
+    if pixels is None:
+        rows = torch.arange(H, device=device).repeat_interleave(W)
+        cols = torch.arange(W, device=device).repeat(H)
+        shape = (H, W)
+    else:
+        rows, cols = pixels[:, 0].to(device), pixels[:, 1].to(device)
+        shape = (len(pixels),)
     tiles_x, _ = tile_grid(settings)
-    ys, xs = torch.meshgrid(torch.arange(H, device=device), torch.arange(W, device=device), indexing="ij")
-    tile = (ys // meta.TILE_SIZE) * tiles_x + xs // meta.TILE_SIZE
-    group = tile * 8 + ray_quadrant(rd)
+    tile = (rows // meta.TILE_SIZE) * tiles_x + cols // meta.TILE_SIZE
+    rd, cam_norm = rd[rows, cols], cam_norm[rows, cols]
     origin = settings.c2w_matrix[:3, 3].to(device=device, dtype=dtype)
-    return Rays(origin, rd.reshape(-1, 3), cam_norm.reshape(-1), group.reshape(-1))
+    return Rays(origin, rd, cam_norm, tile * 8 + ray_quadrant(rd), rows, cols, shape)
 
 
-def rasterize_preprocess(settings, octree_paths, vox_centers, vox_lengths):
-    """Stages 1-4. Returns (indices of the voxels in view [K], state)."""
-    pre = preprocess(settings, vox_centers, vox_lengths)
+def rasterize_preprocess(settings, octree_paths, vox_centers, vox_lengths, requests=None):
+    """Stages 1-4, for every pixel or (sparse) the requested ones, given as `requests` =
+    (tile_active [n_tiles] bool, row_masks [n_tiles, TILE_SIZE] int32). Returns (indices of the
+    voxels with entries [K], state)."""
+    pre = preprocess(settings, vox_centers, vox_lengths, requests)
     tiles_x, tiles_y = tile_grid(settings)
     binning = bin_voxels(pre, octree_paths, tiles_x, tiles_y)
-    rays = make_rays(settings, vox_centers.dtype, vox_centers.device)
-    return torch.nonzero(pre.n_duplicates)[:, 0], ReferenceState(pre, binning, rays)
+    if requests is None:
+        in_view = torch.nonzero(pre.n_duplicates)[:, 0]
+    else:
+        in_view = torch.unique(binning.entry_voxel)
+    return in_view, ReferenceState(pre, binning)
 
 
-def rasterize_forward(settings, state, vox_centers, vox_lengths, geos, rgbs):
-    """Stage 5. Returns the outputs (color [3,H,W], depth [3,H,W] or empty, normal [3,H,W] or
-    empty, T [1,H,W], max_w [N,1] or empty) and what the backward needs besides (nothing here:
-    it recomputes)."""
+def rasterize_forward(settings, state, rays, vox_centers, vox_lengths, geos, rgbs):
+    """Stage 5 for the rays of `pixel_layout`. Returns the outputs (color [3,*S], depth [3,*S]
+    or empty, normal [3,*S] or empty, T [1,*S], max_w [N,1] or empty; S = rays.shape) and what
+    the backward needs besides (nothing here: it recomputes)."""
     dtype, device = geos.dtype, geos.device
-    W, H = settings.image_width, settings.image_height
-    n_pix = W * H
-    rays, binning = state.rays, state.binning
+    n_pix = len(rays.group)
+    binning = state.binning
     color = torch.zeros(n_pix, 3, dtype=ACC, device=device)
     trans = torch.ones(n_pix, dtype=ACC, device=device)
     depth = torch.zeros(n_pix, 3, dtype=ACC, device=device) if settings.need_depth else None
@@ -76,7 +87,7 @@ def rasterize_forward(settings, state, vox_centers, vox_lengths, geos, rgbs):
                 max_w.scatter_reduce_(0, hits.voxel, shaded["weight"], "amax")
 
     def image(x, channels):
-        return x.reshape(H, W, channels).permute(2, 0, 1).to(dtype).contiguous()
+        return x.reshape(*rays.shape, channels).movedim(-1, 0).to(dtype).contiguous()
 
     empty = torch.empty(0, dtype=dtype, device=device)
     color = color + trans[:, None] * settings.bg_color
@@ -88,6 +99,24 @@ def rasterize_forward(settings, state, vox_centers, vox_lengths, geos, rgbs):
     return outputs, None
 
 
-def rasterize_backward(settings, state, _saved, vox_centers, vox_lengths, geos, rgbs, dL_dcolor, dL_ddepth, dL_dnormal, dL_dT):
+def rasterize_backward(settings, state, rays, _saved, vox_centers, vox_lengths, geos, rgbs, dL_dcolor, dL_ddepth,
+                       dL_dnormal, dL_dT):
     """Gradients (dL/dgeos [N,8], dL/drgbs [N,3], subdivision priority [N,1])."""
-    return render_backward(settings, state, vox_centers, vox_lengths, geos, rgbs, dL_dcolor, dL_ddepth, dL_dnormal, dL_dT)
+    return render_backward(settings, state, rays, vox_centers, vox_lengths, geos, rgbs, dL_dcolor, dL_ddepth,
+                           dL_dnormal, dL_dT)
+
+
+def rasterize_topk(settings, state, rays, vox_centers, vox_lengths, geos, k):
+    """The k voxels of largest blending weight per ray: ids [k, *S] int64, weights [k, *S]."""
+    settings = settings._replace(need_depth=False, need_normal=False)
+    n_pix = len(rays.group)
+    ids = torch.full((n_pix, k), -1, dtype=torch.long, device=geos.device)
+    weights = torch.zeros(n_pix, k, dtype=torch.float32, device=geos.device)
+    no_rgbs = geos.new_zeros(len(geos), 3)
+    with torch.no_grad():
+        for pixels in pixel_chunks(rays, state.binning):
+            hits = intersect(settings, rays, state.binning, state.preprocessed.pixel_rect, pixels, vox_centers,
+                             vox_lengths)
+            shaded = shade_hits(settings, rays, pixels, hits, vox_centers, vox_lengths, geos, no_rgbs, len(pixels))
+            ids[pixels], weights[pixels] = topk_of_hits(hits, shaded, k, len(pixels))
+    return ids.T.reshape(k, *rays.shape), weights.T.reshape(k, *rays.shape)

@@ -12,7 +12,9 @@ from .math import contract
 
 
 def _regularisers(settings, rays, pixels, hits, shaded, rgbs):
-    """Surrogate loss whose gradient is the sum of the three implicit regularisers."""
+    """Surrogate loss whose gradient is the sum of the three implicit regularisers. They are
+    normalised by the image's W * H also when only some pixels are rendered (sparse), whose
+    `gt_color` then holds one column per requested pixel."""
     W, H = settings.image_width, settings.image_height
     weight, used = shaded["weight"], shaded["used"]
     const_weight = weight.detach()
@@ -39,8 +41,9 @@ def _regularisers(settings, rays, pixels, hits, shaded, rgbs):
     return total
 
 
-def render_backward(settings, state, vox_centers, vox_lengths, geos, rgbs, dL_dcolor, dL_ddepth, dL_dnormal, dL_dT):
-    rays, binning = state.rays, state.binning
+def render_backward(settings, state, rays, vox_centers, vox_lengths, geos, rgbs, dL_dcolor, dL_ddepth, dL_dnormal,
+                    dL_dT):
+    binning = state.binning
     geos = geos.detach().requires_grad_(True)
     rgbs = rgbs.detach().requires_grad_(True)
     grad_geos, grad_rgbs = torch.zeros_like(geos), torch.zeros_like(rgbs)

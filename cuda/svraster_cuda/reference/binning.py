@@ -8,6 +8,7 @@ from typing import NamedTuple
 
 import torch
 
+from .. import meta
 from .math import order_rank
 
 
@@ -18,9 +19,13 @@ class Binning(NamedTuple):
 
 
 def duplicate_with_keys(pre, octree_paths, tiles_x):
-    """Entries (group = tile * 8 + octant, rank, voxel) for every tile and octant of every voxel."""
+    """Entries (group = tile * 8 + octant, rank, voxel) for every active tile and octant of
+    every voxel in view."""
     device = pre.tile_rect.device
-    n_dup = pre.n_duplicates
+    rect = pre.tile_rect
+    in_rect = (rect[:, 2] - rect[:, 0] + 1).clamp(min=0) * (rect[:, 3] - rect[:, 1] + 1).clamp(min=0)
+    n_octants = sum((pre.octant_mask >> q) & 1 for q in range(8))
+    n_dup = torch.where(pre.n_duplicates > 0, in_rect * n_octants, 0)
     voxel = torch.repeat_interleave(torch.arange(len(n_dup), device=device), n_dup)
     first = torch.cumsum(n_dup, 0) - n_dup
     local = torch.arange(len(voxel), device=device) - first[voxel]
@@ -38,7 +43,28 @@ def duplicate_with_keys(pre, octree_paths, tiles_x):
     octant = ((torch.cumsum(bits, 1) == (slot + 1)[:, None]) & (bits == 1)).long().argmax(1)
 
     rank = order_rank(octree_paths.reshape(-1)[voxel], octant)
+    if pre.requests is not None:
+        keep = bins_into(pre.requests, pre.pixel_rect[voxel], tile, n_tiles, tiles_x)
+        tile, octant, rank, voxel = tile[keep], octant[keep], rank[keep], voxel[keep]
     return tile * 8 + octant, rank, voxel
+
+
+def bins_into(requests, pixel_rect, tile, rect_tiles, tiles_x):
+    """Sparse rendering bins a voxel into a tile only when its pixel rectangle holds a requested
+    pixel of the tile; rectangles spanning more than MAX_EXACT_TILES tiles go to every tile
+    holding a request (mirrors math.cuh)."""
+    tile_active, row_masks = requests
+    t = meta.TILE_SIZE
+    tx, ty = tile % tiles_x, tile // tiles_x
+    x0 = (pixel_rect[:, 0] - tx * t).clamp(min=0)
+    x1 = (pixel_rect[:, 2] - tx * t).clamp(max=t - 1)
+    y0 = (pixel_rect[:, 1] - ty * t).clamp(min=0)
+    y1 = (pixel_rect[:, 3] - ty * t).clamp(max=t - 1)
+    columns = ((2 << (x1 - x0)) - 1) << x0
+    rows = torch.arange(t, device=tile.device)
+    in_rows = (rows >= y0[:, None]) & (rows <= y1[:, None])
+    covers = ((row_masks[tile].long() & columns[:, None]) != 0) & in_rows
+    return tile_active[tile] & ((rect_tiles > meta.MAX_EXACT_TILES) | covers.any(1))
 
 
 def sort_entries(group, rank, voxel):

@@ -17,10 +17,15 @@ CANDIDATES_PER_CHUNK = 1 << 21
 
 
 class Rays(NamedTuple):
+    """The rays rendered: every pixel in row-major order (dense, `shape` (H, W)) or the
+    requested pixels in request order (sparse, `shape` (P,))."""
     origin: torch.Tensor      # [3]
-    direction: torch.Tensor   # [H*W, 3] unit world directions
-    cam_norm: torch.Tensor    # [H*W] |d_cam|, converts ray distance to camera depth
-    group: torch.Tensor       # [H*W] tile * 8 + octant: which list a pixel reads
+    direction: torch.Tensor   # [R, 3] unit world directions
+    cam_norm: torch.Tensor    # [R] |d_cam|, converts ray distance to camera depth
+    group: torch.Tensor       # [R] tile * 8 + octant: which list a ray reads
+    row: torch.Tensor         # [R] pixel row
+    col: torch.Tensor         # [R] pixel column
+    shape: tuple              # trailing shape of the outputs: (H, W) or (P,)
 
 
 class Hits(NamedTuple):
@@ -31,7 +36,7 @@ class Hits(NamedTuple):
 
 
 def pixel_chunks(rays, binning):
-    """Split pixels into chunks holding at most CANDIDATES_PER_CHUNK (pixel, entry) pairs."""
+    """Split the rays into chunks holding at most CANDIDATES_PER_CHUNK (ray, entry) pairs."""
     counts = (binning.group_end - binning.group_start)[rays.group]
     total = torch.cumsum(counts, 0)
     chunk_of = torch.div(total - counts, CANDIDATES_PER_CHUNK, rounding_mode="floor")
@@ -53,8 +58,7 @@ def intersect(settings, rays, binning, pixel_rect, pixels, vox_centers, vox_leng
     offset = torch.cumsum(counts, 0) - counts
     entry = start[pair_pixel] + torch.arange(len(pair_pixel), device=pixels.device) - offset[pair_pixel]
     voxel = binning.entry_voxel[entry]
-    px = pixels[pair_pixel] % settings.image_width
-    py = pixels[pair_pixel] // settings.image_width
+    px, py = rays.col[pixels][pair_pixel], rays.row[pixels][pair_pixel]
     rect = pixel_rect[voxel]
     inside = (px >= rect[:, 0]) & (px <= rect[:, 2]) & (py >= rect[:, 1]) & (py <= rect[:, 3])
     pair_pixel, voxel = pair_pixel[inside], voxel[inside]
@@ -163,3 +167,25 @@ def median_depth(settings, rays, pixels, hits, shaded, n_pixels):
     depth = torch.zeros(n_pixels, dtype=ACC, device=position.device)
     depth[has] = t_sub.gather(1, index[:, None])[:, 0].to(ACC) / rays.cam_norm[pixels][has].to(ACC)
     return depth
+
+
+def topk_of_hits(hits, shaded, k, n_pixels):
+    """The k used hits of each pixel with the largest blending weight, sorted by weight
+    (compared in float32, as the kernels do) descending, ties front first. Returns voxel ids [n, k]
+    (-1 padded) and weights [n, k] (0 padded)."""
+    device = hits.pixel.device
+    weight = shaded["weight"].float()
+    listed = shaded["used"] & ~torch.isnan(weight)   # a NaN weight is not listed
+    pixel, voxel, weight = hits.pixel[listed], hits.voxel[listed], weight[listed]
+    # Stable sorts keep the front-to-back order among equal weights.
+    order = torch.sort(-weight, stable=True).indices
+    order = order[torch.sort(pixel[order], stable=True).indices]
+    pixel, voxel, weight = pixel[order], voxel[order], weight[order]
+    counts = torch.bincount(pixel, minlength=n_pixels)
+    rank = torch.arange(len(pixel), device=device) - (torch.cumsum(counts, 0) - counts)[pixel]
+    keep = rank < k
+    ids = torch.full((n_pixels, k), -1, dtype=torch.long, device=device)
+    weights = torch.zeros(n_pixels, k, dtype=torch.float32, device=device)
+    ids[pixel[keep], rank[keep]] = voxel[keep]
+    weights[pixel[keep], rank[keep]] = weight[keep]
+    return ids, weights

@@ -15,7 +15,8 @@ class Preprocessed(NamedTuple):
     tile_rect: torch.Tensor     # [N, 4] int64: tx0, ty0, tx1, ty1 (inclusive); empty when culled
     pixel_rect: torch.Tensor    # [N, 4] int64: conservative x0, y0, x1, y1 (inclusive)
     octant_mask: torch.Tensor   # [N] int64: bit q set when rays of octant q can reach the voxel
-    n_duplicates: torch.Tensor  # [N] int64: tiles x octants, 0 for culled voxels
+    n_duplicates: torch.Tensor  # [N] int64: tiles x octants (tiles holding requests, when sparse); 0 if culled
+    requests: tuple             # (tile_active [n_tiles] bool, row_masks [n_tiles, TILE_SIZE]) or None
 
 
 def tile_grid(settings):
@@ -23,7 +24,19 @@ def tile_grid(settings):
     return (settings.image_width + t - 1) // t, (settings.image_height + t - 1) // t
 
 
-def preprocess(settings, vox_centers, vox_lengths):
+def active_tiles_in_rect(tile_rect, tile_active, tiles_x, tiles_y):
+    """How many active tiles each (inclusive) tile rectangle holds: four lookups in a
+    summed-area table of the mask. An empty rectangle (0, 0, -1, -1) holds none."""
+    sat = torch.zeros(tiles_y + 1, tiles_x + 1, dtype=torch.long, device=tile_rect.device)
+    sat[1:, 1:] = tile_active.reshape(tiles_y, tiles_x).long().cumsum(0).cumsum(1)
+    x0, y0, x1, y1 = tile_rect.unbind(-1)
+    return sat[y1 + 1, x1 + 1] - sat[y0, x1 + 1] - sat[y1 + 1, x0] + sat[y0, x0]
+
+
+def preprocess(settings, vox_centers, vox_lengths, requests=None):
+    """`requests` (tile_active, row_masks) of requested pixels restricts the entries to the
+    tiles holding them (sparse rendering); binning then keeps only the (voxel, tile) pairs
+    whose rectangle holds a requested pixel."""
     dtype, device = vox_centers.dtype, vox_centers.device
     W, H = settings.image_width, settings.image_height
     # Footprints project from z >= max(near, FOOTPRINT_NEAR_MIN): near = 0 never divides by zero.
@@ -83,6 +96,9 @@ def preprocess(settings, vox_centers, vox_lengths):
             sign_ok &= can_neg[:, axis] if q & bit else can_pos[:, axis]
         octant_mask |= sign_ok.long() << q
 
-    n_tiles = (tile_rect[:, 2] - tile_rect[:, 0] + 1).clamp(min=0) * (tile_rect[:, 3] - tile_rect[:, 1] + 1).clamp(min=0)
+    if requests is None:
+        n_tiles = (tile_rect[:, 2] - tile_rect[:, 0] + 1).clamp(min=0) * (tile_rect[:, 3] - tile_rect[:, 1] + 1).clamp(min=0)
+    else:
+        n_tiles = active_tiles_in_rect(tile_rect, requests[0], *tile_grid(settings))
     n_octants = sum((octant_mask >> q) & 1 for q in range(8))
-    return Preprocessed(tile_rect, pixel_rect, octant_mask, n_tiles * n_octants)
+    return Preprocessed(tile_rect, pixel_rect, octant_mask, n_tiles * n_octants, requests)

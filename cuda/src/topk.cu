@@ -1,0 +1,64 @@
+// Per-pixel top-K contributors (mirrors reference rasterize_topk): the forward's front-to-back
+// walk, keeping the k used voxels of largest weight w = T * alpha. Each thread owns its pixel's
+// column of the outputs ([k, ...], so that a warp's accesses are coalesced) and keeps it sorted
+// by insertion: a voxel enters only with a weight strictly above the k-th, and lands behind
+// equal weights, which belong to voxels in front of it.
+#include "render_common.cuh"
+
+namespace svr {
+namespace {
+
+template <int N>
+__global__ void __launch_bounds__(BLOCK_THREADS)
+render_topk_kernel(Camera cam, PixelSet pixels, int k, RenderBuffers in, int64_t* ids, float* weights) {
+    PixelTask task;
+    if (!locate_pixel(cam, pixels, task)) return;
+    const Ray ray = pixel_ray(cam, task.px, task.py);
+    const int2 range = in.ranges[task.tile];
+    const WarpPixels warp_pixels{task.px, task.py, ray.quadrant};
+    int64_t* my_ids = ids + task.index;
+    float* my_weights = weights + task.index;
+    const int stride = task.stride;
+
+    float T = 1.f;
+    float kth = 0.f;  // the k-th largest weight kept so far (the padding's 0 until k are kept)
+    bool done = !task.active;
+    walk_front_to_back(in, range, warp_pixels, done, [&](const Candidate& cand, int) {
+        if (done || !cand.may_cover(task.px, task.py, ray.quadrant)) return;
+        VoxelRecord rec;
+        load_record<false>(in, cand.voxel(), rec);
+        float a, b;
+        if (!ray_segment(ray, rec.box_min, rec.length, a, b)) return;
+        Quadrature<N> quad;
+        quad.evaluate(ray, a, b, rec.box_min, 1.f / rec.length, rec.geo);
+        if (quad.alpha < MIN_ALPHA) return;
+        const float w = T * quad.alpha;
+        if (w > kth) {  // never true for NaN: a NaN weight is not listed
+            int pos = k - 1;
+            for (; pos > 0 && my_weights[(pos - 1) * stride] < w; --pos) {
+                my_weights[pos * stride] = my_weights[(pos - 1) * stride];
+                my_ids[pos * stride] = my_ids[(pos - 1) * stride];
+            }
+            my_weights[pos * stride] = w;
+            my_ids[pos * stride] = int64_t(cand.voxel());
+            kth = my_weights[(k - 1) * stride];
+        }
+        T *= 1.f - quad.alpha;
+        done = T < EARLY_STOP_T;
+    });
+}
+
+}  // namespace
+
+void render_topk(const Camera& cam, const PixelSet& pixels, int n_samp, int k, const RenderBuffers& in, int64_t* ids,
+                 float* weights, cudaStream_t stream) {
+    if (nothing_to_render(pixels)) return;
+    const dim3 grid = render_grid(cam, pixels);
+    switch (n_samp) {
+        case 1: render_topk_kernel<1><<<grid, BLOCK_THREADS, 0, stream>>>(cam, pixels, k, in, ids, weights); break;
+        case 2: render_topk_kernel<2><<<grid, BLOCK_THREADS, 0, stream>>>(cam, pixels, k, in, ids, weights); break;
+        default: render_topk_kernel<3><<<grid, BLOCK_THREADS, 0, stream>>>(cam, pixels, k, in, ids, weights); break;
+    }
+}
+
+}  // namespace svr
