@@ -25,7 +25,7 @@ def test_gradcheck(n_samp):
                              need_depth=True, need_normal=True, bg_color=0.4)
     settings = settings._replace(w2c_matrix=settings.w2c_matrix.double(), c2w_matrix=settings.c2w_matrix.double())
     intersections = _intersect(settings, octpath, centers, lengths, None)
-    layout = reference.pixel_layout(settings, None, torch.float64, "cpu")
+    layout = reference.pixel_layout(settings, intersections.state, None, torch.float64, "cpu")
     subdiv = torch.zeros(n, 1, dtype=torch.float64)
 
     def fn(g, r):

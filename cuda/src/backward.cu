@@ -59,22 +59,24 @@ render_backward_kernel(Camera cam, PixelSet pixels, BackwardOptions opt, RenderB
     float T_after = T_final;
     // The warp starts after the last entry any of its pixels used.
     const int end = __reduce_max_sync(FULL_MASK, last);
+    StagedCandidate* stage = warp_stage();
 
     for (int top = end; top > range.x; top -= 32) {
         const int group = max(range.x, top - 32);
         const bool valid = group + lane < top;
         const Candidate mine = valid ? load_candidate(in, group + lane) : Candidate{0u, make_int4(1, 1, 0, 0)};
         uint32_t todo = warp_pixels.touched(mine, valid, group < last);
+        stage_candidates<true>(in, mine, todo, stage);
         while (todo) {
             const int k = 31 - __clz(todo);
             todo &= ~(1u << k);
-            const Candidate cand = mine.from_lane(k);
+            const Candidate& cand = stage[k].cand;
             float d_geo[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f}, d_rgb[3] = {0.f, 0.f, 0.f}, priority = 0.f;
             bool contributes = false;
             float a, b;
-            VoxelRecord rec;
+            const VoxelRecord& rec = stage[k].rec;
             if (group + k < last && cand.may_cover(px, py, ray.quadrant) &&
-                (load_record(in, cand.voxel(), rec), ray_segment(ray, rec.box_min, rec.length, a, b))) {
+                ray_segment(ray, rec.box_min, rec.length, a, b)) {
                 Quadrature<N> quad;
                 const float inv_len = 1.f / rec.length;
                 quad.evaluate(ray, a, b, rec.box_min, inv_len, rec.geo);
@@ -202,6 +204,7 @@ render_backward_kernel(Camera cam, PixelSet pixels, BackwardOptions opt, RenderB
                 }
             }
         }
+        __syncwarp();  // the stage is overwritten by the next group
     }
 }
 

@@ -123,7 +123,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> rasterize_preprocess(const st
     svr::identify_tile_ranges(n_entries, n_tiles, layout, k ? k + n_entries : nullptr, tk ? tk + n_entries : nullptr,
                               ptr<int2>(ranges), stream);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
-    return {n_duplicates, in_view, ranges, values[1], pixel_rect};
+    // Render order: tiles with the longest lists first.
+    const Tensor tile_order = torch::argsort(ranges.select(1, 1) - ranges.select(1, 0), true, 0, true).to(at::kInt);
+    return {in_view, ranges, values[1], pixel_rect, tile_order};
 }
 
 // `rgbs` may be undefined where colours are not read (top-K).
@@ -142,18 +144,22 @@ svr::RenderBuffers render_buffers(const Tensor& ranges, const Tensor& entries, c
             ptr<float>(geos), rgbs.defined() ? ptr<float>(rgbs) : nullptr};
 }
 
-// The pixels to render: the whole image, or (sparse) requests [P, 2] int32 (row, col) grouped
-// by tile into warps: warp_tiles [n_warps], lane_requests [32 * n_warps] (-1: idle lane).
-svr::PixelSet pixel_set(bool sparse, const Tensor& requests, const Tensor& warp_tiles, const Tensor& lane_requests,
-                        const Tensor& like) {
-    if (!sparse) return {0, nullptr, 0, nullptr, nullptr};
+// The pixels to render: the whole image (blocks in tile_order), or (sparse) requests [P, 2]
+// int32 (row, col) grouped by tile into warps: warp_tiles [n_warps], lane_requests
+// [32 * n_warps] (-1: idle lane).
+svr::PixelSet pixel_set(const Tensor& tile_order, bool sparse, const Tensor& requests, const Tensor& warp_tiles,
+                        const Tensor& lane_requests, const Tensor& like, int n_tiles) {
+    if (!sparse) {
+        check_tensor(tile_order, "tile_order", at::kInt, {n_tiles}, like);
+        return {ptr<int32_t>(tile_order), 0, nullptr, 0, nullptr, nullptr};
+    }
     check_tensor(requests, "requests", at::kInt, {-1, 2}, like);
     check_tensor(warp_tiles, "warp_tiles", at::kInt, {-1}, like);
     check_tensor(lane_requests, "lane_requests", at::kInt, {32 * warp_tiles.size(0)}, like);
     // A non-null pointer marks the set as sparse even when it is empty.
     static const int2 no_requests{0, 0};
-    return {int(requests.size(0)), requests.numel() ? ptr<int2>(requests) : &no_requests, int(warp_tiles.size(0)),
-            ptr<int32_t>(warp_tiles), ptr<int32_t>(lane_requests)};
+    return {nullptr, int(requests.size(0)), requests.numel() ? ptr<int2>(requests) : &no_requests,
+            int(warp_tiles.size(0)), ptr<int32_t>(warp_tiles), ptr<int32_t>(lane_requests)};
 }
 
 // Shape of a per-pixel output with `channels` channels: [C, H, W], or [C, P] for requests.
@@ -165,14 +171,15 @@ std::vector<int64_t> pixel_shape(const svr::Camera& cam, const svr::PixelSet& se
 std::vector<Tensor> rasterize_voxels(const std::vector<double>& camera, int64_t n_samp, double bg, bool need_depth,
                                      bool need_distortion, bool need_normal, bool track_max_w, const Tensor& ranges,
                                      const Tensor& entries, const Tensor& pixel_rect, const Tensor& vox_centers,
-                                     const Tensor& vox_lengths, const Tensor& geos, const Tensor& rgbs, bool sparse,
+                                     const Tensor& vox_lengths, const Tensor& geos, const Tensor& rgbs,
+                                     const Tensor& tile_order, bool sparse,
                                      const Tensor& requests, const Tensor& warp_tiles, const Tensor& lane_requests) {
     TORCH_CHECK_VALUE(vox_centers.is_cuda(), "vox_centers: expected a CUDA tensor, got one on ", vox_centers.device());
     const c10::cuda::CUDAGuard guard(vox_centers.device());
     TORCH_CHECK_VALUE(n_samp >= 1 && n_samp <= MAX_N_SAMP, "n_samp_per_vox: expected 1..", MAX_N_SAMP, ", got ", n_samp);
     const svr::Camera cam = make_camera(camera);
     const auto in = render_buffers(ranges, entries, pixel_rect, vox_centers, vox_lengths, geos, rgbs, cam.tiles_x() * cam.tiles_y());
-    const svr::PixelSet set = pixel_set(sparse, requests, warp_tiles, lane_requests, vox_centers);
+    const svr::PixelSet set = pixel_set(tile_order, sparse, requests, warp_tiles, lane_requests, vox_centers, cam.tiles_x() * cam.tiles_y());
     const auto opts = geos.options();
     const int64_t n = vox_centers.size(0);
     Tensor color = torch::empty(pixel_shape(cam, set, 3), opts);
@@ -195,14 +202,15 @@ std::vector<Tensor> rasterize_voxels_backward(
     double lambda_R_concen, double lambda_ascending, double lambda_dist, const Tensor& gt_color, const Tensor& ranges,
     const Tensor& entries, const Tensor& pixel_rect, const Tensor& vox_centers, const Tensor& vox_lengths, const Tensor& geos, const Tensor& rgbs,
     const Tensor& T, const Tensor& aux, const Tensor& last,
-    const Tensor& dL_dcolor, const Tensor& dL_ddepth, const Tensor& dL_dnormal, const Tensor& dL_dT, bool sparse,
+    const Tensor& dL_dcolor, const Tensor& dL_ddepth, const Tensor& dL_dnormal, const Tensor& dL_dT,
+    const Tensor& tile_order, bool sparse,
     const Tensor& requests, const Tensor& warp_tiles, const Tensor& lane_requests) {
     TORCH_CHECK_VALUE(vox_centers.is_cuda(), "vox_centers: expected a CUDA tensor, got one on ", vox_centers.device());
     const c10::cuda::CUDAGuard guard(vox_centers.device());
     TORCH_CHECK_VALUE(n_samp >= 1 && n_samp <= MAX_N_SAMP, "n_samp_per_vox: expected 1..", MAX_N_SAMP, ", got ", n_samp);
     const svr::Camera cam = make_camera(camera);
     const auto in = render_buffers(ranges, entries, pixel_rect, vox_centers, vox_lengths, geos, rgbs, cam.tiles_x() * cam.tiles_y());
-    const svr::PixelSet set = pixel_set(sparse, requests, warp_tiles, lane_requests, vox_centers);
+    const svr::PixelSet set = pixel_set(tile_order, sparse, requests, warp_tiles, lane_requests, vox_centers, cam.tiles_x() * cam.tiles_y());
     const int64_t n = vox_centers.size(0);
     auto image = [&](const Tensor& t, const char* name, int64_t ch) {
         check_tensor(t, name, at::kFloat, pixel_shape(cam, set, ch), vox_centers);
@@ -229,7 +237,8 @@ std::vector<Tensor> rasterize_voxels_backward(
 
 std::vector<Tensor> rasterize_topk(const std::vector<double>& camera, int64_t n_samp, int64_t k, const Tensor& ranges,
                                    const Tensor& entries, const Tensor& pixel_rect, const Tensor& vox_centers,
-                                   const Tensor& vox_lengths, const Tensor& geos, bool sparse, const Tensor& requests,
+                                   const Tensor& vox_lengths, const Tensor& geos, const Tensor& tile_order, bool sparse,
+                                   const Tensor& requests,
                                    const Tensor& warp_tiles, const Tensor& lane_requests) {
     TORCH_CHECK_VALUE(vox_centers.is_cuda(), "vox_centers: expected a CUDA tensor, got one on ", vox_centers.device());
     const c10::cuda::CUDAGuard guard(vox_centers.device());
@@ -239,7 +248,7 @@ std::vector<Tensor> rasterize_topk(const std::vector<double>& camera, int64_t n_
     // Top-K reads no colours (an undefined tensor).
     const auto in = render_buffers(ranges, entries, pixel_rect, vox_centers, vox_lengths, geos, Tensor(),
                                    cam.tiles_x() * cam.tiles_y());
-    const svr::PixelSet set = pixel_set(sparse, requests, warp_tiles, lane_requests, vox_centers);
+    const svr::PixelSet set = pixel_set(tile_order, sparse, requests, warp_tiles, lane_requests, vox_centers, cam.tiles_x() * cam.tiles_y());
     Tensor ids = torch::full(pixel_shape(cam, set, k), -1, geos.options().dtype(at::kLong));
     Tensor weights = torch::zeros(pixel_shape(cam, set, k), geos.options());
     svr::render_topk(cam, set, int(n_samp), int(k), in, ptr<int64_t>(ids), ptr<float>(weights),
@@ -252,8 +261,8 @@ std::vector<Tensor> rasterize_topk(const std::vector<double>& camera, int64_t n_
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
     m.def("rasterize_preprocess", &rasterize_preprocess,
-          "preprocess, duplicateWithKeys, sort, identifyTileRanges -> (n_duplicates, in_view, ranges, entries, "
-          "pixel_rect)");
+          "preprocess, duplicateWithKeys, sort, identifyTileRanges -> (in_view, ranges, entries, pixel_rect, "
+          "tile_order)");
     m.def("rasterize_voxels", &rasterize_voxels, "forward render -> [color, depth, normal, T, max_w, aux, last]");
     m.def("rasterize_voxels_backward", &rasterize_voxels_backward, "backward render -> [dL_dgeos, dL_drgbs, priority]");
     m.def("rasterize_topk", &rasterize_topk, "per-pixel top-K contributors -> [ids, weights]");

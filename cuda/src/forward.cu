@@ -30,11 +30,11 @@ render_forward_kernel(Camera cam, PixelSet pixels, ForwardOptions opt, RenderBuf
     float median_a = 0.f, median_b = 0.f, median_T = 0.f;
     bool done = !task.active;
 
-    walk_front_to_back(in, range, warp_pixels, done, [&](const Candidate& cand, int index) {
+    walk_front_to_back<true>(in, range, warp_pixels, done, warp_stage(), [&](const StagedCandidate& staged, int index) {
+        const Candidate& cand = staged.cand;
         float w = 0.f;
         if (!done && cand.may_cover(px, py, ray.quadrant)) {
-            VoxelRecord rec;
-            load_record(in, cand.voxel(), rec);
+            const VoxelRecord& rec = staged.rec;
             float a, b;
             if (ray_segment(ray, rec.box_min, rec.length, a, b)) {
                 Quadrature<N> quad;

@@ -5,8 +5,8 @@
 //
 // Each warp walks its tile's list on its own (no block barriers): lane l loads entry
 // `group + l` and its pixel rectangle (coalesced, and shared through L1 by the tile's warps),
-// a ballot keeps the entries that may touch the warp's 16x2 pixel strip, and the warp visits
-// those in order, reading each voxel's record with warp-uniform loads.
+// a ballot keeps the entries that may cover one of the warp's live pixels, their lanes stage
+// the voxel records in shared memory, and the warp visits them in order.
 #pragma once
 #include <climits>
 #include <utility>
@@ -15,12 +15,11 @@
 
 namespace svr {
 
-constexpr int BLOCK_PIXELS = TILE_SIZE * TILE_SIZE;
-// One block per tile: its warps are independent, but on one multiprocessor they share the
-// tile's candidate and record loads through L1 (measured: four 64-thread blocks per tile were
-// 2-11% slower on the benchmark scenes).
-constexpr int BLOCK_THREADS = 256;
-constexpr int BLOCKS_PER_TILE = BLOCK_PIXELS / BLOCK_THREADS;
+// One block per tile, one thread per pixel: the warps are independent, but on one
+// multiprocessor they share the tile's candidate and record loads through L1 (measured: four
+// 64-thread blocks per tile were 2-11% slower on the benchmark scenes).
+constexpr int BLOCK_THREADS = TILE_SIZE * TILE_SIZE;
+constexpr int WARPS_PER_BLOCK = BLOCK_THREADS / 32;
 constexpr unsigned FULL_MASK = 0xffffffffu;
 
 // A thread's pixel, the tile whose list its warp walks, and where its outputs go.
@@ -32,21 +31,21 @@ struct PixelTask {
     int stride;   // between channels of per-pixel arrays: W * H, or P
 };
 
-// Whole image: grid (tiles_x, tiles_y, BLOCKS_PER_TILE), the threads of a block on one tile.
-// Requested pixels: one warp per PixelSet warp, BLOCK_THREADS / 32 of them per block.
-// Returns false (for the whole warp) when the warp has nothing to do.
+// Whole image: block b renders tile tile_order[b] (longest list first). Requested pixels: one
+// warp per PixelSet warp, WARPS_PER_BLOCK of them per block. Returns false (for the whole
+// warp) when the warp has nothing to do.
 __device__ __forceinline__ bool locate_pixel(const Camera& cam, const PixelSet& set, PixelTask& task) {
     if (!set.sparse()) {
-        const int row = blockIdx.z * (BLOCK_THREADS / TILE_SIZE) + threadIdx.x / TILE_SIZE;
-        task.tile = blockIdx.y * gridDim.x + blockIdx.x;
-        task.px = blockIdx.x * TILE_SIZE + threadIdx.x % TILE_SIZE;
-        task.py = blockIdx.y * TILE_SIZE + row;
+        task.tile = set.tile_order[blockIdx.x];
+        const int tiles_x = cam.tiles_x();
+        task.px = (task.tile % tiles_x) * TILE_SIZE + int(threadIdx.x) % TILE_SIZE;
+        task.py = (task.tile / tiles_x) * TILE_SIZE + int(threadIdx.x) / TILE_SIZE;
         task.active = task.px < cam.width && task.py < cam.height;
         task.index = task.active ? task.py * cam.width + task.px : 0;
         task.stride = cam.width * cam.height;
         return true;
     }
-    const int warp = int(blockIdx.x) * (BLOCK_THREADS / 32) + int(threadIdx.x / 32);
+    const int warp = int(blockIdx.x) * WARPS_PER_BLOCK + int(threadIdx.x / 32);
     if (warp >= set.n_warps) return false;
     const int request = set.lane_requests[32 * warp + (threadIdx.x & 31)];
     task.tile = set.warp_tiles[warp];
@@ -60,8 +59,8 @@ __device__ __forceinline__ bool locate_pixel(const Camera& cam, const PixelSet& 
 }
 
 inline dim3 render_grid(const Camera& cam, const PixelSet& set) {
-    if (set.sparse()) return dim3((set.n_warps + BLOCK_THREADS / 32 - 1) / (BLOCK_THREADS / 32));
-    return dim3(cam.tiles_x(), cam.tiles_y(), BLOCKS_PER_TILE);
+    if (set.sparse()) return dim3((set.n_warps + WARPS_PER_BLOCK - 1) / WARPS_PER_BLOCK);
+    return dim3(cam.tiles_x() * cam.tiles_y());
 }
 inline bool nothing_to_render(const PixelSet& set) { return set.sparse() && set.n_warps == 0; }
 
@@ -72,13 +71,6 @@ struct Candidate {
 
     __device__ __forceinline__ int octant() const { return int(entry >> VOXEL_ID_BITS); }
     __device__ __forceinline__ uint32_t voxel() const { return entry & VOXEL_ID_MASK; }
-
-    // Lane `k`'s candidate, broadcast to the warp.
-    __device__ __forceinline__ Candidate from_lane(int k) const {
-        return {__shfl_sync(FULL_MASK, entry, k),
-                make_int4(__shfl_sync(FULL_MASK, rect.x, k), __shfl_sync(FULL_MASK, rect.y, k),
-                          __shfl_sync(FULL_MASK, rect.z, k), __shfl_sync(FULL_MASK, rect.w, k))};
-    }
 
     // The cheap per-pixel test before the ray-box test: same octant, inside the rectangle.
     __device__ __forceinline__ bool may_cover(int px, int py, int quadrant) const {
@@ -147,23 +139,51 @@ __device__ __forceinline__ void load_record(const RenderBuffers& in, uint32_t v,
     }
 }
 
+// A candidate the warp will visit, staged in shared memory by the lane that loaded it: every
+// lane issues its loads at once (one memory latency per group of 32 candidates instead of one
+// per visited candidate), and the visits read them with broadcast shared-memory loads.
+struct StagedCandidate {
+    Candidate cand;
+    VoxelRecord rec;
+};
+
+// This warp's part of the block's stage: one staged candidate per lane.
+__device__ __forceinline__ StagedCandidate* warp_stage() {
+    __shared__ StagedCandidate stage[BLOCK_THREADS];
+    return stage + (threadIdx.x & ~31u);
+}
+
+// Lane `lane` stages its candidate when it is in `todo`; the warp then visits them.
+template <bool WITH_RGB>
+__device__ __forceinline__ void stage_candidates(const RenderBuffers& in, const Candidate& mine, uint32_t todo,
+                                                 StagedCandidate* stage) {
+    const int lane = int(threadIdx.x & 31);
+    if (todo >> lane & 1u) {
+        stage[lane].cand = mine;
+        load_record<WITH_RGB>(in, mine.voxel(), stage[lane].rec);
+    }
+    __syncwarp();
+}
+
 // The front-to-back walk of a warp over its tile's list `range`: lane l loads candidate
-// `group + l`, the warp keeps those that may touch its live pixels (not `done`), and for each of
-// them, in list order, every lane calls visit(candidate, list index) (warp-uniform, so visitors
-// may use warp collectives). Stops when every lane is done.
-template <typename Visit>
+// `group + l`, the warp keeps those that may touch its live pixels (not `done`) and stages them,
+// and for each of them, in list order, every lane calls visit(staged candidate, list index)
+// (warp-uniform, so visitors may use warp collectives). Stops when every lane is done.
+template <bool WITH_RGB, typename Visit>
 __device__ __forceinline__ void walk_front_to_back(const RenderBuffers& in, int2 range, const WarpPixels& pixels,
-                                                   const bool& done, Visit&& visit) {
+                                                   const bool& done, StagedCandidate* stage, Visit&& visit) {
     const int lane = int(threadIdx.x & 31);
     for (int group = range.x; group < range.y && !__all_sync(FULL_MASK, done); group += 32) {
         const bool valid = group + lane < range.y;
         const Candidate mine = valid ? load_candidate(in, group + lane) : Candidate{0u, make_int4(1, 1, 0, 0)};
         uint32_t todo = pixels.touched(mine, valid, !done);
+        stage_candidates<WITH_RGB>(in, mine, todo, stage);
         while (todo) {
             const int k = __ffs(todo) - 1;
             todo &= todo - 1;
-            visit(mine.from_lane(k), group + k);
+            visit(stage[k], group + k);
         }
+        __syncwarp();  // the stage is overwritten by the next group
     }
 }
 

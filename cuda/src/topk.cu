@@ -23,10 +23,10 @@ render_topk_kernel(Camera cam, PixelSet pixels, int k, RenderBuffers in, int64_t
     float T = 1.f;
     float kth = 0.f;  // the k-th largest weight kept so far (the padding's 0 until k are kept)
     bool done = !task.active;
-    walk_front_to_back(in, range, warp_pixels, done, [&](const Candidate& cand, int) {
+    walk_front_to_back<false>(in, range, warp_pixels, done, warp_stage(), [&](const StagedCandidate& staged, int) {
+        const Candidate& cand = staged.cand;
         if (done || !cand.may_cover(task.px, task.py, ray.quadrant)) return;
-        VoxelRecord rec;
-        load_record<false>(in, cand.voxel(), rec);
+        const VoxelRecord& rec = staged.rec;
         float a, b;
         if (!ray_segment(ray, rec.box_min, rec.length, a, b)) return;
         Quadrature<N> quad;

@@ -49,6 +49,7 @@ class CudaState(NamedTuple):
     ranges: torch.Tensor    # [n_tiles, 2] int32
     entries: torch.Tensor   # [M] int32, sorted: octant << 29 | voxel id
     pixel_rect: torch.Tensor  # [N, 4] int32 conservative pixel rectangle per voxel
+    tile_order: torch.Tensor  # [n_tiles] int32 render order of the tiles: longest list first
 
 
 class SparsePixels(NamedTuple):
@@ -58,25 +59,25 @@ class SparsePixels(NamedTuple):
     lane_requests: torch.Tensor  # [n_warps * 32] int32, -1 for an idle lane
 
 
-def _pixel_args(layout):
+def _pixel_args(state, layout):
     if layout is None:
         empty = torch.empty(0, dtype=torch.int32)
-        return False, empty, empty, empty
-    return True, layout.requests, layout.warp_tiles, layout.lane_requests
+        return state.tile_order, False, empty, empty, empty
+    return state.tile_order, True, layout.requests, layout.warp_tiles, layout.lane_requests
 
 
 def rasterize_preprocess(settings, octree_paths, vox_centers, vox_lengths, requests=None):
     camera = camera_args(settings)
     if requests is None:
         requests = (torch.empty(0, dtype=torch.bool), torch.empty(0, dtype=torch.int32))
-    n_duplicates, in_view, ranges, entries, pixel_rect = _load().rasterize_preprocess(
+    in_view, ranges, entries, pixel_rect, tile_order = _load().rasterize_preprocess(
         camera, octree_paths.contiguous(), vox_centers.contiguous(), vox_lengths.contiguous(), *requests)
-    return in_view, CudaState(camera, ranges, entries, pixel_rect)
+    return in_view, CudaState(camera, ranges, entries, pixel_rect, tile_order)
 
 
-def pixel_layout(settings, pixels, dtype, device):
-    """None for the whole image; for requested pixels, their grouping into warps of one tile
-    (one device read: the number of warps)."""
+def pixel_layout(settings, state, pixels, dtype, device):
+    """None for the whole image; for requested pixels, their grouping into warps of one tile,
+    the warps of the longest lists first (one device read: the number of warps)."""
     if pixels is None:
         return None
     tile_size = meta.TILE_SIZE
@@ -95,7 +96,10 @@ def pixel_layout(settings, pixels, dtype, device):
     slot = (warp_end - warps)[sorted_tile] * 32 + rank
     lane_requests = torch.full((n_warps * 32,), -1, dtype=torch.int32, device=device)
     lane_requests[slot] = order.to(torch.int32)
-    return SparsePixels(pixels.to(torch.int32).contiguous(), warp_tiles, lane_requests)
+    ranges = state.ranges[warp_tiles.long()]
+    longest_first = torch.argsort(ranges[:, 1] - ranges[:, 0], stable=True, descending=True)
+    return SparsePixels(pixels.to(torch.int32).contiguous(), warp_tiles[longest_first].contiguous(),
+                        lane_requests.reshape(-1, 32)[longest_first].reshape(-1).contiguous())
 
 
 def rasterize_forward(settings, state, layout, vox_centers, vox_lengths, geos, rgbs):
@@ -103,7 +107,7 @@ def rasterize_forward(settings, state, layout, vox_centers, vox_lengths, geos, r
         state.camera, settings.n_samp_per_vox, float(settings.bg_color), bool(settings.need_depth),
         settings.lambda_dist > 0, bool(settings.need_normal), bool(settings.track_max_w),
         state.ranges, state.entries, state.pixel_rect, vox_centers.contiguous(), vox_lengths.contiguous(),
-        geos.contiguous(), rgbs.contiguous(), *_pixel_args(layout))
+        geos.contiguous(), rgbs.contiguous(), *_pixel_args(state, layout))
     return (color, depth, normal, T, max_w), (T, aux, last)
 
 
@@ -117,12 +121,12 @@ def rasterize_backward(settings, state, layout, saved, vox_centers, vox_lengths,
         bool(settings.need_normal), float(settings.lambda_R_concen), float(settings.lambda_ascending),
         float(settings.lambda_dist), gt, state.ranges, state.entries, state.pixel_rect, vox_centers.contiguous(),
         vox_lengths.contiguous(), geos.contiguous(), rgbs.contiguous(), T, aux, last,
-        dL_dcolor, dL_ddepth, dL_dnormal, dL_dT, *_pixel_args(layout))
+        dL_dcolor, dL_ddepth, dL_dnormal, dL_dT, *_pixel_args(state, layout))
     return grad_geos, grad_rgbs, priority
 
 
 def rasterize_topk(settings, state, layout, vox_centers, vox_lengths, geos, k):
     ids, weights = _load().rasterize_topk(
         state.camera, settings.n_samp_per_vox, int(k), state.ranges, state.entries, state.pixel_rect,
-        vox_centers.contiguous(), vox_lengths.contiguous(), geos.contiguous(), *_pixel_args(layout))
+        vox_centers.contiguous(), vox_lengths.contiguous(), geos.contiguous(), *_pixel_args(state, layout))
     return ids, weights

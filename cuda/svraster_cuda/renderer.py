@@ -148,7 +148,7 @@ def rasterize_voxels(raster_settings, octree_paths, vox_centers, vox_lengths, vo
     `intersections` (from `intersect_voxels`) skips preprocess and sorting."""
     _check_inputs(raster_settings, octree_paths, vox_centers, vox_lengths)
     inter = _reuse(intersections, raster_settings, octree_paths, vox_centers, vox_lengths, None)
-    layout = inter.impl.pixel_layout(raster_settings, None, vox_centers.dtype, vox_centers.device)
+    layout = inter.impl.pixel_layout(raster_settings, inter.state, None, vox_centers.dtype, vox_centers.device)
     return _render(raster_settings, inter, layout, octree_paths, vox_centers, vox_lengths, vox_fn)
 
 
@@ -165,7 +165,7 @@ def rasterize_voxels_sparse(raster_settings, octree_paths, vox_centers, vox_leng
     if raster_settings.lambda_R_concen > 0 and raster_settings.gt_color.dim() == 3:
         gt = raster_settings.gt_color.to(pixels.device)[:, pixels[:, 0], pixels[:, 1]]
         raster_settings = raster_settings._replace(gt_color=gt)
-    layout = inter.impl.pixel_layout(raster_settings, pixels, vox_centers.dtype, vox_centers.device)
+    layout = inter.impl.pixel_layout(raster_settings, inter.state, pixels, vox_centers.dtype, vox_centers.device)
     return _render(raster_settings, inter, layout, octree_paths, vox_centers, vox_lengths, vox_fn)
 
 
@@ -178,7 +178,7 @@ def topk_contributors(raster_settings, octree_paths, vox_centers, vox_lengths, g
     validation.check_k(k)
     validation.check_tensor("geos", geos, (len(vox_centers), 8), torch.float32, vox_centers.device)
     inter = _reuse(intersections, raster_settings, octree_paths, vox_centers, vox_lengths, pixels)
-    layout = inter.impl.pixel_layout(raster_settings, pixels, vox_centers.dtype, vox_centers.device)
+    layout = inter.impl.pixel_layout(raster_settings, inter.state, pixels, vox_centers.dtype, vox_centers.device)
     with torch.no_grad():
         return inter.impl.rasterize_topk(raster_settings, inter.state, layout, vox_centers, vox_lengths,
                                          geos.detach(), k)

@@ -25,7 +25,7 @@ class ReferenceState(NamedTuple):
     binning: Binning
 
 
-def pixel_layout(settings, pixels, dtype, device):
+def pixel_layout(settings, _state, pixels, dtype, device):
     """The rays to render: every pixel (pixels None) or the requested (row, col) pairs [P, 2]."""
     d_cam, rd, cam_norm = pixel_rays(settings, dtype, device)
     W, H = settings.image_width, settings.image_height
