@@ -61,6 +61,7 @@ if [ "${SKIP_BENCH:-0}" != 1 ]; then
   fi
   python3 bench/bench_cuda.py --scenes O6M,R6M --sparse 2>&1 | tee -a "$OUT/bench.log" | tail -n 20
   if [ "${PROFILE:-0}" = 1 ]; then
-    python3 bench/bench_cuda.py --scenes O6M --sparse --profile 2>&1 | tee -a "$OUT/bench.log" | tail -n 22
+    python3 bench/bench_cuda.py --scenes O6M --sparse --profile >"$OUT/profile_sparse.txt" 2>&1
+    grep -E "^(==|Name)|svr::|radix|Self CUDA time" "$OUT/profile_sparse.txt" | cut -c1-60,150-200
   fi
 fi

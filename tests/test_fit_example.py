@@ -1,4 +1,5 @@
-"""examples/fit_voxels.py: recovering the demo scene from its images through our gradients."""
+"""The examples: fit_voxels.py recovers the demo scene from its images through our gradients;
+lift_labels.py lifts 2D labels onto voxels with top-K contributors."""
 import re
 import subprocess
 import sys
@@ -21,3 +22,14 @@ def test_tiny_fit_converges_and_renders(tmp_path):
     assert r.returncode == 0, r.stderr
     assert len(list((out / "test" / "ours_150" / "renders").glob("*.png"))) == 2
     assert len(list((out / "train" / "ours_150" / "renders").glob("*.png"))) == 4
+
+
+def test_lift_labels_example():
+    """examples/lift_labels.py: top-K label lifting agrees with a held-out view's label map."""
+    r = subprocess.run([sys.executable, "examples/lift_labels.py", "--views", "6", "--size", "64", "48"], cwd=REPO,
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    m = re.search(r"(\d+) of (\d+) voxels labelled \((\d+) as 1\).* on ([\d.]+)% of covered pixels", r.stdout)
+    assert m, r.stdout
+    labelled, total, ones, agree = int(m.group(1)), int(m.group(2)), int(m.group(3)), float(m.group(4))
+    assert 0 < ones < labelled < total and agree >= 70, r.stdout

@@ -87,7 +87,7 @@ struct PixelSet {
     int n_requests;                // P; 0 for the whole image
     const int2* requests;          // [P] (row, col), or null for the whole image
     int n_warps;
-    const int32_t* warp_tiles;     // [n_warps] the tile of each warp
+    const int32_t* warp_tiles;     // [n_warps] the tile of each warp, -1 for a spare warp
     const int32_t* lane_requests;  // [n_warps * 32] the request of each lane, -1 for none
     SVR_HOST_DEVICE bool sparse() const { return requests != nullptr; }
 };

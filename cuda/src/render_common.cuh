@@ -47,8 +47,9 @@ __device__ __forceinline__ bool locate_pixel(const Camera& cam, const PixelSet& 
     }
     const int warp = int(blockIdx.x) * WARPS_PER_BLOCK + int(threadIdx.x / 32);
     if (warp >= set.n_warps) return false;
-    const int request = set.lane_requests[32 * warp + (threadIdx.x & 31)];
     task.tile = set.warp_tiles[warp];
+    if (task.tile < 0) return false;  // a spare warp
+    const int request = set.lane_requests[32 * warp + (threadIdx.x & 31)];
     task.active = request >= 0;
     const int2 rc = task.active ? set.requests[request] : make_int2(0, 0);
     task.px = rc.y;

@@ -77,27 +77,31 @@ def rasterize_preprocess(settings, octree_paths, vox_centers, vox_lengths, reque
 
 def pixel_layout(settings, state, pixels, dtype, device):
     """None for the whole image; for requested pixels, their grouping into warps of one tile,
-    the warps of the longest lists first (one device read: the number of warps)."""
+    the warps of the longest lists first. Sized for the most warps P pixels can need, so that
+    no device read is needed: the spare warps (tile -1) exit at once."""
     if pixels is None:
         return None
     tile_size = meta.TILE_SIZE
     tiles_x = (settings.image_width + tile_size - 1) // tile_size
-    tiles_y = (settings.image_height + tile_size - 1) // tile_size
+    n_tiles = tiles_x * ((settings.image_height + tile_size - 1) // tile_size)
+    n_requests = len(pixels)
+    max_warps = min(n_requests, n_tiles) + n_requests // 32
     tile = (pixels[:, 0] // tile_size) * tiles_x + pixels[:, 1] // tile_size
     order = torch.argsort(tile, stable=True)
-    counts = torch.bincount(tile, minlength=tiles_x * tiles_y)
+    counts = torch.zeros(n_tiles, dtype=torch.long, device=device).index_add_(0, tile, torch.ones_like(tile))
     warps = (counts + 31) // 32
     warp_end = torch.cumsum(warps, 0)
-    n_warps = int(warp_end[-1])
-    warp_tiles = torch.repeat_interleave(torch.arange(len(warps), device=device, dtype=torch.int32), warps,
-                                         output_size=n_warps)
+    # Warp w belongs to the first tile whose warps end after it; past the last warp: spare.
+    warp_tiles = torch.searchsorted(warp_end, torch.arange(max_warps, device=device), right=True)
+    warp_tiles = torch.where(warp_tiles < n_tiles, warp_tiles, -1).to(torch.int32)
     sorted_tile = tile[order]
-    rank = torch.arange(len(order), device=device) - (torch.cumsum(counts, 0) - counts)[sorted_tile]
+    rank = torch.arange(n_requests, device=device) - (torch.cumsum(counts, 0) - counts)[sorted_tile]
     slot = (warp_end - warps)[sorted_tile] * 32 + rank
-    lane_requests = torch.full((n_warps * 32,), -1, dtype=torch.int32, device=device)
+    lane_requests = torch.full((max_warps * 32,), -1, dtype=torch.int32, device=device)
     lane_requests[slot] = order.to(torch.int32)
-    ranges = state.ranges[warp_tiles.long()]
-    longest_first = torch.argsort(ranges[:, 1] - ranges[:, 0], stable=True, descending=True)
+    ranges = state.ranges[warp_tiles.long().clamp(min=0)]
+    length = torch.where(warp_tiles >= 0, ranges[:, 1] - ranges[:, 0], -1)
+    longest_first = torch.argsort(length, stable=True, descending=True)
     return SparsePixels(pixels.to(torch.int32).contiguous(), warp_tiles[longest_first].contiguous(),
                         lane_requests.reshape(-1, 32)[longest_first].reshape(-1).contiguous())
 

@@ -269,16 +269,21 @@ class SVRasterModel:
     def bg_color(self):
         return 1.0 if self.config.white_background else 0.0
 
+    def raster_settings(self, camera, ss=1.0, n_samp_per_vox=None, **settings):
+        """RasterSettings for a `cameras.Camera` (at round(W*ss) x round(H*ss))."""
+        n_samp = self.config.n_samp_per_vox if n_samp_per_vox is None else n_samp_per_vox
+        W, H = round(camera.width * ss), round(camera.height * ss)
+        return RasterSettings(color_mode="sh", n_samp_per_vox=n_samp, image_width=W, image_height=H,
+                              tanfovx=camera.tanfovx, tanfovy=camera.tanfovy, cx=camera.cx * W / camera.width,
+                              cy=camera.cy * H / camera.height, w2c_matrix=camera.w2c,
+                              c2w_matrix=camera.c2w, bg_color=self.bg_color, **settings)
+
     def render(self, camera, ss=None, n_samp_per_vox=None, need_depth=False, need_normal=False, **settings):
         """Render a `cameras.Camera`. Supersampling `ss` renders at round(W*ss) x round(H*ss)
         and resizes down with antialiasing. Returns a dict of [C, H, W] tensors."""
         ss = self.config.ss if ss is None else ss
-        n_samp = self.config.n_samp_per_vox if n_samp_per_vox is None else n_samp_per_vox
-        W, H = round(camera.width * ss), round(camera.height * ss)
-        s = RasterSettings(color_mode="sh", n_samp_per_vox=n_samp, image_width=W, image_height=H,
-                           tanfovx=camera.tanfovx, tanfovy=camera.tanfovy, cx=camera.cx * W / camera.width,
-                           cy=camera.cy * H / camera.height, w2c_matrix=camera.w2c, c2w_matrix=camera.c2w,
-                           bg_color=self.bg_color, need_depth=need_depth, need_normal=need_normal, **settings)
+        s = self.raster_settings(camera, ss, n_samp_per_vox, need_depth=need_depth, need_normal=need_normal, **settings)
+        W, H = s.image_width, s.image_height
         color, depth, normal, T, _ = rasterize_voxels(s, self.octpath, self.vox_centers, self.vox_lengths, self.vox_fn)
         if not (self.config.white_background or self.config.black_background):
             color = color + T * color.mean(dim=(1, 2), keepdim=True)

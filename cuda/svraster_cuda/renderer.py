@@ -72,16 +72,15 @@ def _tile_grid(settings):
 
 def _request_masks(pixels, settings):
     """(tile_active [n_tiles] bool, row_masks [n_tiles, TILE_SIZE] int32): per tile, bit x of
-    row y is set when pixel (x, y) of the tile is requested."""
-    t, W = meta.TILE_SIZE, settings.image_width
+    row y is set when pixel (x, y) of the tile is requested. Built from a mask of the
+    tile-padded image (no device read)."""
+    t = meta.TILE_SIZE
     tiles_x, tiles_y = _tile_grid(settings)
-    flat = torch.unique(pixels[:, 0] * W + pixels[:, 1])
-    rows, cols = flat // W, flat % W
-    slot = ((rows // t) * tiles_x + cols // t) * t + rows % t
-    # The pixels are distinct, so each slot's bits are distinct and their sum is their OR.
-    masks = torch.zeros(tiles_x * tiles_y * t, dtype=torch.int64, device=pixels.device)
-    masks.index_add_(0, slot, 1 << (cols % t))
-    masks = masks.to(torch.int32).reshape(-1, t)
+    image = torch.zeros(tiles_y * t, tiles_x * t, dtype=torch.int32, device=pixels.device)
+    image[pixels[:, 0], pixels[:, 1]] = 1
+    bits = 1 << torch.arange(t, dtype=torch.int32, device=pixels.device)
+    masks = (image.reshape(tiles_y, t, tiles_x, t).transpose(1, 2) * bits).sum(-1, dtype=torch.int32)
+    masks = masks.reshape(tiles_x * tiles_y, t)
     return (masks != 0).any(1), masks
 
 
