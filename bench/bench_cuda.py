@@ -81,8 +81,25 @@ def profile_scene(name, width, height):
                                              lambda *a: params)
         (color.sum() + T.sum()).backward()
 
+    def forward():
+        with torch.no_grad():
+            rasterize_voxels(s, scene["octpath"], scene["vox_centers"], scene["vox_lengths"], lambda *a: params)
+
     step()
+    forward()
     torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        forward()
+        torch.cuda.synchronize()
+    kernels = [e for e in prof.events() if e.device_type.name == "CUDA"]
+    start = min(e.time_range.start for e in kernels)
+    end = max(e.time_range.end for e in kernels)
+    busy = sum(e.time_range.end - e.time_range.start for e in kernels)
+    print(f"== profile {name}, forward only: GPU busy {busy / 1e3:.3f} ms of {(end - start) / 1e3:.3f} ms from "
+          f"first to last kernel; {len(kernels)} GPU events")
+    for e in sorted(kernels, key=lambda e: e.time_range.start):
+        print(f"  {(e.time_range.start - start) / 1e3:7.3f} ms +{(e.time_range.end - e.time_range.start) / 1e3:6.3f} "
+              f"{e.name[:70]}")
     with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA], profile_memory=True) as prof:
         step()
         torch.cuda.synchronize()

@@ -29,7 +29,8 @@ if [ "${SKIP_TESTS:-0}" != 1 ]; then
 fi
 if [ "${PROFILE:-0}" = 1 ]; then
   python3 bench/bench_cuda.py --profile --scenes ${PROFILE_SCENES:-O6M,R6M} >"$OUT/profile.txt" 2>&1
-  grep -E "^(==|Name|  *Self CPU)|rasterize|Kernel|kernel|Sort|sort|Memcpy|memcpy|cumsum|nonzero|aten::(empty|zeros)" "$OUT/profile.txt" | cut -c1-150 | head -60
+  grep -E "^(==|Name|  *Self CPU)|^  +[0-9.]+ ms|rasterize|Kernel|kernel|Sort|sort|Memcpy|memcpy|cumsum|nonzero|aten::(empty|zeros)" \
+    "$OUT/profile.txt" | cut -c1-150 | head -${PROFILE_LINES:-60}
 fi
 if [ "${NCU:-0}" = 1 ]; then
   for scene in ${NCU_SCENES:-O6M R6M}; do

@@ -146,9 +146,10 @@ def rasterize_voxels(raster_settings, octree_paths, vox_centers, vox_lengths, vo
     max_w [N,1]); depth, normal and max_w are empty unless requested in the settings.
     `intersections` (from `intersect_voxels`) skips preprocess and sorting."""
     _check_inputs(raster_settings, octree_paths, vox_centers, vox_lengths)
+    cam_pos = _camera_position(raster_settings, vox_centers.device)
     inter = _reuse(intersections, raster_settings, octree_paths, vox_centers, vox_lengths, None)
     layout = inter.impl.pixel_layout(raster_settings, inter.state, None, vox_centers.dtype, vox_centers.device)
-    return _render(raster_settings, inter, layout, octree_paths, vox_centers, vox_lengths, vox_fn)
+    return _render(raster_settings, inter, layout, cam_pos, vox_centers, vox_lengths, vox_fn)
 
 
 def rasterize_voxels_sparse(raster_settings, octree_paths, vox_centers, vox_lengths, vox_fn, pixels,
@@ -160,12 +161,13 @@ def rasterize_voxels_sparse(raster_settings, octree_paths, vox_centers, vox_leng
     the dense case; `gt_color` may be [3,H,W] or [3,P]. Only tiles holding requested pixels
     are processed."""
     _check_inputs(raster_settings, octree_paths, vox_centers, vox_lengths, pixels)
+    cam_pos = _camera_position(raster_settings, vox_centers.device)
     inter = _reuse(intersections, raster_settings, octree_paths, vox_centers, vox_lengths, pixels)
     if raster_settings.lambda_R_concen > 0 and raster_settings.gt_color.dim() == 3:
         gt = raster_settings.gt_color.to(pixels.device)[:, pixels[:, 0], pixels[:, 1]]
         raster_settings = raster_settings._replace(gt_color=gt)
     layout = inter.impl.pixel_layout(raster_settings, inter.state, pixels, vox_centers.dtype, vox_centers.device)
-    return _render(raster_settings, inter, layout, octree_paths, vox_centers, vox_lengths, vox_fn)
+    return _render(raster_settings, inter, layout, cam_pos, vox_centers, vox_lengths, vox_fn)
 
 
 def topk_contributors(raster_settings, octree_paths, vox_centers, vox_lengths, geos, k, pixels=None,
@@ -183,8 +185,13 @@ def topk_contributors(raster_settings, octree_paths, vox_centers, vox_lengths, g
                                          geos.detach(), k)
 
 
-def _render(raster_settings, inter, layout, octree_paths, vox_centers, vox_lengths, vox_fn):
-    cam_pos = raster_settings.c2w_matrix[:3, 3].to(vox_centers.device)
+def _camera_position(raster_settings, device):
+    """The camera position for vox_fn, copied to the device before the frame's kernels are
+    queued: a host-to-device copy waits for the queue, and later it would stall the frame."""
+    return raster_settings.c2w_matrix[:3, 3].to(device)
+
+
+def _render(raster_settings, inter, layout, cam_pos, vox_centers, vox_lengths, vox_fn):
     params = vox_fn(inter.in_view, cam_pos, raster_settings.color_mode)
     validation.check_vox_params(params, len(vox_centers), vox_centers.device, values=raster_settings.debug)
     return _RasterizeVoxels.apply(inter, layout, raster_settings, vox_centers, vox_lengths,
