@@ -168,18 +168,37 @@ std::vector<int64_t> pixel_shape(const svr::Camera& cam, const svr::PixelSet& se
     return {channels, cam.height, cam.width};
 }
 
+// What every render entry point starts from: checked inputs, the camera, the voxel buffers and
+// the pixels to render. `rgbs` may be undefined (top-K reads no colours).
+struct RenderCall {
+    svr::Camera cam;
+    svr::RenderBuffers in;
+    svr::PixelSet pixels;
+};
+
+RenderCall render_call(const std::vector<double>& camera, int64_t n_samp, const Tensor& ranges, const Tensor& entries,
+                       const Tensor& pixel_rect, const Tensor& vox_centers, const Tensor& vox_lengths,
+                       const Tensor& geos, const Tensor& rgbs, const Tensor& tile_order, bool sparse,
+                       const Tensor& requests, const Tensor& warp_tiles, const Tensor& lane_requests) {
+    TORCH_CHECK_VALUE(vox_centers.is_cuda(), "vox_centers: expected a CUDA tensor, got one on ", vox_centers.device());
+    TORCH_CHECK_VALUE(n_samp >= 1 && n_samp <= MAX_N_SAMP, "n_samp_per_vox: expected 1..", MAX_N_SAMP, ", got ", n_samp);
+    const svr::Camera cam = make_camera(camera);
+    const int n_tiles = cam.tiles_x() * cam.tiles_y();
+    return {cam, render_buffers(ranges, entries, pixel_rect, vox_centers, vox_lengths, geos, rgbs, n_tiles),
+            pixel_set(tile_order, sparse, requests, warp_tiles, lane_requests, vox_centers, n_tiles)};
+}
+
 std::vector<Tensor> rasterize_voxels(const std::vector<double>& camera, int64_t n_samp, double bg, bool need_depth,
                                      bool need_distortion, bool need_normal, bool track_max_w, const Tensor& ranges,
                                      const Tensor& entries, const Tensor& pixel_rect, const Tensor& vox_centers,
                                      const Tensor& vox_lengths, const Tensor& geos, const Tensor& rgbs,
                                      const Tensor& tile_order, bool sparse,
                                      const Tensor& requests, const Tensor& warp_tiles, const Tensor& lane_requests) {
-    TORCH_CHECK_VALUE(vox_centers.is_cuda(), "vox_centers: expected a CUDA tensor, got one on ", vox_centers.device());
+    const RenderCall call = render_call(camera, n_samp, ranges, entries, pixel_rect, vox_centers, vox_lengths, geos, rgbs,
+                                        tile_order, sparse, requests, warp_tiles, lane_requests);
     const c10::cuda::CUDAGuard guard(vox_centers.device());
-    TORCH_CHECK_VALUE(n_samp >= 1 && n_samp <= MAX_N_SAMP, "n_samp_per_vox: expected 1..", MAX_N_SAMP, ", got ", n_samp);
-    const svr::Camera cam = make_camera(camera);
-    const auto in = render_buffers(ranges, entries, pixel_rect, vox_centers, vox_lengths, geos, rgbs, cam.tiles_x() * cam.tiles_y());
-    const svr::PixelSet set = pixel_set(tile_order, sparse, requests, warp_tiles, lane_requests, vox_centers, cam.tiles_x() * cam.tiles_y());
+    const svr::Camera& cam = call.cam;
+    const svr::PixelSet& set = call.pixels;
     const auto opts = geos.options();
     const int64_t n = vox_centers.size(0);
     Tensor color = torch::empty(pixel_shape(cam, set, 3), opts);
@@ -189,7 +208,7 @@ std::vector<Tensor> rasterize_voxels(const std::vector<double>& camera, int64_t 
     Tensor max_w = track_max_w ? torch::zeros({n, 1}, opts) : torch::empty({0}, opts);
     Tensor aux = need_distortion ? torch::empty(pixel_shape(cam, set, 1), opts) : torch::empty({0}, opts);
     Tensor last = torch::empty(pixel_shape(cam, set, 1), opts.dtype(at::kInt));
-    svr::render_forward(cam, set, {int(n_samp), float(bg), need_depth, need_distortion, need_normal, track_max_w}, in,
+    svr::render_forward(cam, set, {int(n_samp), float(bg), need_depth, need_distortion, need_normal, track_max_w}, call.in,
                         {ptr<float>(color), ptr<float>(depth), ptr<float>(normal), ptr<float>(T), ptr<float>(max_w),
                          ptr<float>(aux), ptr<int32_t>(last)},
                         c10::cuda::getCurrentCUDAStream());
@@ -205,12 +224,11 @@ std::vector<Tensor> rasterize_voxels_backward(
     const Tensor& dL_dcolor, const Tensor& dL_ddepth, const Tensor& dL_dnormal, const Tensor& dL_dT,
     const Tensor& tile_order, bool sparse,
     const Tensor& requests, const Tensor& warp_tiles, const Tensor& lane_requests) {
-    TORCH_CHECK_VALUE(vox_centers.is_cuda(), "vox_centers: expected a CUDA tensor, got one on ", vox_centers.device());
+    const RenderCall call = render_call(camera, n_samp, ranges, entries, pixel_rect, vox_centers, vox_lengths, geos, rgbs,
+                                        tile_order, sparse, requests, warp_tiles, lane_requests);
     const c10::cuda::CUDAGuard guard(vox_centers.device());
-    TORCH_CHECK_VALUE(n_samp >= 1 && n_samp <= MAX_N_SAMP, "n_samp_per_vox: expected 1..", MAX_N_SAMP, ", got ", n_samp);
-    const svr::Camera cam = make_camera(camera);
-    const auto in = render_buffers(ranges, entries, pixel_rect, vox_centers, vox_lengths, geos, rgbs, cam.tiles_x() * cam.tiles_y());
-    const svr::PixelSet set = pixel_set(tile_order, sparse, requests, warp_tiles, lane_requests, vox_centers, cam.tiles_x() * cam.tiles_y());
+    const svr::Camera& cam = call.cam;
+    const svr::PixelSet& set = call.pixels;
     const int64_t n = vox_centers.size(0);
     auto image = [&](const Tensor& t, const char* name, int64_t ch) {
         check_tensor(t, name, at::kFloat, pixel_shape(cam, set, ch), vox_centers);
@@ -229,7 +247,7 @@ std::vector<Tensor> rasterize_voxels_backward(
     svr::render_backward(cam, set,
                          {int(n_samp), float(bg), need_depth, need_normal, float(lambda_R_concen),
                           float(lambda_ascending), float(lambda_dist)},
-                         in, g, {ptr<float>(dL_dgeos), ptr<float>(dL_drgbs), ptr<float>(priority)},
+                         call.in, g, {ptr<float>(dL_dgeos), ptr<float>(dL_drgbs), ptr<float>(priority)},
                          c10::cuda::getCurrentCUDAStream());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     return {dL_dgeos, dL_drgbs, priority};
@@ -240,18 +258,13 @@ std::vector<Tensor> rasterize_topk(const std::vector<double>& camera, int64_t n_
                                    const Tensor& vox_lengths, const Tensor& geos, const Tensor& tile_order, bool sparse,
                                    const Tensor& requests,
                                    const Tensor& warp_tiles, const Tensor& lane_requests) {
-    TORCH_CHECK_VALUE(vox_centers.is_cuda(), "vox_centers: expected a CUDA tensor, got one on ", vox_centers.device());
-    const c10::cuda::CUDAGuard guard(vox_centers.device());
-    TORCH_CHECK_VALUE(n_samp >= 1 && n_samp <= MAX_N_SAMP, "n_samp_per_vox: expected 1..", MAX_N_SAMP, ", got ", n_samp);
     TORCH_CHECK_VALUE(k >= 1 && k <= (int64_t(1) << 20), "k: expected 1..2^20, got ", k);
-    const svr::Camera cam = make_camera(camera);
-    // Top-K reads no colours (an undefined tensor).
-    const auto in = render_buffers(ranges, entries, pixel_rect, vox_centers, vox_lengths, geos, Tensor(),
-                                   cam.tiles_x() * cam.tiles_y());
-    const svr::PixelSet set = pixel_set(tile_order, sparse, requests, warp_tiles, lane_requests, vox_centers, cam.tiles_x() * cam.tiles_y());
-    Tensor ids = torch::full(pixel_shape(cam, set, k), -1, geos.options().dtype(at::kLong));
-    Tensor weights = torch::zeros(pixel_shape(cam, set, k), geos.options());
-    svr::render_topk(cam, set, int(n_samp), int(k), in, ptr<int64_t>(ids), ptr<float>(weights),
+    const RenderCall call = render_call(camera, n_samp, ranges, entries, pixel_rect, vox_centers, vox_lengths, geos,
+                                        Tensor(), tile_order, sparse, requests, warp_tiles, lane_requests);
+    const c10::cuda::CUDAGuard guard(vox_centers.device());
+    Tensor ids = torch::full(pixel_shape(call.cam, call.pixels, k), -1, geos.options().dtype(at::kLong));
+    Tensor weights = torch::zeros(pixel_shape(call.cam, call.pixels, k), geos.options());
+    svr::render_topk(call.cam, call.pixels, int(n_samp), int(k), call.in, ptr<int64_t>(ids), ptr<float>(weights),
                      c10::cuda::getCurrentCUDAStream());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     return {ids, weights};

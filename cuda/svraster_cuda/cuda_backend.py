@@ -12,7 +12,7 @@ from typing import NamedTuple
 import torch
 
 from . import meta
-from .validation import camera_args
+from .reference.preprocess import tile_grid
 
 _SRC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "src")
 _C = None
@@ -66,8 +66,8 @@ def _pixel_args(state, layout):
     return state.tile_order, True, layout.requests, layout.warp_tiles, layout.lane_requests
 
 
-def rasterize_preprocess(settings, octree_paths, vox_centers, vox_lengths, requests=None):
-    camera = camera_args(settings)
+def rasterize_preprocess(settings, camera, octree_paths, vox_centers, vox_lengths, requests=None):
+    """`camera`: validation.camera_args(settings), computed once by the caller."""
     if requests is None:
         requests = (torch.empty(0, dtype=torch.bool), torch.empty(0, dtype=torch.int32))
     in_view, ranges, entries, pixel_rect, tile_order = _load().rasterize_preprocess(
@@ -82,8 +82,8 @@ def pixel_layout(settings, state, pixels, dtype, device):
     if pixels is None:
         return None
     tile_size = meta.TILE_SIZE
-    tiles_x = (settings.image_width + tile_size - 1) // tile_size
-    n_tiles = tiles_x * ((settings.image_height + tile_size - 1) // tile_size)
+    tiles_x, tiles_y = tile_grid(settings)
+    n_tiles = tiles_x * tiles_y
     n_requests = len(pixels)
     max_warps = min(n_requests, n_tiles) + n_requests // 32
     tile = (pixels[:, 0] // tile_size) * tiles_x + pixels[:, 1] // tile_size

@@ -14,6 +14,7 @@ import torch
 
 from . import backend, meta, validation
 from .params import GatherGeoParams, SH_eval
+from .reference.preprocess import tile_grid
 
 __all__ = ["RasterSettings", "rasterize_voxels", "_RasterizeVoxels", "GatherGeoParams", "SH_eval",
            "TileIntersections", "intersect_voxels", "rasterize_voxels_sparse", "topk_contributors"]
@@ -65,17 +66,12 @@ def _voxel_signature(octree_paths, vox_centers, vox_lengths):
     return tuple((t.data_ptr(), tuple(t.shape), t._version) for t in (octree_paths, vox_centers, vox_lengths))
 
 
-def _tile_grid(settings):
-    t = meta.TILE_SIZE
-    return (settings.image_width + t - 1) // t, (settings.image_height + t - 1) // t
-
-
 def _request_masks(pixels, settings):
     """(tile_active [n_tiles] bool, row_masks [n_tiles, TILE_SIZE] int32): per tile, bit x of
     row y is set when pixel (x, y) of the tile is requested. Built from a mask of the
     tile-padded image (no device read)."""
     t = meta.TILE_SIZE
-    tiles_x, tiles_y = _tile_grid(settings)
+    tiles_x, tiles_y = tile_grid(settings)
     image = torch.zeros(tiles_y * t, tiles_x * t, dtype=torch.int32, device=pixels.device)
     image[pixels[:, 0], pixels[:, 1]] = 1
     bits = 1 << torch.arange(t, dtype=torch.int32, device=pixels.device)
@@ -86,7 +82,7 @@ def _request_masks(pixels, settings):
 
 def _all_requested(requests, pixels, settings):
     t = meta.TILE_SIZE
-    tiles_x, _ = _tile_grid(settings)
+    tiles_x, _ = tile_grid(settings)
     tile = (pixels[:, 0] // t) * tiles_x + pixels[:, 1] // t
     return bool(((requests[1][tile, pixels[:, 0] % t] >> (pixels[:, 1] % t)) & 1).bool().all())
 
@@ -101,9 +97,10 @@ def _check_inputs(raster_settings, octree_paths, vox_centers, vox_lengths, pixel
 def _intersect(raster_settings, octree_paths, vox_centers, vox_lengths, pixels):
     impl = backend.for_device(vox_centers.device)
     requests = None if pixels is None else _request_masks(pixels, raster_settings)
-    in_view, state = impl.rasterize_preprocess(raster_settings, octree_paths, vox_centers, vox_lengths, requests)
-    return TileIntersections(impl, state, in_view, validation.camera_args(raster_settings),
-                             _voxel_signature(octree_paths, vox_centers, vox_lengths), requests)
+    camera = validation.camera_args(raster_settings)
+    in_view, state = impl.rasterize_preprocess(raster_settings, camera, octree_paths, vox_centers, vox_lengths, requests)
+    return TileIntersections(impl, state, in_view, camera, _voxel_signature(octree_paths, vox_centers, vox_lengths),
+                             requests)
 
 
 def intersect_voxels(raster_settings, octree_paths, vox_centers, vox_lengths, pixels=None):

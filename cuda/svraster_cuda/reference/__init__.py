@@ -43,7 +43,7 @@ def pixel_layout(settings, _state, pixels, dtype, device):
     return Rays(origin, rd, cam_norm, tile * 8 + ray_quadrant(rd), rows, cols, shape)
 
 
-def rasterize_preprocess(settings, octree_paths, vox_centers, vox_lengths, requests=None):
+def rasterize_preprocess(settings, _camera, octree_paths, vox_centers, vox_lengths, requests=None):
     """Stages 1-4, for every pixel or (sparse) the requested ones, given as `requests` =
     (tile_active [n_tiles] bool, row_masks [n_tiles, TILE_SIZE] int32). Returns (indices of the
     voxels with entries [K], state)."""
