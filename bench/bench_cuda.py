@@ -4,13 +4,15 @@
     python bench/bench_cuda.py --scenes O6M,R6M --sparse    # sparse pixels, top-K, reuse
 
 Per scene: median over views of the median of repeated runs (CUDA events) of the forward
-(`rasterize_voxels`, preprocess and sort included) and of forward+backward, and the peak GPU
-memory of each (torch.cuda.max_memory_allocated, scene tensors included)."""
+(`rasterize_voxels`, preprocess and sort included), of forward+backward, and of the forward's
+render alone (`intersections=` reused from intersect_voxels), and the peak GPU memory of the
+forward and forward+backward (torch.cuda.max_memory_allocated, scene tensors included)."""
 import argparse
 import json
 import statistics
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -40,13 +42,16 @@ def bench_scene(name, width, height, views, repeat):
     forward, forward_backward = make_step(name, scene, params)
     cams = orbit_settings(name, views, width, height, "cpu")
 
-    fwd, both, coverage = [], [], []
+    from svraster_cuda.renderer import intersect_voxels
+    voxels = (scene["octpath"], scene["vox_centers"], scene["vox_lengths"])
+    fwd, both, render, coverage = [], [], [], []
     for s in cams:
         for _ in range(2):
             forward_backward(s)
         fwd.append(time_ms(lambda: forward(s), repeat))
         both.append(time_ms(lambda: forward_backward(s), repeat))
         coverage.append(float((forward(s)[3] < 0.5).float().mean()))
+        render.append(time_ms(partial(forward, s, intersect_voxels(s, *voxels)), repeat))
     # Peak GPU memory of a frame: the scene's tensors and gradients (resident) plus what the
     # frame allocates; the largest over the views.
     peak_fwd = peak_both = 0.0
@@ -63,55 +68,81 @@ def bench_scene(name, width, height, views, repeat):
                 peak_both = max(peak_both, peak)
     resident = torch.cuda.memory_allocated() / 2**30
     return {"scene": name, "voxels": len(params["geos"]), "forward_ms": statistics.median(fwd),
-            "forward_backward_ms": statistics.median(both), "peak_fwd_gb": peak_fwd, "peak_fwd_bwd_gb": peak_both,
+            "forward_backward_ms": statistics.median(both), "render_ms": statistics.median(render), "peak_fwd_gb": peak_fwd, "peak_fwd_bwd_gb": peak_both,
             "resident_gb": resident, "coverage": statistics.mean(coverage), "build_s": built}
 
 
-def profile_scene(name, width, height):
-    """Where one forward and one forward+backward spend GPU time and memory."""
-    from torch.profiler import ProfilerActivity, profile
-    scene = make_scene(name, "cuda")
-    geos = scene["geos"].requires_grad_()
-    params = {"geos": geos, "rgbs": scene["rgbs"].requires_grad_(),
-              "subdiv_p": torch.zeros(len(geos), 1, device="cuda", requires_grad=True)}
-    s = orbit_settings(name, 1, width, height, "cpu")[0]
+def host_ms(fn, repeat=10):
+    """Median host time of one call of `fn` started on an idle GPU (waits inside included)."""
+    times = []
+    for _ in range(repeat):
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(times)
 
-    def step():
-        color, _, _, T, _ = rasterize_voxels(s, scene["octpath"], scene["vox_centers"], scene["vox_lengths"],
-                                             lambda *a: params)
-        (color.sum() + T.sum()).backward()
 
-    def forward():
-        with torch.no_grad():
-            rasterize_voxels(s, scene["octpath"], scene["vox_centers"], scene["vox_lengths"], lambda *a: params)
-
-    step()
-    forward()
+def timeline(label, fn, lines):
+    """One call of `fn`, timed as time_ms times it, as a merged host/GPU timeline: the host ops
+    called directly inside the frame, the host's waits on the GPU, and the GPU's kernels and
+    copies, in ms from the frame's start. Gaps between host ops are Python time. The header
+    gives the unprofiled frame time (events) and host time of a call, and the profiled sum of
+    GPU work: frame minus GPU work is time the GPU waited for the host."""
+    from torch.profiler import ProfilerActivity, profile, record_function
+    frame_ms, call_ms = time_ms(fn, 10), host_ms(fn)
+    fn()
     torch.cuda.synchronize()
     with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
-        forward()
+        start_event, end_event = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start_event.record()
+        with record_function("frame"):
+            fn()
+        end_event.record()
         torch.cuda.synchronize()
-    kernels = [e for e in prof.events() if e.device_type.name == "CUDA"]
-    start = min(e.time_range.start for e in kernels)
-    end = max(e.time_range.end for e in kernels)
-    busy = sum(e.time_range.end - e.time_range.start for e in kernels)
-    print(f"== profile {name}, forward only: GPU busy {busy / 1e3:.3f} ms of {(end - start) / 1e3:.3f} ms from "
-          f"first to last kernel; {len(kernels)} GPU events")
-    for e in sorted(kernels, key=lambda e: e.time_range.start):
-        print(f"  {(e.time_range.start - start) / 1e3:7.3f} ms +{(e.time_range.end - e.time_range.start) / 1e3:6.3f} "
-              f"{e.name[:70]}")
+    events = prof.events()
+    frame = next(e for e in events if e.name == "frame")
+    t0 = frame.time_range.start
+    rows = []
+    for e in events:
+        gpu = e.device_type.name == "CUDA"
+        wait = e.name in ("cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaMemcpyAsync", "cudaEventSynchronize")
+        if gpu or wait or (e.cpu_parent is not None and e.cpu_parent.name == "frame"):
+            rows.append((e.time_range.start - t0, e.time_range.end - e.time_range.start,
+                         "GPU " if gpu else ("wait" if wait else "host"), e.name))
+    rows.sort()
+    gpu_rows = [r for r in rows if r[2] == "GPU " and r[3] != "frame"]
+    busy = sum(r[1] for r in gpu_rows)
+    print(f"== timeline {label}: unprofiled frame {frame_ms:.3f} ms (events), host call {call_ms:.3f} ms; "
+          f"GPU work {busy / 1e3:.3f} ms; profiled frame {start_event.elapsed_time(end_event):.3f} ms")
+    for start, dur, kind, name in rows[:lines]:
+        print(f"  {start / 1e3:7.3f} +{dur / 1e3:6.3f} {kind} {name[:80]}")
+
+
+def profile_scene(name, width, height, lines=160):
+    """Where one forward and one forward+backward spend host time, GPU time and memory."""
+    from torch.profiler import ProfilerActivity, profile
+    from svraster_cuda.renderer import intersect_voxels
+    scene, params = scene_and_params(name)
+    voxels = (scene["octpath"], scene["vox_centers"], scene["vox_lengths"])
+    forward, forward_backward = make_step(name, scene, params)
+    s = orbit_settings(name, 1, width, height, "cpu")[0]
+    forward_backward(s)
+    timeline(f"{name} forward", lambda: forward(s), lines)
+    timeline(f"{name} forward, reused intersections", partial(forward, s, intersect_voxels(s, *voxels)), lines)
+    timeline(f"{name} forward+backward", lambda: forward_backward(s), lines)
     with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA], profile_memory=True) as prof:
-        step()
+        forward_backward(s)
         torch.cuda.synchronize()
     print(f"== profile {name}")
-    print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=12, max_name_column_width=60))
-    print(prof.key_averages().table(sort_by="self_cuda_memory_usage", row_limit=6, max_name_column_width=60))
+    print(prof.key_averages().table(sort_by="self_cuda_memory_usage", row_limit=8, max_name_column_width=60))
 
 
 def make_step(name, scene, params):
-    def forward(s):
+    def forward(s, intersections=None):
         with torch.no_grad():
-            return rasterize_voxels(s, scene["octpath"], scene["vox_centers"], scene["vox_lengths"], lambda *a: params)
+            return rasterize_voxels(s, scene["octpath"], scene["vox_centers"], scene["vox_lengths"], lambda *a: params,
+                                    intersections=intersections)
 
     def forward_backward(s):
         color, _, _, T, _ = rasterize_voxels(s, scene["octpath"], scene["vox_centers"], scene["vox_lengths"],
@@ -192,15 +223,8 @@ def sparse_queries(name, width, height, fraction=0.01, k=8, profile=False):
             (f"topk k={k}, whole image, reused intersections",
              lambda: topk_contributors(s, *voxels, params["geos"], k, intersections=inter))]
     if profile:
-        from torch.profiler import ProfilerActivity
-        from torch.profiler import profile as torch_profile
-        sparse()
-        torch.cuda.synchronize()
-        with torch_profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
-            sparse()
-            torch.cuda.synchronize()
-        print(f"== profile {name}, sparse {fraction:.0%} forward")
-        print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=15, max_name_column_width=50))
+        timeline(f"{name} sparse {fraction:.0%} forward", sparse, 80)
+        timeline(f"{name} sparse {fraction:.0%} forward, reused intersections", lambda: sparse(inter), 60)
         return
     print(f"| {name} {width}x{height}, {n} sparse pixels | ms |")
     print("|---|---|")
@@ -238,10 +262,11 @@ def main():
         return
     rows = [bench_scene(n, args.width, args.height, args.views, args.repeat) for n in args.scenes.split(",")]
     print(f"device: {torch.cuda.get_device_name()}, {args.width}x{args.height}, {args.views} views")
-    print("| scene | voxels | forward ms | fwd+bwd ms | peak GB fwd / fwd+bwd | resident GB | opaque px |")
-    print("|---|---|---|---|---|---|---|")
+    print("| scene | voxels | forward ms | fwd+bwd ms | render ms | peak GB fwd / fwd+bwd | resident GB | opaque px |")
+    print("|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['scene']} | {r['voxels'] / 1e6:.2f}M | {r['forward_ms']:.2f} | {r['forward_backward_ms']:.2f} | "
+              f"{r['render_ms']:.2f} | "
               f"{r['peak_fwd_gb']:.2f} / {r['peak_fwd_bwd_gb']:.2f} | {r['resident_gb']:.2f} | {r['coverage']:.2f} |")
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1))

@@ -6,8 +6,11 @@
 # Options (environment): SKIP_TESTS=1, SKIP_FIT=1, SKIP_BENCH=1, SKIP_LONG=1 (no long run and
 # large sizes), BENCH_SCENES; PROFILE=1 (torch profiler, PROFILE_SCENES), NCU=1 (Nsight
 # Compute, NCU_SCENES).
+# The device tool brings back at most 8 files: device.txt, tests.log, bench.log (fit example
+# and benchmarks), bench.json, bench_base.json, profile.txt, ncu.txt, and a build log on failure.
 set -uo pipefail
 OUT=${OUT:-/tmp/gpu_check}
+LOGS=$(mktemp -d)
 mkdir -p "$OUT"
 export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0} MAX_JOBS=${MAX_JOBS:-16} PYTHONUNBUFFERED=1
 export SVRASTER_SHARED=${SVRASTER_SHARED:-$PWD/.device_data/shared}
@@ -16,10 +19,10 @@ start=$(date +%s)
 # Baseline: the previous commit's sources in .device_data/base (git archive HEAD | tar -x -C
 # .device_data/base), built in place alongside, benchmarked in the same run.
 if [ -d .device_data/base ]; then
-  (cd .device_data/base && python3 setup.py build_ext --inplace >"$OUT/base_build.log" 2>&1; echo $? >"$OUT/base_build.rc") &
+  (cd .device_data/base && python3 setup.py build_ext --inplace >"$LOGS/base_build.log" 2>&1; echo $? >"$LOGS/base_build.rc") &
 fi
-if ! python3 -m pip install --no-build-isolation --no-deps -e . >"$OUT/build.log" 2>&1; then
-  tail -n 60 "$OUT/build.log"; echo "BUILD FAILED"; exit 1
+if ! python3 -m pip install --no-build-isolation --no-deps -e . >"$LOGS/build.log" 2>&1; then
+  cp "$LOGS/build.log" "$OUT/"; tail -n 60 "$LOGS/build.log"; echo "BUILD FAILED"; exit 1
 fi
 echo "build: $(( $(date +%s) - start )) s"
 python3 -m svraster_cuda | tee -a "$OUT/device.txt"
@@ -28,9 +31,10 @@ if [ "${SKIP_TESTS:-0}" != 1 ]; then
   echo "tests exit: ${PIPESTATUS[0]}"
 fi
 if [ "${PROFILE:-0}" = 1 ]; then
+  # Merged host/GPU timelines of one frame (bench_cuda.py timeline()), dense and sparse.
   python3 bench/bench_cuda.py --profile --scenes ${PROFILE_SCENES:-O6M,R6M} >"$OUT/profile.txt" 2>&1
-  grep -E "^(==|Name|  *Self CPU)|^  +[0-9.]+ ms|rasterize|Kernel|kernel|Sort|sort|Memcpy|memcpy|cumsum|nonzero|aten::(empty|zeros)" \
-    "$OUT/profile.txt" | cut -c1-150 | head -${PROFILE_LINES:-60}
+  python3 bench/bench_cuda.py --profile --sparse --scenes ${PROFILE_SCENES:-O6M,R6M} >>"$OUT/profile.txt" 2>&1
+  grep -E "^==|^  +[0-9.]+ \+" "$OUT/profile.txt" | cut -c1-120 | head -${PROFILE_LINES:-400}
 fi
 if [ "${NCU:-0}" = 1 ]; then
   for scene in ${NCU_SCENES:-O6M R6M}; do
@@ -38,31 +42,29 @@ if [ "${NCU:-0}" = 1 ]; then
         --section WarpStateStats --section Occupancy --section LaunchStats --section MemoryWorkloadAnalysis \
         --section InstructionStats --section SchedulerStats \
         --metrics smsp__thread_inst_executed_per_inst_executed.ratio,smsp__sass_average_branch_targets_threads_uniform.pct \
-        python3 bench/bench_cuda.py --scenes "$scene" --views 1 --repeat 1 >"$OUT/ncu_$scene.txt" 2>&1
-    echo "== ncu $scene"
-    grep -E "render_|Duration|Stall|Warp Cycles|Issued Ipc|Achieved Occupancy|Registers|Eligible|L1/TEX Hit|L2 Hit|thread_inst|branch_targets" "$OUT/ncu_$scene.txt" | head -40
+        python3 bench/bench_cuda.py --scenes "$scene" --views 1 --repeat 1 >"$LOGS/ncu_$scene.txt" 2>&1
+    echo "== ncu $scene" | tee -a "$OUT/ncu.txt"
+    cat "$LOGS/ncu_$scene.txt" >>"$OUT/ncu.txt"
+    grep -E "render_|Duration|Stall|Warp Cycles|Issued Ipc|Achieved Occupancy|Registers|Eligible|L1/TEX Hit|L2 Hit|thread_inst|branch_targets" "$LOGS/ncu_$scene.txt" | head -40
   done
 fi
 if [ "${SKIP_FIT:-0}" != 1 ]; then
-  python3 examples/fit_voxels.py --device cuda --out /tmp/fit_output 2>&1 | tee "$OUT/fit.log" | tail -n 4
+  python3 examples/fit_voxels.py --device cuda --out /tmp/fit_output 2>&1 | tee -a "$OUT/bench.log" | tail -n 4
 fi
 if [ "${SKIP_BENCH:-0}" != 1 ]; then
   if [ -d .device_data/base ]; then
     wait
-    echo "== baseline (build rc $(cat "$OUT/base_build.rc"))"
+    echo "== baseline (build rc $(cat "$LOGS/base_build.rc"))"
+    [ "$(cat "$LOGS/base_build.rc")" = 0 ] || cp "$LOGS/base_build.log" "$OUT/"
     PYTHONPATH=$PWD/.device_data/base/cuda python3 -c "import svraster_cuda; print(svraster_cuda.__file__)"
     PYTHONPATH=$PWD/.device_data/base/cuda python3 bench/bench_cuda.py --scenes ${BENCH_SCENES:-O1.4M,O6M,R1.5M,R6M} \
-      --json "$OUT/bench_base.json" 2>&1 | tee "$OUT/bench_base.log" | tail -n 6
+      --json "$OUT/bench_base.json" 2>&1 | tee -a "$OUT/bench.log" | tail -n 6
     echo "== this tree"
   fi
-  python3 bench/bench_cuda.py --scenes ${BENCH_SCENES:-O1.4M,O6M,R1.5M,R6M} --json "$OUT/bench.json" 2>&1 | tee "$OUT/bench.log" | tail -n 6
+  python3 bench/bench_cuda.py --scenes ${BENCH_SCENES:-O1.4M,O6M,R1.5M,R6M} --json "$OUT/bench.json" 2>&1 | tee -a "$OUT/bench.log" | tail -n 6
   if [ "${SKIP_LONG:-0}" != 1 ]; then
     python3 bench/bench_cuda.py --scenes R1.5M --long 1000 2>&1 | tee -a "$OUT/bench.log" | tail -n 1
     python3 bench/bench_cuda.py --scenes O6M --sizes 2>&1 | tee -a "$OUT/bench.log" | tail -n 6
   fi
   python3 bench/bench_cuda.py --scenes O6M,R6M --sparse 2>&1 | tee -a "$OUT/bench.log" | tail -n 20
-  if [ "${PROFILE:-0}" = 1 ]; then
-    python3 bench/bench_cuda.py --scenes O6M --sparse --profile >"$OUT/profile_sparse.txt" 2>&1
-    grep -E "^(==|Name)|svr::|radix|Self CUDA time" "$OUT/profile_sparse.txt" | cut -c1-60,150-200
-  fi
 fi

@@ -80,6 +80,26 @@ def test_empty_and_nothing_in_view(cuda):
     compare(settings, behind, cuda)
 
 
+@pytest.mark.parametrize("matrix_device, dtype", [("cpu", torch.float32), ("cuda", torch.float32),
+                                                  ("cpu", torch.float64)])
+def test_vox_fn_camera_position(cuda, matrix_device, dtype):
+    """vox_fn gets the camera position on the voxels' device, in the matrices' dtype, whether
+    the matrices live on the host (written by a kernel) or on the device (a view)."""
+    octpath, centers, lengths, geos, rgbs = random_scene(4)
+    settings = make_settings((0.7, -2.0, 1.3), (0, 0, 0), width=20, height=10)
+    settings = settings._replace(w2c_matrix=settings.w2c_matrix.to(matrix_device, dtype),
+                                 c2w_matrix=settings.c2w_matrix.to(matrix_device, dtype))
+    seen = []
+
+    def vox_fn(idx, cam_pos, color_mode):
+        seen.append(cam_pos)
+        return {"geos": geos.to(cuda), "rgbs": rgbs.to(cuda), "subdiv_p": torch.zeros(len(geos), 1, device=cuda)}
+
+    rasterize_voxels(settings, octpath.to(cuda), centers.to(cuda), lengths.to(cuda), vox_fn)
+    assert seen[0].device == centers.to(cuda).device and seen[0].dtype == dtype
+    assert torch.equal(seen[0].cpu(), settings.c2w_matrix[:3, 3].cpu())
+
+
 def test_camera_inside_voxels(cuda):
     """A single coarse voxel around the camera plus finer ones: the camera's voxel covers the
     whole screen and is integrated only in front of the near plane."""
@@ -132,7 +152,17 @@ def test_errors_leave_context_healthy(cuda):
     from svraster_cuda import cuda_backend
     with pytest.raises(ValueError, match="CUDA tensor"):
         cuda_backend._load().rasterize_preprocess([16.0, 16.0, 1, 1, 8, 8, 0.02] + [0.0] * 24, octpath, centers, lengths,
-                                                  torch.empty(0, dtype=torch.bool), torch.empty(0, dtype=torch.int32))
+                                                  None)
+    # Errors raised inside the extension, with numbers in their messages (formatting one
+    # crashed the process once: see bindings.cpp), leave a working context.
+    C, cam = cuda_backend._load(), [16.0, 16.0, 1, 1, 8, 8, 0.02] + [0.0] * 24
+    with pytest.raises(ValueError, match=r"image_width/image_height: expected 1\.\.16384, got 0 x 16"):
+        C.rasterize_preprocess([0.0] + cam[1:], *good[:3], None)
+    with pytest.raises(ValueError, match=r"vox_lengths: expected shape \[\d+, 1\] \(-1: any\), got \[\d+, 2\]"):
+        C.rasterize_preprocess(cam, good[0], good[1], good[2].repeat(1, 2), None)
+    with pytest.raises(ValueError, match=r"pixels: expected \(row, col\) pairs with 0 <= row < 16 and 0 <= col < 16; "
+                                         r"1 of the 2 are outside"):
+        C.rasterize_preprocess(cam, *good[:3], torch.tensor([[0, 0], [16, 3]], device=cuda))
     nan = good[3].clone()
     nan[:] = math.nan
     color = call(*good[:3], nan, good[4])[0]

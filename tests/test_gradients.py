@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from helpers import make_settings, random_octree
-from svraster_cuda import reference
+from svraster_cuda import reference, validation
 from svraster_cuda.renderer import _RasterizeVoxels, _intersect
 
 
@@ -24,7 +24,7 @@ def test_gradcheck(n_samp):
     settings = make_settings((2.1, -1.7, 1.3), (0.0, 0.1, 0.0), width=7, height=6, fov_deg=50, n_samp_per_vox=n_samp,
                              need_depth=True, need_normal=True, bg_color=0.4)
     settings = settings._replace(w2c_matrix=settings.w2c_matrix.double(), c2w_matrix=settings.c2w_matrix.double())
-    intersections = _intersect(settings, octpath, centers, lengths, None)
+    intersections = _intersect(settings, validation.camera_args(settings), octpath, centers, lengths, None)
     layout = reference.pixel_layout(settings, intersections.state, None, torch.float64, "cpu")
     subdiv = torch.zeros(n, 1, dtype=torch.float64)
 

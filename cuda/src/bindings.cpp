@@ -6,6 +6,10 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/extension.h>
 
+#include <algorithm>
+#include <string>
+#include <type_traits>
+#include <optional>
 #include <vector>
 
 #include "rasterizer.h"
@@ -14,27 +18,49 @@ namespace {
 
 using torch::Tensor;
 
+// Error messages are built from strings alone, never through iostreams: where the libstdc++
+// the process loads is older than the compiler's headers, streaming a number from this
+// module's inline code crashed the process (seen on the device: c10::str(int)).
+void append(std::string& s, const char* x) { s += x; }
+void append(std::string& s, const std::string& x) { s += x; }
+void append(std::string& s, const c10::Device& d) { s += d.str(); }
+void append(std::string& s, at::ScalarType t) { s += c10::toString(t); }
+void append(std::string& s, c10::IntArrayRef v) {
+    s += "[";
+    for (size_t i = 0; i < v.size(); ++i) s += (i ? ", " : "") + std::to_string(v[i]);
+    s += "]";
+}
+template <typename T, std::enable_if_t<std::is_arithmetic_v<T>, int> = 0>
+void append(std::string& s, T x) { s += std::to_string(x); }
+
+template <typename... Args>
+std::string text(const Args&... args) {
+    std::string s;
+    (append(s, args), ...);
+    return s;
+}
+
 // A CUDA tensor on `like`'s device, of `dtype`, contiguous, with `shape` (-1: any size).
 void check_tensor(const Tensor& t, const char* name, at::ScalarType dtype, std::vector<int64_t> shape,
                   const Tensor& like) {
-    TORCH_CHECK_VALUE(t.is_cuda(), name, ": expected a CUDA tensor, got one on ", t.device());
-    TORCH_CHECK_VALUE(t.device() == like.device(), name, ": expected a tensor on ", like.device(), ", got ",
-                      t.device());
-    TORCH_CHECK_TYPE(t.scalar_type() == dtype, name, ": expected dtype ", dtype, ", got ", t.scalar_type());
-    TORCH_CHECK_VALUE(t.is_contiguous(), name, ": expected a contiguous tensor");
+    TORCH_CHECK_VALUE(t.is_cuda(), text(name, ": expected a CUDA tensor, got one on ", t.device()));
+    TORCH_CHECK_VALUE(t.device() == like.device(),
+                      text(name, ": expected a tensor on ", like.device(), ", got ", t.device()));
+    TORCH_CHECK_TYPE(t.scalar_type() == dtype, text(name, ": expected dtype ", dtype, ", got ", t.scalar_type()));
+    TORCH_CHECK_VALUE(t.is_contiguous(), text(name, ": expected a contiguous tensor"));
     bool ok = t.dim() == int64_t(shape.size());
     for (size_t i = 0; ok && i < shape.size(); ++i) ok = shape[i] < 0 || shape[i] == t.size(int64_t(i));
-    TORCH_CHECK_VALUE(ok, name, ": expected shape ", c10::IntArrayRef(shape), " (-1: any), got ", t.sizes());
+    TORCH_CHECK_VALUE(ok, text(name, ": expected shape ", c10::IntArrayRef(shape), " (-1: any), got ", t.sizes()));
 }
 
 // camera = [W, H, tanfovx, tanfovy, cx, cy, near, w2c (12 values), c2w (12 values)]
 svr::Camera make_camera(const std::vector<double>& camera) {
-    TORCH_CHECK_VALUE(camera.size() == 31, "camera: expected 31 numbers, got ", camera.size());
+    TORCH_CHECK_VALUE(camera.size() == 31, text("camera: expected 31 numbers, got ", camera.size()));
     svr::Camera cam;
     cam.width = int(camera[0]);
     cam.height = int(camera[1]);
     TORCH_CHECK_VALUE(cam.width > 0 && cam.height > 0 && cam.width <= 16384 && cam.height <= 16384,
-                      "image_width/image_height: expected 1..16384, got ", cam.width, " x ", cam.height);
+                      text("image_width/image_height: expected 1..16384, got ", cam.width, " x ", cam.height));
     cam.tanfovx = float(camera[2]);
     cam.tanfovy = float(camera[3]);
     cam.cx = float(camera[4]);
@@ -50,18 +76,33 @@ svr::Camera make_camera(const std::vector<double>& camera) {
 template <typename T>
 T* ptr(const Tensor& t) { return t.numel() ? reinterpret_cast<T*>(t.data_ptr()) : nullptr; }
 
-// Sparse rendering: tile_active [n_tiles] bool and row_masks [n_tiles, TILE_SIZE] int32 of the
-// requested pixels (both empty to bin every tile).
-std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> rasterize_preprocess(const std::vector<double>& camera,
-                                                                        const Tensor& octree_paths,
-                                                                        const Tensor& vox_centers,
-                                                                        const Tensor& vox_lengths,
-                                                                        const Tensor& tile_active,
-                                                                        const Tensor& row_masks) {
-    TORCH_CHECK_VALUE(vox_centers.is_cuda(), "vox_centers: expected a CUDA tensor, got one on ", vox_centers.device());
+using ULL = unsigned long long;
+
+// Requested pixels of a sparse render: int64 [P, 2] of (row, col).
+void check_pixels(const Tensor& pixels, const Tensor& like) {
+    check_tensor(pixels, "pixels", at::kLong, {-1, 2}, like);
+    TORCH_CHECK_VALUE(pixels.size(0) < (int64_t(1) << 31),
+                      text("pixels: at most 2^31 - 1 pixels, got ", pixels.size(0)));
+}
+
+void check_no_outside(const svr::Camera& cam, int64_t n_outside, int64_t n_requests) {
+    TORCH_CHECK_VALUE(n_outside == 0, text("pixels: expected (row, col) pairs with 0 <= row < ", cam.height,
+                                           " and 0 <= col < ", cam.width, "; ", n_outside, " of the ", n_requests,
+                                           " are outside"));
+}
+
+// Stages 1-4 for the whole image, or (sparse, `pixels` given) for the tiles holding requested
+// pixels. Returns (in_view, ranges, entries, pixel_rect, tile_order, row_masks); row_masks
+// [n_tiles, TILE_SIZE] int32 (bit x of row y: pixel (x, y) of the tile is requested) is empty
+// for the whole image.
+std::vector<Tensor> rasterize_preprocess(const std::vector<double>& camera, const Tensor& octree_paths,
+                                         const Tensor& vox_centers, const Tensor& vox_lengths,
+                                         const std::optional<Tensor>& pixels) {
+    TORCH_CHECK_VALUE(vox_centers.is_cuda(),
+                      text("vox_centers: expected a CUDA tensor, got one on ", vox_centers.device()));
     const c10::cuda::CUDAGuard guard(vox_centers.device());
     const int64_t n = vox_centers.size(0);
-    TORCH_CHECK_VALUE(n <= MAX_VOXELS, "vox_centers: at most ", MAX_VOXELS, " voxels are supported, got ", n);
+    TORCH_CHECK_VALUE(n <= MAX_VOXELS, text("vox_centers: at most ", MAX_VOXELS, " voxels are supported, got ", n));
     check_tensor(vox_centers, "vox_centers", at::kFloat, {n, 3}, vox_centers);
     check_tensor(octree_paths, "octree_paths", at::kLong, {n, 1}, vox_centers);
     check_tensor(vox_lengths, "vox_lengths", at::kFloat, {n, 1}, vox_centers);
@@ -70,37 +111,46 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> rasterize_preprocess(const st
     const auto stream = c10::cuda::getCurrentCUDAStream();
     const auto opts = vox_centers.options();
 
-    Tensor tile_sat;
+    // The frame's counters, zeroed with one memset (no kernel).
+    Tensor counts = torch::empty({svr::N_FRAME_COUNTS}, opts.dtype(at::kLong));
+    C10_CUDA_CHECK(cudaMemsetAsync(counts.data_ptr(), 0, sizeof(ULL) * svr::N_FRAME_COUNTS, stream));
+    ULL* counters = ptr<ULL>(counts);
+
+    Tensor row_masks = torch::empty({0}, opts.dtype(at::kInt)), tile_active, tile_sat;
     svr::RequestedPixels requests{nullptr, nullptr, nullptr};
-    if (tile_active.numel()) {
-        check_tensor(tile_active, "tile_active", at::kBool, {n_tiles}, vox_centers);
-        check_tensor(row_masks, "row_masks", at::kInt, {n_tiles, TILE_SIZE}, vox_centers);
-        tile_sat = torch::zeros({cam.tiles_y() + 1, cam.tiles_x() + 1}, opts.dtype(at::kInt));
-        tile_sat.slice(0, 1).slice(1, 1).copy_(
-            tile_active.reshape({cam.tiles_y(), cam.tiles_x()}).cumsum(0, at::kInt).cumsum(1, at::kInt));
+    if (pixels) {
+        check_pixels(*pixels, vox_centers);
+        row_masks = torch::empty({n_tiles, TILE_SIZE}, opts.dtype(at::kInt));
+        C10_CUDA_CHECK(cudaMemsetAsync(row_masks.data_ptr(), 0, sizeof(int32_t) * row_masks.numel(), stream));
+        tile_active = torch::empty({n_tiles}, opts.dtype(at::kBool));
+        tile_sat = torch::empty({cam.tiles_y() + 1, cam.tiles_x() + 1}, opts.dtype(at::kInt));
+        svr::mark_requests(cam, int(pixels->size(0)), ptr<int64_t>(*pixels), ptr<uint32_t>(row_masks),
+                           ptr<uint8_t>(tile_active), ptr<int32_t>(tile_sat), counters + svr::COUNT_OUTSIDE_REQUESTS,
+                           stream);
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
         requests = {ptr<uint8_t>(tile_active), ptr<int32_t>(tile_sat), ptr<uint32_t>(row_masks)};
     }
 
     Tensor pixel_rect = torch::empty({n, 4}, opts.dtype(at::kInt));
     Tensor octant_mask = torch::empty({n}, opts.dtype(at::kByte));
     Tensor n_duplicates = torch::empty({n}, opts.dtype(at::kInt));
-    Tensor free_levels = torch::full({1}, MAX_NUM_LEVELS, opts.dtype(at::kInt));
     svr::preprocess(cam, requests, int(n), ptr<int64_t>(octree_paths), ptr<float>(vox_centers), ptr<float>(vox_lengths),
-                    ptr<int4>(pixel_rect), ptr<uint8_t>(octant_mask), ptr<int32_t>(n_duplicates),
-                    ptr<int32_t>(free_levels), stream);
+                    ptr<int4>(pixel_rect), ptr<uint8_t>(octant_mask), ptr<int32_t>(n_duplicates), counters, stream);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
 
-    Tensor offsets = torch::cumsum(n_duplicates, 0, at::kLong);
+    // Queued before the read, so that the host has less to queue after it.
+    const Tensor offsets = torch::cumsum(n_duplicates, 0, at::kLong);
     // The one device-to-host read of the frame: how many entries to allocate, how many rank
-    // bits carry information, and how many voxels are in view.
-    const Tensor counts = torch::cat({n ? offsets.slice(0, n - 1) : torch::zeros({1}, offsets.options()),
-                                      free_levels.to(at::kLong), (n_duplicates > 0).sum().reshape({1})}).cpu();
-    const int64_t n_entries = counts[0].item<int64_t>();
-    const svr::KeyLayout layout(n_tiles, int(counts[1].item<int64_t>()));
-    // With the count known, selecting the voxels in view needs no second read.
-    Tensor in_view = torch::nonzero_static(n_duplicates, counts[2].item<int64_t>()).reshape({-1});
-    TORCH_CHECK_VALUE(n_entries < (int64_t(1) << 31), "vox_centers: this view needs ", n_entries,
-                      " tile-voxel entries; at most 2^31 - 1 are supported (fewer voxels or a smaller image)");
+    // bits carry information, how many voxels are in view (and whether the requests are valid).
+    const Tensor host_counts = counts.cpu();
+    const int64_t* c = host_counts.data_ptr<int64_t>();
+    if (pixels) check_no_outside(cam, c[svr::COUNT_OUTSIDE_REQUESTS], pixels->size(0));
+    const int64_t n_entries = c[svr::COUNT_ENTRIES];
+    TORCH_CHECK_VALUE(n_entries < (int64_t(1) << 31),
+                      text("vox_centers: this view needs ", n_entries, " tile-voxel entries; at most 2^31 - 1 are "
+                           "supported (fewer voxels or a smaller image)"));
+    const svr::KeyLayout layout(n_tiles, int(c[svr::COUNT_USED_LEVELS]));
+    Tensor in_view = torch::nonzero_static(n_duplicates, c[svr::COUNT_IN_VIEW]).reshape({-1});
     const bool single = layout.single();
     Tensor keys = torch::empty({2, n_entries}, opts.dtype(at::kLong));
     Tensor values = torch::empty({2, n_entries}, opts.dtype(at::kInt));
@@ -125,7 +175,63 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> rasterize_preprocess(const st
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     // Render order: tiles with the longest lists first.
     const Tensor tile_order = torch::argsort(ranges.select(1, 1) - ranges.select(1, 0), true, 0, true).to(at::kInt);
-    return {in_view, ranges, values[1], pixel_rect, tile_order};
+    return {in_view, ranges, values[1], pixel_rect, tile_order, row_masks};
+}
+
+// The camera position as a float32 [3] tensor on CUDA device `device_index`, written by a kernel.
+Tensor camera_position(const std::vector<double>& camera, int64_t device_index) {
+    const c10::Device device(c10::DeviceType::CUDA, c10::DeviceIndex(device_index));
+    const c10::cuda::CUDAGuard guard(device);
+    Tensor position = torch::empty({3}, torch::TensorOptions().device(device).dtype(at::kFloat));
+    svr::camera_position(make_camera(camera), ptr<float>(position), c10::cuda::getCurrentCUDAStream());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    return position;
+}
+
+// Requested pixels grouped into warps of one tile, the tiles in `tile_order` (longest list
+// first): (requests [P, 2] int32, warp_tiles [n_warps], lane_requests [32 * n_warps]). Sized
+// for the most warps P requests can need, so that no device read is needed: spare warps have
+// tile -1. With `verify`, the requests are checked (one device read): inside the image and,
+// when `allowed` row masks are given (those the entries were binned for), among them.
+std::vector<Tensor> pixel_layout(const std::vector<double>& camera, const Tensor& pixels, const Tensor& tile_order,
+                                 const std::optional<Tensor>& allowed, bool verify) {
+    TORCH_CHECK_VALUE(pixels.is_cuda(), text("pixels: expected a CUDA tensor, got one on ", pixels.device()));
+    const c10::cuda::CUDAGuard guard(pixels.device());
+    check_pixels(pixels, pixels);
+    const svr::Camera cam = make_camera(camera);
+    const int n_tiles = cam.tiles_x() * cam.tiles_y();
+    check_tensor(tile_order, "tile_order", at::kInt, {n_tiles}, pixels);
+    if (allowed) check_tensor(*allowed, "allowed", at::kInt, {n_tiles, TILE_SIZE}, pixels);
+    const auto stream = c10::cuda::getCurrentCUDAStream();
+    const auto opts = pixels.options();
+    const int64_t n_requests = pixels.size(0);
+    const int64_t max_warps = std::min<int64_t>(n_requests, n_tiles) + n_requests / 32;
+
+    Tensor requests = torch::empty({n_requests, 2}, opts.dtype(at::kInt));
+    Tensor tile_of = torch::empty({n_requests}, opts.dtype(at::kInt));
+    Tensor rank = torch::empty({n_requests}, opts.dtype(at::kInt));
+    Tensor tile_counts = torch::zeros({n_tiles}, opts.dtype(at::kInt));
+    Tensor invalid = torch::zeros({2}, opts);
+    svr::bin_requests(cam, int(n_requests), ptr<int64_t>(pixels), allowed ? ptr<uint32_t>(*allowed) : nullptr,
+                      ptr<int2>(requests), ptr<int32_t>(tile_of), ptr<int32_t>(rank), ptr<int32_t>(tile_counts),
+                      ptr<ULL>(invalid), stream);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    if (verify) {
+        const Tensor host_invalid = invalid.cpu();
+        check_no_outside(cam, host_invalid[0].item<int64_t>(), n_requests);
+        TORCH_CHECK_VALUE(host_invalid[1].item<int64_t>() == 0,
+                          "pixels: some requested pixels are not among those `intersections` was built for; build it "
+                          "with these pixels (or without pixels)");
+    }
+    const Tensor warp_end = torch::cumsum(tile_counts.index_select(0, tile_order).add(31).div(32, "floor"), 0, at::kLong);
+    Tensor warp_start = torch::empty({n_tiles}, opts.dtype(at::kInt));
+    Tensor warp_tiles = torch::full({max_warps}, -1, opts.dtype(at::kInt));
+    Tensor lane_requests = torch::full({32 * max_warps}, -1, opts.dtype(at::kInt));
+    svr::assign_warps(n_tiles, int(n_requests), ptr<int32_t>(tile_order), ptr<int32_t>(tile_counts),
+                      ptr<int64_t>(warp_end), ptr<int32_t>(tile_of), ptr<int32_t>(rank), ptr<int32_t>(warp_start),
+                      ptr<int32_t>(warp_tiles), ptr<int32_t>(lane_requests), stream);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    return {requests, warp_tiles, lane_requests};
 }
 
 // `rgbs` may be undefined where colours are not read (top-K).
@@ -180,8 +286,10 @@ RenderCall render_call(const std::vector<double>& camera, int64_t n_samp, const 
                        const Tensor& pixel_rect, const Tensor& vox_centers, const Tensor& vox_lengths,
                        const Tensor& geos, const Tensor& rgbs, const Tensor& tile_order, bool sparse,
                        const Tensor& requests, const Tensor& warp_tiles, const Tensor& lane_requests) {
-    TORCH_CHECK_VALUE(vox_centers.is_cuda(), "vox_centers: expected a CUDA tensor, got one on ", vox_centers.device());
-    TORCH_CHECK_VALUE(n_samp >= 1 && n_samp <= MAX_N_SAMP, "n_samp_per_vox: expected 1..", MAX_N_SAMP, ", got ", n_samp);
+    TORCH_CHECK_VALUE(vox_centers.is_cuda(),
+                      text("vox_centers: expected a CUDA tensor, got one on ", vox_centers.device()));
+    TORCH_CHECK_VALUE(n_samp >= 1 && n_samp <= MAX_N_SAMP,
+                      text("n_samp_per_vox: expected 1..", MAX_N_SAMP, ", got ", n_samp));
     const svr::Camera cam = make_camera(camera);
     const int n_tiles = cam.tiles_x() * cam.tiles_y();
     return {cam, render_buffers(ranges, entries, pixel_rect, vox_centers, vox_lengths, geos, rgbs, n_tiles),
@@ -258,7 +366,7 @@ std::vector<Tensor> rasterize_topk(const std::vector<double>& camera, int64_t n_
                                    const Tensor& vox_lengths, const Tensor& geos, const Tensor& tile_order, bool sparse,
                                    const Tensor& requests,
                                    const Tensor& warp_tiles, const Tensor& lane_requests) {
-    TORCH_CHECK_VALUE(k >= 1 && k <= (int64_t(1) << 20), "k: expected 1..2^20, got ", k);
+    TORCH_CHECK_VALUE(k >= 1 && k <= (int64_t(1) << 20), text("k: expected 1..2^20, got ", k));
     const RenderCall call = render_call(camera, n_samp, ranges, entries, pixel_rect, vox_centers, vox_lengths, geos,
                                         Tensor(), tile_order, sparse, requests, warp_tiles, lane_requests);
     const c10::cuda::CUDAGuard guard(vox_centers.device());
@@ -274,8 +382,10 @@ std::vector<Tensor> rasterize_topk(const std::vector<double>& camera, int64_t n_
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
     m.def("rasterize_preprocess", &rasterize_preprocess,
-          "preprocess, duplicateWithKeys, sort, identifyTileRanges -> (in_view, ranges, entries, pixel_rect, "
-          "tile_order)");
+          "preprocess, duplicateWithKeys, sort, identifyTileRanges -> [in_view, ranges, entries, pixel_rect, "
+          "tile_order, row_masks]");
+    m.def("camera_position", &camera_position, "the camera position on the device -> [3] float32");
+    m.def("pixel_layout", &pixel_layout, "requested pixels grouped into warps -> [requests, warp_tiles, lane_requests]");
     m.def("rasterize_voxels", &rasterize_voxels, "forward render -> [color, depth, normal, T, max_w, aux, last]");
     m.def("rasterize_voxels_backward", &rasterize_voxels_backward, "backward render -> [dL_dgeos, dL_drgbs, priority]");
     m.def("rasterize_topk", &rasterize_topk, "per-pixel top-K contributors -> [ids, weights]");

@@ -76,8 +76,7 @@ int grid_for(int64_t n, int block) { return int((n + block - 1) / block); }
 
 }  // namespace
 
-KeyLayout::KeyLayout(int n_tiles, int free_levels)
-    : rank_bits(3 * (MAX_NUM_LEVELS - free_levels)), tile_bits(bits_for(n_tiles)) {}
+KeyLayout::KeyLayout(int n_tiles, int used_levels) : rank_bits(3 * used_levels), tile_bits(bits_for(n_tiles)) {}
 
 // A radix sort over zero bits would leave its output buffers unwritten: sort at least one.
 int sort_bits(int bits) { return bits > 0 ? bits : 1; }

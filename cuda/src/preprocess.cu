@@ -36,22 +36,23 @@ __device__ __forceinline__ int tiles_binned(const RequestedPixels& req, int tile
     return count;
 }
 
-__global__ void preprocess_kernel(Camera cam, RequestedPixels requests, int n, const int64_t* __restrict__ octpaths,
-                                  const float* __restrict__ centers,
-                                  const float* __restrict__ lengths, int4* __restrict__ pixel_rect,
-                                  uint8_t* __restrict__ octant_mask, int32_t* __restrict__ n_duplicates,
-                                  int32_t* __restrict__ free_levels) {
-    const int v = blockIdx.x * blockDim.x + threadIdx.x;
-    if (v >= n) return;
+struct VoxelFootprint {
+    int4 rect = make_int4(0, 0, -1, -1);  // empty unless the voxel has entries
+    uint32_t octant_mask = 0;
+    int entries = 0;
+};
+
+// Voxel v's footprint: nothing when culled.
+__device__ __forceinline__ VoxelFootprint preprocess_voxel(const Camera& cam, const RequestedPixels& requests, int v,
+                                                           const float* __restrict__ centers,
+                                                           const float* __restrict__ lengths) {
+    VoxelFootprint out;
     const float3 c = make_float3(centers[3 * v], centers[3 * v + 1], centers[3 * v + 2]);
     const float len = lengths[v], h = 0.5f * len;
     const float3 cam_pos = make_float3(cam.c2w[3], cam.c2w[7], cam.c2w[11]);
-    pixel_rect[v] = make_int4(0, 0, -1, -1);
-    octant_mask[v] = 0;
-    n_duplicates[v] = 0;
 
     const float3 dc = make_float3(c.x - cam_pos.x, c.y - cam_pos.y, c.z - cam_pos.z);
-    if (!(dc.x * dc.x + dc.y * dc.y + dc.z * dc.z >= cam.near * cam.near)) return;
+    if (!(dc.x * dc.x + dc.y * dc.y + dc.z * dc.z >= cam.near * cam.near)) return out;
 
     // The part with z_cam >= near is the hull of the corners in front and the edge crossings
     // (projected from z >= FOOTPRINT_NEAR_MIN, so that near = 0 never divides by zero).
@@ -82,7 +83,7 @@ __global__ void preprocess_kernel(Camera cam, RequestedPixels requests, int n, c
             add(make_float3(p0.x + s * (p1.x - p0.x), p0.y + s * (p1.y - p0.y), near));
         }
     }
-    if (!any) return;
+    if (!any) return out;
     // A hundredth of a pixel of margin keeps the rectangle conservative under rounding.
     const float margin = 1e-2f;
     x_lo = fminf(fmaxf(x_lo, -1.f), float(cam.width)) - margin;
@@ -91,7 +92,7 @@ __global__ void preprocess_kernel(Camera cam, RequestedPixels requests, int n, c
     y_hi = fminf(fmaxf(y_hi, -1.f), float(cam.height)) + margin;
     const int x0 = max(int(ceilf(x_lo)), 0), x1 = min(int(floorf(x_hi)), cam.width - 1);
     const int y0 = max(int(ceilf(y_lo)), 0), y1 = min(int(floorf(y_hi)), cam.height - 1);
-    if (x0 > x1 || y0 > y1) return;
+    if (x0 > x1 || y0 > y1) return out;
 
     // A ray reaches the box with a negative component along an axis only if the box extends
     // below the camera there (a non-negative one only if it extends above).
@@ -105,24 +106,75 @@ __global__ void preprocess_kernel(Camera cam, RequestedPixels requests, int n, c
     const int4 rect = make_int4(x0, y0, x1, y1);
     const int n_tiles = tiles_binned(requests, cam.tiles_x(), rect,
                                      make_int4(x0 / TILE_SIZE, y0 / TILE_SIZE, x1 / TILE_SIZE, y1 / TILE_SIZE));
-    if (n_tiles == 0) return;
-    pixel_rect[v] = rect;
-    octant_mask[v] = uint8_t(mask);
-    n_duplicates[v] = n_tiles * __popc(mask);
-    const uint64_t path = uint64_t(octpaths[v]);
-    const int unused = path ? __ffsll((long long)path) - 1 : 3 * MAX_NUM_LEVELS;
-    atomicMin(free_levels, min(unused / 3, MAX_NUM_LEVELS));
+    if (n_tiles == 0) return out;
+    out.rect = rect;
+    out.octant_mask = mask;
+    out.entries = n_tiles * __popc(mask);
+    return out;
 }
+
+// The octree levels a path uses: below them its 3-bit slots are zero.
+__device__ __forceinline__ int used_levels(uint64_t path) {
+    const int unused = path ? __ffsll((long long)path) - 1 : 3 * MAX_NUM_LEVELS;
+    return MAX_NUM_LEVELS - min(unused / 3, MAX_NUM_LEVELS);
+}
+
+constexpr int PREPROCESS_BLOCK = 256;
+
+// One thread per voxel. The frame counts are summed over the block before one atomic each:
+// per warp, the atomics on three addresses queued behind each other (measured: +70% time).
+__global__ void __launch_bounds__(PREPROCESS_BLOCK)
+preprocess_kernel(Camera cam, RequestedPixels requests, int n, const int64_t* __restrict__ octpaths,
+                  const float* __restrict__ centers, const float* __restrict__ lengths,
+                  int4* __restrict__ pixel_rect, uint8_t* __restrict__ octant_mask,
+                  int32_t* __restrict__ n_duplicates, unsigned long long* __restrict__ counts) {
+    const int v = blockIdx.x * blockDim.x + threadIdx.x;
+    int entries = 0;
+    if (v < n) {
+        const VoxelFootprint f = preprocess_voxel(cam, requests, v, centers, lengths);
+        pixel_rect[v] = f.rect;
+        octant_mask[v] = uint8_t(f.octant_mask);
+        n_duplicates[v] = entries = f.entries;
+    }
+    const unsigned full = 0xffffffffu;
+    // A voxel's entries: at most 8 octants x 2^20 tiles, so that a block's sum fits 32 bits.
+    const unsigned levels = entries > 0 ? unsigned(used_levels(uint64_t(octpaths[v]))) : 0u;
+    __shared__ unsigned warp_entries[PREPROCESS_BLOCK / 32], warp_in_view[PREPROCESS_BLOCK / 32],
+        warp_levels[PREPROCESS_BLOCK / 32];
+    const int warp = threadIdx.x / 32;
+    warp_entries[warp] = __reduce_add_sync(full, unsigned(entries));
+    warp_in_view[warp] = __popc(__ballot_sync(full, entries > 0));
+    warp_levels[warp] = __reduce_max_sync(full, levels);
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        unsigned sum = 0, in_view = 0, max_levels = 0;
+        for (int w = 0; w < PREPROCESS_BLOCK / 32; ++w) {
+            sum += warp_entries[w];
+            in_view += warp_in_view[w];
+            max_levels = max(max_levels, warp_levels[w]);
+        }
+        if (in_view > 0) {
+            atomicAdd(counts + COUNT_ENTRIES, (unsigned long long)sum);
+            atomicAdd(counts + COUNT_IN_VIEW, (unsigned long long)in_view);
+            atomicMax(counts + COUNT_USED_LEVELS, (unsigned long long)max_levels);
+        }
+    }
+}
+
+__global__ void camera_position_kernel(Camera cam, float* out) { out[threadIdx.x] = cam.c2w[4 * threadIdx.x + 3]; }
 
 }  // namespace
 
+void camera_position(const Camera& cam, float* out, cudaStream_t stream) {
+    camera_position_kernel<<<1, 3, 0, stream>>>(cam, out);
+}
+
 void preprocess(const Camera& cam, const RequestedPixels& requests, int n_voxels, const int64_t* octpaths,
                 const float* centers, const float* lengths, int4* pixel_rect, uint8_t* octant_mask,
-                int32_t* n_duplicates, int32_t* free_levels, cudaStream_t stream) {
+                int32_t* n_duplicates, unsigned long long* counts, cudaStream_t stream) {
     if (n_voxels == 0) return;
-    const int block = 256;
-    preprocess_kernel<<<(n_voxels + block - 1) / block, block, 0, stream>>>(
-        cam, requests, n_voxels, octpaths, centers, lengths, pixel_rect, octant_mask, n_duplicates, free_levels);
+    preprocess_kernel<<<(n_voxels + PREPROCESS_BLOCK - 1) / PREPROCESS_BLOCK, PREPROCESS_BLOCK, 0, stream>>>(
+        cam, requests, n_voxels, octpaths, centers, lengths, pixel_rect, octant_mask, n_duplicates, counts);
 }
 
 }  // namespace svr

@@ -41,22 +41,54 @@ struct RequestedPixels {
                                  // is requested
 };
 
-// --- preprocess.cu: per voxel, conservative pixel rectangle (x0, y0, x1, y1 inclusive),
-// octant mask, number of (tile, octant) entries (0 when culled); and over the voxels in
-// view, the fewest unused level slots at the bottom of their octpaths (`free_levels`,
-// initialised to MAX_NUM_LEVELS by the caller): those bits are zero in every path and never
-// decide an order.
+// What a frame's one device-to-host read brings back: counters the kernels accumulate
+// (unsigned long long, zeroed by the caller) before the entry buffers can be sized.
+enum FrameCount {
+    COUNT_ENTRIES,           // (tile, octant) entries over all voxels
+    COUNT_USED_LEVELS,       // the most octree levels any voxel in view uses: the rank bits that can differ
+    COUNT_IN_VIEW,           // voxels with at least one entry
+    COUNT_OUTSIDE_REQUESTS,  // requested pixels outside the image (sparse rendering; an error)
+    N_FRAME_COUNTS
+};
+
+// --- requests.cu (sparse rendering)
+// Marks the requested pixels (int64 [P, 2] of row, col) in row_masks ([n_tiles, TILE_SIZE],
+// zeroed by the caller), counting those outside the image, and fills tile_active and tile_sat
+// (see RequestedPixels).
+void mark_requests(const Camera& cam, int n_requests, const int64_t* pixels, uint32_t* row_masks,
+                   uint8_t* tile_active, int32_t* tile_sat, unsigned long long* n_outside, cudaStream_t stream);
+// Grouping requests into warps (the PixelSet below), step 1: per request its (row, col) as int2,
+// its tile (-1 when invalid) and its rank among its tile's requests (tile_counts zeroed by the
+// caller). invalid[0] counts requests outside the image; invalid[1] those not set in `allowed`
+// (row masks the entries were binned for; null allows all).
+void bin_requests(const Camera& cam, int n_requests, const int64_t* pixels, const uint32_t* allowed, int2* requests,
+                  int32_t* tile_of, int32_t* rank, int32_t* tile_counts, unsigned long long* invalid,
+                  cudaStream_t stream);
+// Step 2, given warp_end = the inclusive scan of ceil(tile_counts / 32) over the tiles in
+// tile_order: warp_tiles and lane_requests (both prefilled with -1: spare warps, idle lanes).
+void assign_warps(int n_tiles, int n_requests, const int32_t* tile_order, const int32_t* tile_counts,
+                  const int64_t* warp_end, const int32_t* tile_of, const int32_t* rank, int32_t* warp_start,
+                  int32_t* warp_tiles, int32_t* lane_requests, cudaStream_t stream);
+
+// --- preprocess.cu
+// The camera position (c2w translation) written to out[3] on the device: vox_fn's argument,
+// without a host-to-device copy (a copy would wait for the GPU's queue or a pinned buffer).
+void camera_position(const Camera& cam, float* out, cudaStream_t stream);
+// Per voxel, conservative pixel rectangle (x0, y0, x1, y1 inclusive),
+// octant mask and number of (tile, octant) entries (0 when culled); and the frame counts
+// COUNT_ENTRIES, COUNT_USED_LEVELS and COUNT_IN_VIEW.
 void preprocess(const Camera& cam, const RequestedPixels& requests, int n_voxels, const int64_t* octpaths,
                 const float* centers, const float* lengths, int4* pixel_rect, uint8_t* octant_mask,
-                int32_t* n_duplicates, int32_t* free_levels, cudaStream_t stream);
+                int32_t* n_duplicates, unsigned long long* counts, cudaStream_t stream);
 
 // --- binning.cu
 // The sort key is (tile, rank) with the rank reduced to its informative `rank_bits`
-// (3 * (MAX_NUM_LEVELS - free_levels)). Both share one 64-bit key when they fit; otherwise
-// the entries are sorted twice (rank, then stably by tile).
+// (3 * used_levels: the unused levels at the bottom of the octpaths are zero in every path).
+// Both share one 64-bit key when they fit; otherwise the entries are sorted twice (rank, then
+// stably by tile).
 struct KeyLayout {
     int rank_bits, tile_bits;
-    KeyLayout(int n_tiles, int free_levels);
+    KeyLayout(int n_tiles, int used_levels);
     SVR_HOST_DEVICE bool single() const { return rank_bits + tile_bits <= 64; }
 };
 // Scratch bytes for the sorts of `n_entries` entries.

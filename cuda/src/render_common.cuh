@@ -31,6 +31,12 @@ struct PixelTask {
     int stride;   // between channels of per-pixel arrays: W * H, or P
 };
 
+// In a whole-image block, each warp renders a WARP_W x WARP_H block of the tile: squarer than
+// two 16-pixel rows, so fewer voxel rectangles touch a warp's pixels (and a warp walks only the
+// candidates that do).
+constexpr int WARP_W = 8, WARP_H = 32 / WARP_W;
+static_assert(TILE_SIZE % WARP_W == 0 && TILE_SIZE % WARP_H == 0, "warp blocks tile the tile");
+
 // Whole image: block b renders tile tile_order[b] (longest list first). Requested pixels: one
 // warp per PixelSet warp, WARPS_PER_BLOCK of them per block. Returns false (for the whole
 // warp) when the warp has nothing to do.
@@ -38,8 +44,10 @@ __device__ __forceinline__ bool locate_pixel(const Camera& cam, const PixelSet& 
     if (!set.sparse()) {
         task.tile = set.tile_order[blockIdx.x];
         const int tiles_x = cam.tiles_x();
-        task.px = (task.tile % tiles_x) * TILE_SIZE + int(threadIdx.x) % TILE_SIZE;
-        task.py = (task.tile / tiles_x) * TILE_SIZE + int(threadIdx.x) / TILE_SIZE;
+        const int warp = int(threadIdx.x / 32), lane = int(threadIdx.x & 31);
+        constexpr int WARPS_X = TILE_SIZE / WARP_W;
+        task.px = (task.tile % tiles_x) * TILE_SIZE + (warp % WARPS_X) * WARP_W + lane % WARP_W;
+        task.py = (task.tile / tiles_x) * TILE_SIZE + (warp / WARPS_X) * WARP_H + lane / WARP_W;
         task.active = task.px < cam.width && task.py < cam.height;
         task.index = task.active ? task.py * cam.width + task.px : 0;
         task.stride = cam.width * cam.height;

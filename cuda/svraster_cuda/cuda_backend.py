@@ -11,8 +11,6 @@ from typing import NamedTuple
 
 import torch
 
-from . import meta
-from .reference.preprocess import tile_grid
 
 _SRC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "src")
 _C = None
@@ -50,12 +48,13 @@ class CudaState(NamedTuple):
     entries: torch.Tensor   # [M] int32, sorted: octant << 29 | voxel id
     pixel_rect: torch.Tensor  # [N, 4] int32 conservative pixel rectangle per voxel
     tile_order: torch.Tensor  # [n_tiles] int32 render order of the tiles: longest list first
+    row_masks: torch.Tensor = None  # [n_tiles, TILE_SIZE] int32 requested pixels binned for (None: all)
 
 
 class SparsePixels(NamedTuple):
     """Requested pixels grouped by tile into warps of at most 32 (rasterizer.h's PixelSet)."""
     requests: torch.Tensor       # [P, 2] int32 (row, col)
-    warp_tiles: torch.Tensor     # [n_warps] int32
+    warp_tiles: torch.Tensor     # [n_warps] int32, -1 for a spare warp
     lane_requests: torch.Tensor  # [n_warps * 32] int32, -1 for an idle lane
 
 
@@ -66,44 +65,32 @@ def _pixel_args(state, layout):
     return state.tile_order, True, layout.requests, layout.warp_tiles, layout.lane_requests
 
 
-def rasterize_preprocess(settings, camera, octree_paths, vox_centers, vox_lengths, requests=None):
-    """`camera`: validation.camera_args(settings), computed once by the caller."""
-    if requests is None:
-        requests = (torch.empty(0, dtype=torch.bool), torch.empty(0, dtype=torch.int32))
-    in_view, ranges, entries, pixel_rect, tile_order = _load().rasterize_preprocess(
-        camera, octree_paths.contiguous(), vox_centers.contiguous(), vox_lengths.contiguous(), *requests)
-    return in_view, CudaState(camera, ranges, entries, pixel_rect, tile_order)
+def camera_position(settings, camera, device):
+    """vox_fn's camera position on `device`, written by a kernel from the camera arguments (a
+    host-to-device copy would wait for the GPU's queue; a pinned one was slower still)."""
+    if settings.c2w_matrix.dtype != torch.float32:
+        return torch.tensor([camera[22], camera[26], camera[30]], dtype=settings.c2w_matrix.dtype, device=device)
+    return _load().camera_position(camera, device.index)
 
 
-def pixel_layout(settings, state, pixels, dtype, device):
+def rasterize_preprocess(settings, camera, octree_paths, vox_centers, vox_lengths, pixels=None):
+    """`camera`: validation.camera_args(settings), computed once by the caller. With `pixels`
+    (int64 [P, 2]), only the tiles holding them; pixels outside the image raise ValueError
+    (checked in the frame's one device read)."""
+    in_view, ranges, entries, pixel_rect, tile_order, row_masks = _load().rasterize_preprocess(
+        camera, octree_paths.contiguous(), vox_centers.contiguous(), vox_lengths.contiguous(),
+        None if pixels is None else pixels.contiguous())
+    return in_view, CudaState(camera, ranges, entries, pixel_rect, tile_order, None if pixels is None else row_masks)
+
+
+def pixel_layout(settings, state, pixels, dtype, device, verify=False):
     """None for the whole image; for requested pixels, their grouping into warps of one tile,
-    the warps of the longest lists first. Sized for the most warps P pixels can need, so that
-    no device read is needed: the spare warps (tile -1) exit at once."""
+    the tiles of longest list first (no device read). `verify` checks them first (one read):
+    inside the image, and among the pixels `state` was binned for."""
     if pixels is None:
         return None
-    tile_size = meta.TILE_SIZE
-    tiles_x, tiles_y = tile_grid(settings)
-    n_tiles = tiles_x * tiles_y
-    n_requests = len(pixels)
-    max_warps = min(n_requests, n_tiles) + n_requests // 32
-    tile = (pixels[:, 0] // tile_size) * tiles_x + pixels[:, 1] // tile_size
-    order = torch.argsort(tile, stable=True)
-    counts = torch.zeros(n_tiles, dtype=torch.long, device=device).index_add_(0, tile, torch.ones_like(tile))
-    warps = (counts + 31) // 32
-    warp_end = torch.cumsum(warps, 0)
-    # Warp w belongs to the first tile whose warps end after it; past the last warp: spare.
-    warp_tiles = torch.searchsorted(warp_end, torch.arange(max_warps, device=device), right=True)
-    warp_tiles = torch.where(warp_tiles < n_tiles, warp_tiles, -1).to(torch.int32)
-    sorted_tile = tile[order]
-    rank = torch.arange(n_requests, device=device) - (torch.cumsum(counts, 0) - counts)[sorted_tile]
-    slot = (warp_end - warps)[sorted_tile] * 32 + rank
-    lane_requests = torch.full((max_warps * 32,), -1, dtype=torch.int32, device=device)
-    lane_requests[slot] = order.to(torch.int32)
-    ranges = state.ranges[warp_tiles.long().clamp(min=0)]
-    length = torch.where(warp_tiles >= 0, ranges[:, 1] - ranges[:, 0], -1)
-    longest_first = torch.argsort(length, stable=True, descending=True)
-    return SparsePixels(pixels.to(torch.int32).contiguous(), warp_tiles[longest_first].contiguous(),
-                        lane_requests.reshape(-1, 32)[longest_first].reshape(-1).contiguous())
+    return SparsePixels(*_load().pixel_layout(state.camera, pixels.contiguous(), state.tile_order, state.row_masks,
+                                              verify))
 
 
 def rasterize_forward(settings, state, layout, vox_centers, vox_lengths, geos, rgbs):

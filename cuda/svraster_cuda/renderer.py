@@ -14,7 +14,6 @@ import torch
 
 from . import backend, meta, validation
 from .params import GatherGeoParams, SH_eval
-from .reference.preprocess import tile_grid
 
 __all__ = ["RasterSettings", "rasterize_voxels", "_RasterizeVoxels", "GatherGeoParams", "SH_eval",
            "TileIntersections", "intersect_voxels", "rasterize_voxels_sparse", "topk_contributors"]
@@ -52,12 +51,14 @@ class TileIntersections:
 
     `in_view` holds the indices of the voxels that have at least one entry."""
 
-    def __init__(self, impl, state, in_view, camera, voxels, requests):
+    def __init__(self, impl, state, in_view, camera, voxels, sparse):
         self.impl, self.state, self.in_view = impl, state, in_view
-        self.camera, self.voxels, self.requests = camera, voxels, requests
+        self.camera, self.voxels, self.sparse = camera, voxels, sparse
 
     def __repr__(self):
-        scope = "all pixels" if self.requests is None else f"requested pixels in {int(self.requests[0].sum())} tiles"
+        scope = "all pixels"
+        if self.sparse:
+            scope = f"requested pixels in {int((self.state.row_masks != 0).any(1).sum())} tiles"
         return (f"TileIntersections({int(self.camera[0])}x{int(self.camera[1])} image, {self.voxels[0][1][0]} voxels, "
                 f"{len(self.in_view)} in view, {scope})")
 
@@ -66,41 +67,21 @@ def _voxel_signature(octree_paths, vox_centers, vox_lengths):
     return tuple((t.data_ptr(), tuple(t.shape), t._version) for t in (octree_paths, vox_centers, vox_lengths))
 
 
-def _request_masks(pixels, settings):
-    """(tile_active [n_tiles] bool, row_masks [n_tiles, TILE_SIZE] int32): per tile, bit x of
-    row y is set when pixel (x, y) of the tile is requested. Built from a mask of the
-    tile-padded image (no device read)."""
-    t = meta.TILE_SIZE
-    tiles_x, tiles_y = tile_grid(settings)
-    image = torch.zeros(tiles_y * t, tiles_x * t, dtype=torch.int32, device=pixels.device)
-    image[pixels[:, 0], pixels[:, 1]] = 1
-    bits = 1 << torch.arange(t, dtype=torch.int32, device=pixels.device)
-    masks = (image.reshape(tiles_y, t, tiles_x, t).transpose(1, 2) * bits).sum(-1, dtype=torch.int32)
-    masks = masks.reshape(tiles_x * tiles_y, t)
-    return (masks != 0).any(1), masks
-
-
-def _all_requested(requests, pixels, settings):
-    t = meta.TILE_SIZE
-    tiles_x, _ = tile_grid(settings)
-    tile = (pixels[:, 0] // t) * tiles_x + pixels[:, 1] // t
-    return bool(((requests[1][tile, pixels[:, 0] % t] >> (pixels[:, 1] % t)) & 1).bool().all())
-
-
 def _check_inputs(raster_settings, octree_paths, vox_centers, vox_lengths, pixels=None):
+    """Checks everything but the pixels' values (the backends check those where they read
+    them); returns validation.camera_args(raster_settings)."""
     validation.check_voxels(octree_paths, vox_centers, vox_lengths, values=raster_settings.debug)
-    validation.check_settings(raster_settings, vox_centers.device, None if pixels is None else len(pixels))
+    camera = validation.check_settings(raster_settings, vox_centers.device, None if pixels is None else len(pixels))
     if pixels is not None:
-        validation.check_pixels(pixels, raster_settings, vox_centers.device)
+        validation.check_pixels(pixels, vox_centers.device)
+    return camera
 
 
-def _intersect(raster_settings, octree_paths, vox_centers, vox_lengths, pixels):
+def _intersect(raster_settings, camera, octree_paths, vox_centers, vox_lengths, pixels):
     impl = backend.for_device(vox_centers.device)
-    requests = None if pixels is None else _request_masks(pixels, raster_settings)
-    camera = validation.camera_args(raster_settings)
-    in_view, state = impl.rasterize_preprocess(raster_settings, camera, octree_paths, vox_centers, vox_lengths, requests)
+    in_view, state = impl.rasterize_preprocess(raster_settings, camera, octree_paths, vox_centers, vox_lengths, pixels)
     return TileIntersections(impl, state, in_view, camera, _voxel_signature(octree_paths, vox_centers, vox_lengths),
-                             requests)
+                             pixels is not None)
 
 
 def intersect_voxels(raster_settings, octree_paths, vox_centers, vox_lengths, pixels=None):
@@ -108,18 +89,23 @@ def intersect_voxels(raster_settings, octree_paths, vox_centers, vox_lengths, pi
     With `pixels` (int64 [P, 2] of (row, col)) a voxel is binned only into tiles where it may
     cover one of them: the object then serves sparse renders and top-K queries of those pixels
     (any subset, in any order, with repeats)."""
-    _check_inputs(raster_settings, octree_paths, vox_centers, vox_lengths, pixels)
-    return _intersect(raster_settings, octree_paths, vox_centers, vox_lengths, pixels)
+    camera = _check_inputs(raster_settings, octree_paths, vox_centers, vox_lengths, pixels)
+    return _intersect(raster_settings, camera, octree_paths, vox_centers, vox_lengths, pixels)
 
 
-def _reuse(intersections, raster_settings, octree_paths, vox_centers, vox_lengths, pixels):
-    """`intersections` if it was built for these inputs (a clear error otherwise), else new ones."""
+def _reuse(intersections, raster_settings, camera, octree_paths, vox_centers, vox_lengths, pixels):
+    """(intersections, pixel layout): `intersections` if it was built for these inputs (a clear
+    error otherwise), else new ones; the layout of `pixels` over them (None: the whole image).
+    Pixels are checked (inside the image, among those binned for) once: by the new
+    intersections' preprocess, or by the layout of reused ones."""
     if intersections is None:
-        return _intersect(raster_settings, octree_paths, vox_centers, vox_lengths, pixels)
+        inter = _intersect(raster_settings, camera, octree_paths, vox_centers, vox_lengths, pixels)
+        return inter, inter.impl.pixel_layout(raster_settings, inter.state, pixels, vox_centers.dtype,
+                                              vox_centers.device)
     if not isinstance(intersections, TileIntersections):
         raise TypeError(f"intersections: expected a TileIntersections from intersect_voxels(), got "
                         f"{type(intersections).__name__}")
-    if intersections.camera != validation.camera_args(raster_settings):
+    if intersections.camera != camera:
         raise ValueError("intersections: built for another camera or image size than raster_settings "
                          f"(built for {int(intersections.camera[0])}x{int(intersections.camera[1])} and its pose; "
                          f"got {raster_settings.image_width}x{raster_settings.image_height}); call intersect_voxels() again")
@@ -128,24 +114,21 @@ def _reuse(intersections, raster_settings, octree_paths, vox_centers, vox_length
         built, got = intersections.voxels[1][1][0], voxels[1][1][0]
         what = f"{built} voxels, got {got}" if built != got else "other voxel tensors, or they were modified in place since"
         raise ValueError(f"intersections: built for {what}; call intersect_voxels() again")
-    if intersections.requests is not None:
-        if pixels is None:
-            raise ValueError("intersections: built for a pixel subset (intersect_voxels(..., pixels=...)); a dense "
-                             "render needs one built without pixels")
-        if len(pixels) and not _all_requested(intersections.requests, pixels, raster_settings):
-            raise ValueError("pixels: some requested pixels are not among those `intersections` was built for; "
-                             "build it with these pixels (or without pixels)")
-    return intersections
+    if intersections.sparse and pixels is None:
+        raise ValueError("intersections: built for a pixel subset (intersect_voxels(..., pixels=...)); a dense "
+                         "render needs one built without pixels")
+    layout = intersections.impl.pixel_layout(raster_settings, intersections.state, pixels, vox_centers.dtype,
+                                             vox_centers.device, verify=True)
+    return intersections, layout
 
 
 def rasterize_voxels(raster_settings, octree_paths, vox_centers, vox_lengths, vox_fn, intersections=None):
     """Render voxels. Returns (color [3,H,W], depth [3,H,W], normal [3,H,W], T [1,H,W],
     max_w [N,1]); depth, normal and max_w are empty unless requested in the settings.
     `intersections` (from `intersect_voxels`) skips preprocess and sorting."""
-    _check_inputs(raster_settings, octree_paths, vox_centers, vox_lengths)
-    cam_pos = _camera_position(raster_settings, vox_centers.device)
-    inter = _reuse(intersections, raster_settings, octree_paths, vox_centers, vox_lengths, None)
-    layout = inter.impl.pixel_layout(raster_settings, inter.state, None, vox_centers.dtype, vox_centers.device)
+    camera = _check_inputs(raster_settings, octree_paths, vox_centers, vox_lengths)
+    cam_pos = _camera_position(raster_settings, camera, vox_centers.device)
+    inter, layout = _reuse(intersections, raster_settings, camera, octree_paths, vox_centers, vox_lengths, None)
     return _render(raster_settings, inter, layout, cam_pos, vox_centers, vox_lengths, vox_fn)
 
 
@@ -157,13 +140,13 @@ def rasterize_voxels_sparse(raster_settings, octree_paths, vox_centers, vox_leng
     count each requested pixel (each row) once and are normalised by the image's W * H as in
     the dense case; `gt_color` may be [3,H,W] or [3,P]. Only tiles holding requested pixels
     are processed."""
-    _check_inputs(raster_settings, octree_paths, vox_centers, vox_lengths, pixels)
-    cam_pos = _camera_position(raster_settings, vox_centers.device)
-    inter = _reuse(intersections, raster_settings, octree_paths, vox_centers, vox_lengths, pixels)
+    camera = _check_inputs(raster_settings, octree_paths, vox_centers, vox_lengths, pixels)
+    cam_pos = _camera_position(raster_settings, camera, vox_centers.device)
+    inter, layout = _reuse(intersections, raster_settings, camera, octree_paths, vox_centers, vox_lengths, pixels)
     if raster_settings.lambda_R_concen > 0 and raster_settings.gt_color.dim() == 3:
+        # The pixels are known to be inside the image by now.
         gt = raster_settings.gt_color.to(pixels.device)[:, pixels[:, 0], pixels[:, 1]]
         raster_settings = raster_settings._replace(gt_color=gt)
-    layout = inter.impl.pixel_layout(raster_settings, inter.state, pixels, vox_centers.dtype, vox_centers.device)
     return _render(raster_settings, inter, layout, cam_pos, vox_centers, vox_lengths, vox_fn)
 
 
@@ -172,20 +155,21 @@ def topk_contributors(raster_settings, octree_paths, vox_centers, vox_lengths, g
     """For each pixel, the k voxels with the largest blending weight w = T * alpha. Returns
     (ids int64 [k,H,W], weights float32 [k,H,W]) -- [k,P] with `pixels` -- sorted by weight
     descending (ties: the front voxel first), padded with id -1 and weight 0. No gradient."""
-    _check_inputs(raster_settings, octree_paths, vox_centers, vox_lengths, pixels)
+    camera = _check_inputs(raster_settings, octree_paths, vox_centers, vox_lengths, pixels)
     validation.check_k(k)
     validation.check_tensor("geos", geos, (len(vox_centers), 8), torch.float32, vox_centers.device)
-    inter = _reuse(intersections, raster_settings, octree_paths, vox_centers, vox_lengths, pixels)
-    layout = inter.impl.pixel_layout(raster_settings, inter.state, pixels, vox_centers.dtype, vox_centers.device)
+    inter, layout = _reuse(intersections, raster_settings, camera, octree_paths, vox_centers, vox_lengths, pixels)
     with torch.no_grad():
         return inter.impl.rasterize_topk(raster_settings, inter.state, layout, vox_centers, vox_lengths,
                                          geos.detach(), k)
 
 
-def _camera_position(raster_settings, device):
-    """The camera position for vox_fn, copied to the device before the frame's kernels are
-    queued: a host-to-device copy waits for the queue, and later it would stall the frame."""
-    return raster_settings.c2w_matrix[:3, 3].to(device)
+def _camera_position(raster_settings, camera, device):
+    """The camera position for vox_fn, on `device`, queued before the frame's kernels."""
+    c2w = raster_settings.c2w_matrix
+    if c2w.device == device:
+        return c2w[:3, 3]
+    return backend.for_device(device).camera_position(raster_settings, camera, device)
 
 
 def _render(raster_settings, inter, layout, cam_pos, vox_centers, vox_lengths, vox_fn):

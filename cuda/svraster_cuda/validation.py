@@ -41,7 +41,7 @@ def _check_number(name, value, positive=False, finite=True):
 
 def check_settings(settings, device, n_pixels=None):
     """Validate RasterSettings for rendering on `device` (`n_pixels` requested pixels for a
-    sparse render, whose gt_color may then also be [3, n_pixels])."""
+    sparse render, whose gt_color may then also be [3, n_pixels]). Returns camera_args(settings)."""
     for name in ("image_width", "image_height"):
         value = getattr(settings, name)
         if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
@@ -67,14 +67,13 @@ def check_settings(settings, device, n_pixels=None):
         m = getattr(settings, name)
         if not isinstance(m, torch.Tensor) or tuple(m.shape) != (4, 4) or not m.is_floating_point():
             raise ValueError(f"raster_settings.{name}: expected a 4x4 float tensor, got {_describe(m)}")
-        if not torch.isfinite(m).all():
-            raise ValueError(f"raster_settings.{name}: expected finite values, got {m.tolist()}")
     if settings.lambda_R_concen > 0:
         gt = settings.gt_color
         shapes = [(3, settings.image_height, settings.image_width)] + ([(3, n_pixels)] if n_pixels is not None else [])
         if not isinstance(gt, torch.Tensor) or tuple(gt.shape) not in shapes:
             want = " or ".join(str(list(x)) for x in shapes)
             raise ValueError(f"raster_settings.gt_color: expected shape {want} when lambda_R_concen > 0, got {_describe(gt)}")
+    return camera_args(settings)
 
 
 def check_voxels(octree_paths, vox_centers, vox_lengths, values=False):
@@ -112,24 +111,24 @@ def check_vox_params(params, n, device, values=False):
 
 def camera_args(settings):
     """The 31 numbers that define a camera (and image size), as the kernels take them:
-    W, H, tanfovx, tanfovy, cx, cy, near, w2c (3x4 rows), c2w (3x4 rows)."""
-    w2c = settings.w2c_matrix.detach().to("cpu", torch.float64)
-    c2w = settings.c2w_matrix.detach().to("cpu", torch.float64)
+    W, H, tanfovx, tanfovy, cx, cy, near, w2c (3x4 rows), c2w (3x4 rows). The matrices are read
+    as Python numbers once (no tensor ops) and must be finite."""
+    rows = {}
+    for name in ("w2c_matrix", "c2w_matrix"):
+        m = getattr(settings, name).detach().cpu().tolist()
+        if not all(math.isfinite(x) for row in m for x in row):
+            raise ValueError(f"raster_settings.{name}: expected finite values, got {m}")
+        rows[name] = [x for row in m[:3] for x in row]
     return [float(settings.image_width), float(settings.image_height), float(settings.tanfovx),
             float(settings.tanfovy), float(settings.cx), float(settings.cy), float(settings.near),
-            *w2c[:3].reshape(-1).tolist(), *c2w[:3].reshape(-1).tolist()]
+            *rows["w2c_matrix"], *rows["c2w_matrix"]]
 
 
-def check_pixels(pixels, settings, device):
-    """`pixels`: int64 [P, 2] of (row, col) inside the image. The range check reads the
-    values back (one device read): an index outside the image must never reach a kernel."""
+def check_pixels(pixels, device):
+    """`pixels`: int64 [P, 2] of (row, col). Their values (inside the image) are checked where
+    they are read: by the backends' preprocess and pixel layout (on CUDA, without an extra
+    device read)."""
     check_tensor("pixels", pixels, (None, 2), torch.int64, device)
-    if len(pixels):
-        lo, row_hi, col_hi = torch.stack([pixels.min(), pixels[:, 0].max(), pixels[:, 1].max()]).tolist()
-        H, W = settings.image_height, settings.image_width
-        if lo < 0 or row_hi >= H or col_hi >= W:
-            raise ValueError(f"pixels: expected (row, col) pairs with 0 <= row < {H} and 0 <= col < {W}, got "
-                             f"values from {lo} to rows up to {row_hi}, columns up to {col_hi}")
 
 
 def check_k(k):

@@ -2,7 +2,8 @@
 
 One module per pipeline stage, named like the CUDA sources they mirror:
 `preprocess` -> `binning` (duplicate with keys, sort, tile ranges) -> `forward`
-(per-tile compositing) and `backward`; `math` holds what they share."""
+(per-tile compositing) and `backward`; `requests` handles sparse pixel requests; `math` holds
+what they share."""
 from typing import NamedTuple
 
 import torch
@@ -14,8 +15,9 @@ from .binning import Binning, bin_voxels
 from .forward import ACC, Rays, intersect, median_depth, pixel_chunks, shade_hits, topk_of_hits
 from .math import pixel_rays, ray_quadrant
 from .preprocess import Preprocessed, preprocess, tile_grid
+from .requests import check_requests, request_masks
 
-__all__ = ["rasterize_preprocess", "pixel_layout", "rasterize_forward", "rasterize_backward", "rasterize_topk",
+__all__ = ["camera_position", "rasterize_preprocess", "pixel_layout", "rasterize_forward", "rasterize_backward", "rasterize_topk",
            "ReferenceState"]
 
 
@@ -24,9 +26,18 @@ class ReferenceState(NamedTuple):
     preprocessed: Preprocessed
     binning: Binning
 
+    @property
+    def row_masks(self):
+        """The requested pixels the entries were binned for ([n_tiles, TILE_SIZE]), None: all."""
+        requests = self.preprocessed.requests
+        return None if requests is None else requests[1]
 
-def pixel_layout(settings, _state, pixels, dtype, device):
-    """The rays to render: every pixel (pixels None) or the requested (row, col) pairs [P, 2]."""
+
+def pixel_layout(settings, state, pixels, dtype, device, verify=False):
+    """The rays to render: every pixel (pixels None) or the requested (row, col) pairs [P, 2];
+    `verify` checks those first (inside the image, among the pixels `state` was binned for)."""
+    if pixels is not None and verify:
+        check_requests(settings, pixels, state.row_masks)
     d_cam, rd, cam_norm = pixel_rays(settings, dtype, device)
     W, H = settings.image_width, settings.image_height
     if pixels is None:
@@ -43,10 +54,19 @@ def pixel_layout(settings, _state, pixels, dtype, device):
     return Rays(origin, rd, cam_norm, tile * 8 + ray_quadrant(rd), rows, cols, shape)
 
 
-def rasterize_preprocess(settings, _camera, octree_paths, vox_centers, vox_lengths, requests=None):
-    """Stages 1-4, for every pixel or (sparse) the requested ones, given as `requests` =
-    (tile_active [n_tiles] bool, row_masks [n_tiles, TILE_SIZE] int32). Returns (indices of the
-    voxels with entries [K], state)."""
+def camera_position(settings, _camera, device):
+    """vox_fn's camera position on `device`."""
+    return settings.c2w_matrix[:3, 3].to(device)
+
+
+def rasterize_preprocess(settings, _camera, octree_paths, vox_centers, vox_lengths, pixels=None):
+    """Stages 1-4, for every pixel or (sparse) the requested (row, col) pairs `pixels` [P, 2]
+    (ValueError for one outside the image). Returns (indices of the voxels with entries [K],
+    state)."""
+    requests = None
+    if pixels is not None:
+        check_requests(settings, pixels)
+        requests = request_masks(settings, pixels)
     pre = preprocess(settings, vox_centers, vox_lengths, requests)
     tiles_x, tiles_y = tile_grid(settings)
     binning = bin_voxels(pre, octree_paths, tiles_x, tiles_y)
