@@ -138,8 +138,9 @@ std::vector<Tensor> rasterize_preprocess(const std::vector<double>& camera, cons
                     ptr<int4>(pixel_rect), ptr<uint8_t>(octant_mask), ptr<int32_t>(n_duplicates), counters, stream);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
 
-    // Queued before the read, so that the host has less to queue after it.
-    const Tensor offsets = torch::cumsum(n_duplicates, 0, at::kLong);
+    // Queued before the read, so that the host has less to queue after it. int32: the read
+    // below refuses totals of 2^31 entries or more before any offset is used.
+    const Tensor offsets = torch::cumsum(n_duplicates, 0, at::kInt);
     // The one device-to-host read of the frame: how many entries to allocate, how many rank
     // bits carry information, how many voxels are in view (and whether the requests are valid).
     const Tensor host_counts = counts.cpu();
@@ -150,7 +151,6 @@ std::vector<Tensor> rasterize_preprocess(const std::vector<double>& camera, cons
                       text("vox_centers: this view needs ", n_entries, " tile-voxel entries; at most 2^31 - 1 are "
                            "supported (fewer voxels or a smaller image)"));
     const svr::KeyLayout layout(n_tiles, int(c[svr::COUNT_USED_LEVELS]));
-    Tensor in_view = torch::nonzero_static(n_duplicates, c[svr::COUNT_IN_VIEW]).reshape({-1});
     const bool single = layout.single();
     Tensor keys = torch::empty({2, n_entries}, opts.dtype(at::kLong));
     Tensor values = torch::empty({2, n_entries}, opts.dtype(at::kInt));
@@ -163,7 +163,7 @@ std::vector<Tensor> rasterize_preprocess(const std::vector<double>& camera, cons
     auto* v = ptr<uint32_t>(values);
     auto* tk = ptr<uint32_t>(tile_keys);
     svr::duplicate_with_keys(cam, requests, layout, int(n), ptr<int64_t>(octree_paths), ptr<int4>(pixel_rect),
-                             ptr<uint8_t>(octant_mask), ptr<int32_t>(n_duplicates), ptr<int64_t>(offsets), k, tk, v,
+                             ptr<uint8_t>(octant_mask), ptr<int32_t>(n_duplicates), ptr<int32_t>(offsets), k, tk, v,
                              stream);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     svr::sort_entries(n_entries, layout, k, k ? k + n_entries : nullptr, tk, tk ? tk + n_entries : nullptr, v,
@@ -175,6 +175,8 @@ std::vector<Tensor> rasterize_preprocess(const std::vector<double>& camera, cons
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     // Render order: tiles with the longest lists first.
     const Tensor tile_order = torch::argsort(ranges.select(1, 1) - ranges.select(1, 0), true, 0, true).to(at::kInt);
+    // Queued last: only vox_fn needs it (the GPU reaches it after the sort, the host at once).
+    Tensor in_view = torch::nonzero_static(n_duplicates, c[svr::COUNT_IN_VIEW]).reshape({-1});
     return {in_view, ranges, values[1], pixel_rect, tile_order, row_masks};
 }
 

@@ -18,7 +18,7 @@ int bits_for(int n) {
 __global__ void duplicate_kernel(int n, int tiles_x, RequestedPixels requests, KeyLayout layout,
                                  const int64_t* __restrict__ octpaths,
                                  const int4* __restrict__ pixel_rect, const uint8_t* __restrict__ octant_mask,
-                                 const int32_t* __restrict__ n_duplicates, const int64_t* __restrict__ offsets,
+                                 const int32_t* __restrict__ n_duplicates, const int32_t* __restrict__ offsets,
                                  uint64_t* __restrict__ keys,
                                  uint32_t* __restrict__ tile_keys, uint32_t* __restrict__ values) {
     const int v = blockIdx.x * blockDim.x + threadIdx.x;
@@ -29,7 +29,7 @@ __global__ void duplicate_kernel(int n, int tiles_x, RequestedPixels requests, K
     const int4 p = pixel_rect[v];
     const int4 r = make_int4(p.x / TILE_SIZE, p.y / TILE_SIZE, p.z / TILE_SIZE, p.w / TILE_SIZE);
     const bool exact = (r.z - r.x + 1) * (r.w - r.y + 1) <= MAX_EXACT_TILES;  // as preprocess counted
-    int64_t at = offsets[v] - count;
+    int at = offsets[v] - count;
     const uint64_t path = uint64_t(octpaths[v]);
     const bool single = layout.single();
     for (int q = 0; q < 8; ++q) {
@@ -98,7 +98,7 @@ size_t sort_scratch_bytes(int64_t n_entries, const KeyLayout& layout) {
 
 void duplicate_with_keys(const Camera& cam, const RequestedPixels& requests, const KeyLayout& layout, int n_voxels,
                          const int64_t* octpaths, const int4* pixel_rect, const uint8_t* octant_mask,
-                         const int32_t* n_duplicates, const int64_t* offsets, uint64_t* keys, uint32_t* tile_keys,
+                         const int32_t* n_duplicates, const int32_t* offsets, uint64_t* keys, uint32_t* tile_keys,
                          uint32_t* values, cudaStream_t stream) {
     if (n_voxels == 0) return;
     duplicate_kernel<<<grid_for(n_voxels, 256), 256, 0, stream>>>(n_voxels, cam.tiles_x(), requests, layout, octpaths,

@@ -93,11 +93,12 @@ struct KeyLayout {
 };
 // Scratch bytes for the sorts of `n_entries` entries.
 size_t sort_scratch_bytes(int64_t n_entries, const KeyLayout& layout);
-// Writes each voxel's entries at `offsets[v] - n_duplicates[v]` (offsets = inclusive scan).
+// Writes each voxel's entries at `offsets[v] - n_duplicates[v]` (offsets = inclusive scan;
+// int32, as the caller has checked that the total is below 2^31).
 // `tile_keys` is written only when !layout.single().
 void duplicate_with_keys(const Camera& cam, const RequestedPixels& requests, const KeyLayout& layout, int n_voxels,
                          const int64_t* octpaths, const int4* pixel_rect, const uint8_t* octant_mask,
-                         const int32_t* n_duplicates, const int64_t* offsets, uint64_t* keys, uint32_t* tile_keys,
+                         const int32_t* n_duplicates, const int32_t* offsets, uint64_t* keys, uint32_t* tile_keys,
                          uint32_t* values, cudaStream_t stream);
 // Sorts entries by (tile, rank). Inputs are consumed; the sorted values and keys land in the
 // *_out buffers. `index_scratch` holds 2 * n_entries uint32 (used only by the two-pass sort).
