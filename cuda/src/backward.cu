@@ -66,7 +66,7 @@ render_backward_kernel(Camera cam, PixelSet pixels, BackwardOptions opt, RenderB
         const bool valid = group + lane < top;
         const Candidate mine = valid ? load_candidate(in, group + lane) : Candidate{0u, make_int4(1, 1, 0, 0)};
         uint32_t todo = warp_pixels.touched(mine, valid, group < last);
-        stage_candidates<true>(in, mine, todo, stage);
+        stage_candidates<true>(in, mine, todo, ray.origin, stage);
         while (todo) {
             const int k = 31 - __clz(todo);
             todo &= ~(1u << k);
@@ -76,9 +76,9 @@ render_backward_kernel(Camera cam, PixelSet pixels, BackwardOptions opt, RenderB
             float a, b;
             const VoxelRecord& rec = stage[k].rec;
             if (group + k < last && cand.may_cover(px, py, ray.quadrant) &&
-                ray_segment(ray, rec.box_min, rec.length, a, b)) {
+                ray_segment(ray, rec, a, b)) {
                 Quadrature<N> quad;
-                const float inv_len = 1.f / rec.length;
+                const float inv_len = rec.inv_length;
                 quad.evaluate(ray, a, b, rec.box_min, inv_len, rec.geo);
                 const float alpha = quad.alpha;
                 if (!(alpha < MIN_ALPHA)) {

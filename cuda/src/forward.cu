@@ -30,15 +30,16 @@ render_forward_kernel(Camera cam, PixelSet pixels, ForwardOptions opt, RenderBuf
     float median_a = 0.f, median_b = 0.f, median_T = 0.f;
     bool done = !task.active;
 
-    walk_front_to_back<true>(in, range, warp_pixels, done, warp_stage(), [&](const StagedCandidate& staged, int index) {
+    walk_front_to_back<true>(in, range, warp_pixels, ray.origin, done, warp_stage(),
+                             [&](const StagedCandidate& staged, int index) {
         const Candidate& cand = staged.cand;
         float w = 0.f;
         if (!done && cand.may_cover(px, py, ray.quadrant)) {
             const VoxelRecord& rec = staged.rec;
             float a, b;
-            if (ray_segment(ray, rec.box_min, rec.length, a, b)) {
+            if (ray_segment(ray, rec, a, b)) {
                 Quadrature<N> quad;
-                quad.evaluate(ray, a, b, rec.box_min, 1.f / rec.length, rec.geo);
+                quad.evaluate(ray, a, b, rec.box_min, rec.inv_length, rec.geo);
                 if (!(quad.alpha < MIN_ALPHA)) {  // NaN is kept: it reaches the pixel
                     w = T * quad.alpha;
 #pragma unroll
@@ -82,12 +83,12 @@ render_forward_kernel(Camera cam, PixelSet pixels, ForwardOptions opt, RenderBuf
         float median = 0.f;
         if (median_entry >= 0) {
             VoxelRecord rec;
-            load_record(in, in.entries[median_entry] & VOXEL_ID_MASK, rec);
+            load_record(in, in.entries[median_entry] & VOXEL_ID_MASK, ray.origin, rec);
             const float step = (median_b - median_a) * (1.f / MEDIAN_SUBSTEPS);
             float running = median_T, t = median_a;
             for (int s = 0; s < MEDIAN_SUBSTEPS; ++s) {
                 t = median_a + (s + 0.5f) * step;
-                const float d = trilinear(rec.geo, local_coords(ray, t, rec.box_min, 1.f / rec.length));
+                const float d = trilinear(rec.geo, local_coords(ray, t, rec.box_min, rec.inv_length));
                 running *= expf(-STEP_SZ_SCALE * step * density_activation(d));
                 if (running <= 0.5f) break;
             }

@@ -59,16 +59,25 @@ __device__ __forceinline__ Ray pixel_ray(const Camera& cam, int px, int py) {
 }
 
 // The ray's segment [a, b] inside the box and in front of the near plane; false if empty.
+// The box is given relative to the ray's origin (the camera: the same for every pixel, so a
+// voxel's relative corners are computed once per warp, not once per pixel).
 // A zero direction component has the reciprocal 1e30: the slab bounds become +-huge, so the
 // ray is inside that slab for every t (origin between the planes) or for none, and no
 // 0 * inf NaN can form. The reference writes the same rule with explicit branches.
-__device__ __forceinline__ bool ray_segment(const Ray& r, float3 box_min, float length, float& a, float& b) {
-    const float x0 = (box_min.x - r.origin.x) * r.inv_dir.x, x1 = (box_min.x + length - r.origin.x) * r.inv_dir.x;
-    const float y0 = (box_min.y - r.origin.y) * r.inv_dir.y, y1 = (box_min.y + length - r.origin.y) * r.inv_dir.y;
-    const float z0 = (box_min.z - r.origin.z) * r.inv_dir.z, z1 = (box_min.z + length - r.origin.z) * r.inv_dir.z;
+__device__ __forceinline__ bool ray_segment(const Ray& r, float3 rel_min, float3 rel_max, float& a, float& b) {
+    const float x0 = rel_min.x * r.inv_dir.x, x1 = rel_max.x * r.inv_dir.x;
+    const float y0 = rel_min.y * r.inv_dir.y, y1 = rel_max.y * r.inv_dir.y;
+    const float z0 = rel_min.z * r.inv_dir.z, z1 = rel_max.z * r.inv_dir.z;
     a = fmaxf(fmaxf(fmaxf(fminf(x0, x1), fminf(y0, y1)), fminf(z0, z1)), r.t_near);
     b = fminf(fminf(fmaxf(x0, x1), fmaxf(y0, y1)), fmaxf(z0, z1));
     return a <= b;
+}
+
+// A box's corners relative to `origin`, rounded as (corner - origin) with corner = min + length.
+__device__ __forceinline__ void relative_box(float3 box_min, float length, float3 origin, float3& rel_min,
+                                             float3& rel_max) {
+    rel_min = make_float3(box_min.x - origin.x, box_min.y - origin.y, box_min.z - origin.z);
+    rel_max = make_float3(box_min.x + length - origin.x, box_min.y + length - origin.y, box_min.z + length - origin.z);
 }
 
 // Trilinear weights of corners c = 4x + 2y + z at local coordinates u in [0,1]^3.

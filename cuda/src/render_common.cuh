@@ -125,20 +125,28 @@ struct WarpPixels {
     }
 };
 
-// A voxel's geometry and appearance, read when some lane's ray may pass through it.
-struct VoxelRecord {
-    float3 box_min;
-    float length;
+// A voxel's geometry and appearance, read when some lane's ray may pass through it, with what
+// every lane would otherwise recompute: the reciprocal size and the corners relative to the
+// camera (each computed once, by the lane that loads the record).
+// Fields in 16-byte groups, so that the visits can read them from shared memory four at a time.
+struct alignas(16) VoxelRecord {
     float geo[8];
+    float3 rel_min;
+    float inv_length;
+    float3 rel_max;
+    float length;
+    float3 box_min;
     float rgb[3];
 };
 
-// WITH_RGB false leaves rec.rgb unset (top-K reads no colours).
+// WITH_RGB false leaves rec.rgb unset (top-K reads no colours). `origin`: the camera position.
 template <bool WITH_RGB = true>
-__device__ __forceinline__ void load_record(const RenderBuffers& in, uint32_t v, VoxelRecord& rec) {
+__device__ __forceinline__ void load_record(const RenderBuffers& in, uint32_t v, float3 origin, VoxelRecord& rec) {
     rec.length = in.lengths[v];
+    rec.inv_length = 1.f / rec.length;
     const float h = 0.5f * rec.length;
     rec.box_min = make_float3(in.centers[3 * v] - h, in.centers[3 * v + 1] - h, in.centers[3 * v + 2] - h);
+    relative_box(rec.box_min, rec.length, origin, rec.rel_min, rec.rel_max);
     const float4* g = reinterpret_cast<const float4*>(in.geos + 8 * size_t(v));
     const float4 g0 = g[0], g1 = g[1];
     rec.geo[0] = g0.x; rec.geo[1] = g0.y; rec.geo[2] = g0.z; rec.geo[3] = g0.w;
@@ -146,6 +154,11 @@ __device__ __forceinline__ void load_record(const RenderBuffers& in, uint32_t v,
     if (WITH_RGB) {
         rec.rgb[0] = in.rgbs[3 * v]; rec.rgb[1] = in.rgbs[3 * v + 1]; rec.rgb[2] = in.rgbs[3 * v + 2];
     }
+}
+
+// The ray's segment through a loaded voxel (see ray_segment).
+__device__ __forceinline__ bool ray_segment(const Ray& r, const VoxelRecord& rec, float& a, float& b) {
+    return ray_segment(r, rec.rel_min, rec.rel_max, a, b);
 }
 
 // A candidate the warp will visit, staged in shared memory by the lane that loaded it: every
@@ -165,11 +178,11 @@ __device__ __forceinline__ StagedCandidate* warp_stage() {
 // Lane `lane` stages its candidate when it is in `todo`; the warp then visits them.
 template <bool WITH_RGB>
 __device__ __forceinline__ void stage_candidates(const RenderBuffers& in, const Candidate& mine, uint32_t todo,
-                                                 StagedCandidate* stage) {
+                                                 float3 origin, StagedCandidate* stage) {
     const int lane = int(threadIdx.x & 31);
     if (todo >> lane & 1u) {
         stage[lane].cand = mine;
-        load_record<WITH_RGB>(in, mine.voxel(), stage[lane].rec);
+        load_record<WITH_RGB>(in, mine.voxel(), origin, stage[lane].rec);
     }
     __syncwarp();
 }
@@ -180,13 +193,14 @@ __device__ __forceinline__ void stage_candidates(const RenderBuffers& in, const 
 // (warp-uniform, so visitors may use warp collectives). Stops when every lane is done.
 template <bool WITH_RGB, typename Visit>
 __device__ __forceinline__ void walk_front_to_back(const RenderBuffers& in, int2 range, const WarpPixels& pixels,
-                                                   const bool& done, StagedCandidate* stage, Visit&& visit) {
+                                                   float3 origin, const bool& done, StagedCandidate* stage,
+                                                   Visit&& visit) {
     const int lane = int(threadIdx.x & 31);
     for (int group = range.x; group < range.y && !__all_sync(FULL_MASK, done); group += 32) {
         const bool valid = group + lane < range.y;
         const Candidate mine = valid ? load_candidate(in, group + lane) : Candidate{0u, make_int4(1, 1, 0, 0)};
         uint32_t todo = pixels.touched(mine, valid, !done);
-        stage_candidates<WITH_RGB>(in, mine, todo, stage);
+        stage_candidates<WITH_RGB>(in, mine, todo, origin, stage);
         while (todo) {
             const int k = __ffs(todo) - 1;
             todo &= todo - 1;

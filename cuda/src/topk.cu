@@ -23,14 +23,15 @@ render_topk_kernel(Camera cam, PixelSet pixels, int k, RenderBuffers in, int64_t
     float T = 1.f;
     float kth = 0.f;  // the k-th largest weight kept so far (the padding's 0 until k are kept)
     bool done = !task.active;
-    walk_front_to_back<false>(in, range, warp_pixels, done, warp_stage(), [&](const StagedCandidate& staged, int) {
+    walk_front_to_back<false>(in, range, warp_pixels, ray.origin, done, warp_stage(),
+                              [&](const StagedCandidate& staged, int) {
         const Candidate& cand = staged.cand;
         if (done || !cand.may_cover(task.px, task.py, ray.quadrant)) return;
         const VoxelRecord& rec = staged.rec;
         float a, b;
-        if (!ray_segment(ray, rec.box_min, rec.length, a, b)) return;
+        if (!ray_segment(ray, rec, a, b)) return;
         Quadrature<N> quad;
-        quad.evaluate(ray, a, b, rec.box_min, 1.f / rec.length, rec.geo);
+        quad.evaluate(ray, a, b, rec.box_min, rec.inv_length, rec.geo);
         if (quad.alpha < MIN_ALPHA) return;
         const float w = T * quad.alpha;
         if (w > kth) {  // never true for NaN: a NaN weight is not listed
