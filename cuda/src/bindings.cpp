@@ -173,8 +173,9 @@ std::vector<Tensor> rasterize_preprocess(const std::vector<double>& camera, cons
     svr::identify_tile_ranges(n_entries, n_tiles, layout, k ? k + n_entries : nullptr, tk ? tk + n_entries : nullptr,
                               ptr<int2>(ranges), stream);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
-    // Render order: tiles with the longest lists first.
-    const Tensor tile_order = torch::argsort(ranges.select(1, 1) - ranges.select(1, 0), true, 0, true).to(at::kInt);
+    Tensor tile_order = torch::empty({n_tiles}, opts.dtype(at::kInt));
+    svr::order_tiles(n_tiles, ptr<int2>(ranges), ptr<int32_t>(tile_order), stream);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
     // Queued last: only vox_fn needs it (the GPU reaches it after the sort, the host at once).
     Tensor in_view = torch::nonzero_static(n_duplicates, c[svr::COUNT_IN_VIEW]).reshape({-1});
     return {in_view, ranges, values[1], pixel_rect, tile_order, row_masks};
