@@ -277,12 +277,17 @@ std::vector<int64_t> pixel_shape(const svr::Camera& cam, const svr::PixelSet& se
     return {channels, cam.height, cam.width};
 }
 
-// What every render entry point starts from: checked inputs, the camera, the voxel buffers and
-// the pixels to render. `rgbs` may be undefined (top-K reads no colours).
+// What every render entry point starts from: checked inputs, the voxels' device made current
+// (for as long as the call lives), the camera, the voxel buffers and the pixels to render.
+// `rgbs` may be undefined (top-K reads no colours).
 struct RenderCall {
+    c10::cuda::CUDAGuard guard;
     svr::Camera cam;
     svr::RenderBuffers in;
     svr::PixelSet pixels;
+
+    // Shape of a per-pixel tensor with `channels` channels.
+    std::vector<int64_t> shape(int64_t channels) const { return pixel_shape(cam, pixels, channels); }
 };
 
 RenderCall render_call(const std::vector<double>& camera, int64_t n_samp, const Tensor& ranges, const Tensor& entries,
@@ -295,7 +300,8 @@ RenderCall render_call(const std::vector<double>& camera, int64_t n_samp, const 
                       text("n_samp_per_vox: expected 1..", MAX_N_SAMP, ", got ", n_samp));
     const svr::Camera cam = make_camera(camera);
     const int n_tiles = cam.tiles_x() * cam.tiles_y();
-    return {cam, render_buffers(ranges, entries, pixel_rect, vox_centers, vox_lengths, geos, rgbs, n_tiles),
+    return {c10::cuda::CUDAGuard(vox_centers.device()), cam,
+            render_buffers(ranges, entries, pixel_rect, vox_centers, vox_lengths, geos, rgbs, n_tiles),
             pixel_set(tile_order, sparse, requests, warp_tiles, lane_requests, vox_centers, n_tiles)};
 }
 
@@ -307,19 +313,17 @@ std::vector<Tensor> rasterize_voxels(const std::vector<double>& camera, int64_t 
                                      const Tensor& requests, const Tensor& warp_tiles, const Tensor& lane_requests) {
     const RenderCall call = render_call(camera, n_samp, ranges, entries, pixel_rect, vox_centers, vox_lengths, geos, rgbs,
                                         tile_order, sparse, requests, warp_tiles, lane_requests);
-    const c10::cuda::CUDAGuard guard(vox_centers.device());
-    const svr::Camera& cam = call.cam;
-    const svr::PixelSet& set = call.pixels;
     const auto opts = geos.options();
     const int64_t n = vox_centers.size(0);
-    Tensor color = torch::empty(pixel_shape(cam, set, 3), opts);
-    Tensor T = torch::empty(pixel_shape(cam, set, 1), opts);
-    Tensor depth = need_depth ? torch::empty(pixel_shape(cam, set, 3), opts) : torch::empty({0}, opts);
-    Tensor normal = need_normal ? torch::empty(pixel_shape(cam, set, 3), opts) : torch::empty({0}, opts);
+    Tensor color = torch::empty(call.shape(3), opts);
+    Tensor T = torch::empty(call.shape(1), opts);
+    Tensor depth = need_depth ? torch::empty(call.shape(3), opts) : torch::empty({0}, opts);
+    Tensor normal = need_normal ? torch::empty(call.shape(3), opts) : torch::empty({0}, opts);
     Tensor max_w = track_max_w ? torch::zeros({n, 1}, opts) : torch::empty({0}, opts);
-    Tensor aux = need_distortion ? torch::empty(pixel_shape(cam, set, 1), opts) : torch::empty({0}, opts);
-    Tensor last = torch::empty(pixel_shape(cam, set, 1), opts.dtype(at::kInt));
-    svr::render_forward(cam, set, {int(n_samp), float(bg), need_depth, need_distortion, need_normal, track_max_w}, call.in,
+    Tensor aux = need_distortion ? torch::empty(call.shape(1), opts) : torch::empty({0}, opts);
+    Tensor last = torch::empty(call.shape(1), opts.dtype(at::kInt));
+    svr::render_forward(call.cam, call.pixels,
+                        {int(n_samp), float(bg), need_depth, need_distortion, need_normal, track_max_w}, call.in,
                         {ptr<float>(color), ptr<float>(depth), ptr<float>(normal), ptr<float>(T), ptr<float>(max_w),
                          ptr<float>(aux), ptr<int32_t>(last)},
                         c10::cuda::getCurrentCUDAStream());
@@ -337,15 +341,12 @@ std::vector<Tensor> rasterize_voxels_backward(
     const Tensor& requests, const Tensor& warp_tiles, const Tensor& lane_requests) {
     const RenderCall call = render_call(camera, n_samp, ranges, entries, pixel_rect, vox_centers, vox_lengths, geos, rgbs,
                                         tile_order, sparse, requests, warp_tiles, lane_requests);
-    const c10::cuda::CUDAGuard guard(vox_centers.device());
-    const svr::Camera& cam = call.cam;
-    const svr::PixelSet& set = call.pixels;
     const int64_t n = vox_centers.size(0);
     auto image = [&](const Tensor& t, const char* name, int64_t ch) {
-        check_tensor(t, name, at::kFloat, pixel_shape(cam, set, ch), vox_centers);
+        check_tensor(t, name, at::kFloat, call.shape(ch), vox_centers);
         return ptr<float>(t);
     };
-    check_tensor(last, "last", at::kInt, pixel_shape(cam, set, 1), vox_centers);
+    check_tensor(last, "last", at::kInt, call.shape(1), vox_centers);
     svr::BackwardInputs g{image(T, "T", 1), lambda_dist > 0 ? image(aux, "aux", 1) : nullptr, ptr<int32_t>(last),
                           image(dL_dcolor, "dL_dcolor", 3),
                           need_depth ? image(dL_ddepth, "dL_ddepth", 3) : nullptr,
@@ -355,7 +356,7 @@ std::vector<Tensor> rasterize_voxels_backward(
     Tensor dL_dgeos = torch::zeros({n, 8}, opts);
     Tensor dL_drgbs = torch::zeros({n, 3}, opts);
     Tensor priority = torch::zeros({n, 1}, opts);
-    svr::render_backward(cam, set,
+    svr::render_backward(call.cam, call.pixels,
                          {int(n_samp), float(bg), need_depth, need_normal, float(lambda_R_concen),
                           float(lambda_ascending), float(lambda_dist)},
                          call.in, g, {ptr<float>(dL_dgeos), ptr<float>(dL_drgbs), ptr<float>(priority)},
@@ -372,9 +373,8 @@ std::vector<Tensor> rasterize_topk(const std::vector<double>& camera, int64_t n_
     TORCH_CHECK_VALUE(k >= 1 && k <= (int64_t(1) << 20), text("k: expected 1..2^20, got ", k));
     const RenderCall call = render_call(camera, n_samp, ranges, entries, pixel_rect, vox_centers, vox_lengths, geos,
                                         Tensor(), tile_order, sparse, requests, warp_tiles, lane_requests);
-    const c10::cuda::CUDAGuard guard(vox_centers.device());
-    Tensor ids = torch::full(pixel_shape(call.cam, call.pixels, k), -1, geos.options().dtype(at::kLong));
-    Tensor weights = torch::zeros(pixel_shape(call.cam, call.pixels, k), geos.options());
+    Tensor ids = torch::full(call.shape(k), -1, geos.options().dtype(at::kLong));
+    Tensor weights = torch::zeros(call.shape(k), geos.options());
     svr::render_topk(call.cam, call.pixels, int(n_samp), int(k), call.in, ptr<int64_t>(ids), ptr<float>(weights),
                      c10::cuda::getCurrentCUDAStream());
     C10_CUDA_KERNEL_LAUNCH_CHECK();

@@ -51,9 +51,14 @@ class TileIntersections:
 
     `in_view` holds the indices of the voxels that have at least one entry."""
 
-    def __init__(self, impl, state, in_view, camera, voxels, sparse):
+    def __init__(self, impl, state, in_view, camera, voxels):
         self.impl, self.state, self.in_view = impl, state, in_view
-        self.camera, self.voxels, self.sparse = camera, voxels, sparse
+        self.camera, self.voxels = camera, voxels
+
+    @property
+    def sparse(self):
+        """Built for a pixel subset (the state keeps the row masks it was binned for)."""
+        return self.state.row_masks is not None
 
     def __repr__(self):
         scope = "all pixels"
@@ -80,8 +85,7 @@ def _check_inputs(raster_settings, octree_paths, vox_centers, vox_lengths, pixel
 def _intersect(raster_settings, camera, octree_paths, vox_centers, vox_lengths, pixels):
     impl = backend.for_device(vox_centers.device)
     in_view, state = impl.rasterize_preprocess(raster_settings, camera, octree_paths, vox_centers, vox_lengths, pixels)
-    return TileIntersections(impl, state, in_view, camera, _voxel_signature(octree_paths, vox_centers, vox_lengths),
-                             pixels is not None)
+    return TileIntersections(impl, state, in_view, camera, _voxel_signature(octree_paths, vox_centers, vox_lengths))
 
 
 def intersect_voxels(raster_settings, octree_paths, vox_centers, vox_lengths, pixels=None):

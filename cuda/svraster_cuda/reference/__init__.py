@@ -17,8 +17,8 @@ from .math import pixel_rays, ray_quadrant
 from .preprocess import Preprocessed, preprocess, tile_grid
 from .requests import check_requests, request_masks
 
-__all__ = ["camera_position", "rasterize_preprocess", "pixel_layout", "rasterize_forward", "rasterize_backward", "rasterize_topk",
-           "ReferenceState"]
+__all__ = ["camera_position", "rasterize_preprocess", "pixel_layout", "rasterize_forward", "rasterize_backward",
+           "rasterize_topk", "ReferenceState"]
 
 
 class ReferenceState(NamedTuple):
