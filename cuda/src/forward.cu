@@ -19,7 +19,6 @@ render_forward_kernel(Camera cam, PixelSet pixels, ForwardOptions opt, RenderBuf
     const int px = task.px, py = task.py;
     const Ray ray = pixel_ray(cam, px, py);
     const int2 range = in.ranges[task.tile];
-    const WarpPixels warp_pixels{task.px, task.py, ray.quadrant};
     const int lane = int(threadIdx.x & 31);
 
     float T = 1.f, color[3] = {0.f, 0.f, 0.f}, normal[3] = {0.f, 0.f, 0.f};
@@ -30,44 +29,38 @@ render_forward_kernel(Camera cam, PixelSet pixels, ForwardOptions opt, RenderBuf
     float median_a = 0.f, median_b = 0.f, median_T = 0.f;
     bool done = !task.active;
 
-    walk_front_to_back<true>(in, range, warp_pixels, ray.origin, done, warp_stage(),
-                             [&](const StagedCandidate& staged, int index) {
-        const Candidate& cand = staged.cand;
+    walk_pairs_front_to_back<N, DEPTH, true>(in, range, task, pixels.sparse(), ray, done,
+                                             [&](const PairStage& stage, const PairVisit& v) {
         float w = 0.f;
-        if (!done && cand.may_cover(px, py, ray.quadrant)) {
-            const VoxelRecord& rec = staged.rec;
-            float a, b;
-            if (ray_segment(ray, rec, a, b)) {
-                Quadrature<N> quad;
-                quad.evaluate(ray, a, b, rec.box_min, rec.inv_length, rec.geo);
-                if (!(quad.alpha < MIN_ALPHA)) {  // NaN is kept: it reaches the pixel
-                    w = T * quad.alpha;
-#pragma unroll
-                    for (int c = 0; c < 3; ++c) color[c] += w * rec.rgb[c];
-                    if (DEPTH) {
-                        depth_sum += T * quad.depth_value(a, b);
-                        if (T > 0.5f) {
-                            median_entry = index;
-                            median_a = a; median_b = b; median_T = T;
-                        }
-                    }
-                    if (opt.need_distortion) wm_sum += w * 0.5f * (contract(a) + contract(b));
-                    if (NORMAL) {
-                        const float3 g = corner_gradient(rec.geo);
-                        const float inv = rsqrtf(g.x * g.x + g.y * g.y + g.z * g.z + NORMAL_EPS);
-                        normal[0] += w * g.x * inv; normal[1] += w * g.y * inv; normal[2] += w * g.z * inv;
-                    }
-                    T *= 1.f - quad.alpha;
-                    done = T < EARLY_STOP_T;
-                    last = index + 1;
+        const float alpha = v.result.alpha;
+        if (v.has && !done && !(alpha < MIN_ALPHA)) {  // NaN is kept: it reaches the pixel
+            w = T * alpha;
+            const float3 rgb = staged_rgb(stage, v.slot);
+            color[0] += w * rgb.x; color[1] += w * rgb.y; color[2] += w * rgb.z;
+            if (DEPTH) {
+                depth_sum += T * v.result.depth;
+                if (T > 0.5f) {
+                    median_entry = v.index;
+                    median_a = v.result.a; median_b = v.result.b; median_T = T;
                 }
             }
+            if (opt.need_distortion) wm_sum += w * 0.5f * (contract(v.result.a) + contract(v.result.b));
+            if (NORMAL) {
+                float geo[8];
+                staged_geo(stage, v.slot, geo);
+                const float3 g = corner_gradient(geo);
+                const float inv = rsqrtf(g.x * g.x + g.y * g.y + g.z * g.z + NORMAL_EPS);
+                normal[0] += w * g.x * inv; normal[1] += w * g.y * inv; normal[2] += w * g.z * inv;
+            }
+            T *= 1.f - alpha;
+            done = T < EARLY_STOP_T;
+            last = v.index + 1;
         }
         if (opt.track_max_w) {
             // Every lane reaches this point for every visited entry: one atomic per warp.
             const unsigned wmax = __reduce_max_sync(FULL_MASK, __float_as_uint(fmaxf(w, 0.f)));
             if (lane == 0 && wmax > 0u)
-                atomicMax(reinterpret_cast<unsigned int*>(out.max_w) + cand.voxel(), wmax);
+                atomicMax(reinterpret_cast<unsigned int*>(out.max_w) + (v.entry & VOXEL_ID_MASK), wmax);
         }
     });
     if (!task.active) return;

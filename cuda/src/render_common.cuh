@@ -1,12 +1,12 @@
 // What the render kernels (forward, backward, top-K) share: which pixel a thread renders, the
-// voxel record a warp reads for an entry of its tile's list, the filter that lets a warp skip
-// entries 32 at a time, the front-to-back walk, and the compile-time dispatch over kernel
-// variants.
+// voxel records a warp reads for the entries of its tile's list, the front-to-back pair walk
+// (forward, top-K), the filter and staging of the backward's walk, and the compile-time
+// dispatch over kernel variants.
 //
 // Each warp walks its tile's list on its own (no block barriers): lane l loads entry
 // `group + l` and its pixel rectangle (coalesced, and shared through L1 by the tile's warps),
-// a ballot keeps the entries that may cover one of the warp's live pixels, their lanes stage
-// the voxel records in shared memory, and the warp visits them in order.
+// the warp keeps the entries that may cover one of its live pixels, their lanes stage the
+// voxel records in shared memory, and the warp visits them in order.
 #pragma once
 #include <climits>
 #include <utility>
@@ -187,26 +187,205 @@ __device__ __forceinline__ void stage_candidates(const RenderBuffers& in, const 
     __syncwarp();
 }
 
-// The front-to-back walk of a warp over its tile's list `range`: lane l loads candidate
-// `group + l`, the warp keeps those that may touch its live pixels (not `done`) and stages them,
-// and for each of them, in list order, every lane calls visit(staged candidate, list index)
-// (warp-uniform, so visitors may use warp collectives). Stops when every lane is done.
-template <bool WITH_RGB, typename Visit>
-__device__ __forceinline__ void walk_front_to_back(const RenderBuffers& in, int2 range, const WarpPixels& pixels,
-                                                   float3 origin, const bool& done, StagedCandidate* stage,
-                                                   Visit&& visit) {
-    const int lane = int(threadIdx.x & 31);
-    for (int group = range.x; group < range.y && !__all_sync(FULL_MASK, done); group += 32) {
+// --- The pair walk (forward and top-K). A warp's pixels are few per voxel (a voxel covers a
+// handful of the 32), so visiting each voxel with every lane leaves most lanes idle in the
+// costly part, the ray's segment and quadrature. Instead, for each group of 32 candidates the
+// warp lists the (candidate, pixel) pairs that may meet (pixel in the rectangle, same octant,
+// still compositing), evaluates them one pair per lane, and then each pixel composites its own
+// results in list order. Every value is computed as the per-pixel walk computes it (same ray,
+// same record, same operations), so the pixels are unchanged bit for bit.
+
+// One pair's evaluation; alpha 0 when the ray misses the box (skipped like any faint voxel).
+struct PairResult {
+    float alpha, a, b;
+    float depth;  // the voxel's own depth value (Quadrature::depth_value), when asked for
+};
+
+// What a warp shares during the pair walk, per block, one slot per lane; arrays of 16-byte
+// groups so that lanes reading different slots hit different banks.
+struct PairStage {
+    float4 ray_dir[BLOCK_THREADS];  // each lane's ray direction and t_near
+    float4 ray_inv[BLOCK_THREADS];  // its reciprocal direction
+    float4 record[6][BLOCK_THREADS];  // candidates: geo[0:4], geo[4:8], (rel_min, 1/size),
+                                      // (rel_max, size), (box_min, r), (g, b, -, -)
+    int4 meta[BLOCK_THREADS];       // candidates: (cover: lanes it may meet, first pair, entry, -)
+    PairResult result[BLOCK_THREADS];  // this round's pair results, one per lane
+};
+
+__device__ __forceinline__ float3 xyz(float4 v) { return make_float3(v.x, v.y, v.z); }
+
+template <bool WITH_RGB>
+__device__ __forceinline__ void stage_record(const RenderBuffers& in, uint32_t v, float3 origin, PairStage& s,
+                                             int slot) {
+    const float length = in.lengths[v];
+    const float h = 0.5f * length;
+    const float3 box_min = make_float3(in.centers[3 * v] - h, in.centers[3 * v + 1] - h, in.centers[3 * v + 2] - h);
+    float3 rel_min, rel_max;
+    relative_box(box_min, length, origin, rel_min, rel_max);
+    const float4* g = reinterpret_cast<const float4*>(in.geos + 8 * size_t(v));
+    s.record[0][slot] = g[0];
+    s.record[1][slot] = g[1];
+    s.record[2][slot] = make_float4(rel_min.x, rel_min.y, rel_min.z, 1.f / length);
+    s.record[3][slot] = make_float4(rel_max.x, rel_max.y, rel_max.z, length);
+    s.record[4][slot] = make_float4(box_min.x, box_min.y, box_min.z, WITH_RGB ? in.rgbs[3 * v] : 0.f);
+    if (WITH_RGB) s.record[5][slot] = make_float4(in.rgbs[3 * v + 1], in.rgbs[3 * v + 2], 0.f, 0.f);
+}
+
+__device__ __forceinline__ void staged_geo(const PairStage& s, int slot, float geo[8]) {
+    const float4 g0 = s.record[0][slot], g1 = s.record[1][slot];
+    geo[0] = g0.x; geo[1] = g0.y; geo[2] = g0.z; geo[3] = g0.w;
+    geo[4] = g1.x; geo[5] = g1.y; geo[6] = g1.z; geo[7] = g1.w;
+}
+
+__device__ __forceinline__ float3 staged_rgb(const PairStage& s, int slot) {
+    const float4 r = s.record[5][slot];
+    return make_float3(s.record[4][slot].w, r.x, r.y);
+}
+
+// Pair evaluation: the ray of lane slot `ray_slot` through the candidate in `slot`.
+template <int N, bool DEPTH>
+__device__ __forceinline__ PairResult evaluate_pair(const PairStage& s, float3 origin, int ray_slot, int slot) {
+    const float4 dir = s.ray_dir[ray_slot], inv = s.ray_inv[ray_slot];
+    Ray ray;
+    ray.origin = origin;
+    ray.dir = xyz(dir);
+    ray.t_near = dir.w;
+    ray.inv_dir = xyz(inv);
+    const float4 lo = s.record[2][slot], hi = s.record[3][slot];
+    PairResult r{0.f, 0.f, 0.f, 0.f};
+    if (!ray_segment(ray, xyz(lo), xyz(hi), r.a, r.b)) return r;
+    float geo[8];
+    staged_geo(s, slot, geo);
+    Quadrature<N> quad;
+    quad.evaluate(ray, r.a, r.b, xyz(s.record[4][slot]), lo.w, geo);
+    r.alpha = quad.alpha;
+    if (DEPTH) r.depth = quad.depth_value(r.a, r.b);
+    return r;
+}
+
+// Lanes of a whole-image warp (an 8 x 4 pixel block at (bx, by), lane = 8 y + x) inside a
+// pixel rectangle.
+static_assert(WARP_W == 8 && WARP_H == 4, "block_lanes packs one warp row per byte");
+__device__ __forceinline__ uint32_t block_lanes(int4 rect, int bx, int by) {
+    const int x0 = max(rect.x - bx, 0), x1 = min(rect.z - bx, WARP_W - 1);
+    const int y0 = max(rect.y - by, 0), y1 = min(rect.w - by, WARP_H - 1);
+    if (x0 > x1 || y0 > y1) return 0u;
+    const uint32_t row = ((2u << (x1 - x0)) - 1u) << x0;                      // columns x0..x1
+    const uint32_t rows = (0x01010101u >> (8 * (WARP_H - 1 - (y1 - y0)))) << (8 * y0);  // a bit per row y0..y1
+    return row * rows;
+}
+
+// Position of the r-th (from 0) set bit of m.
+__device__ __forceinline__ int nth_set_bit(uint32_t m, int r) {
+    int pos = 0;
+#pragma unroll
+    for (int width = 16; width > 0; width >>= 1) {
+        const int below = __popc(m & ((1u << width) - 1u));
+        if (r >= below) {
+            r -= below;
+            m >>= width;
+            pos += width;
+        }
+    }
+    return pos;
+}
+
+// What a pair walk hands the pixel for one candidate (warp-uniform call, so consumers may use
+// warp collectives): the candidate's slot in the stage, its list index and entry, and this
+// lane's pair result when it has one in this round.
+struct PairVisit {
+    int slot;
+    int index;
+    uint32_t entry;
+    bool has;
+    PairResult result;
+};
+
+// The front-to-back pair walk of a warp over its tile's list; consume(stage, visit) is called
+// per candidate and round in list order; each lane receives each of its pairs exactly once.
+// Stops when every lane is `done`.
+template <int N, bool DEPTH, bool WITH_RGB, typename Consume>
+__device__ __forceinline__ void walk_pairs_front_to_back(const RenderBuffers& in, int2 range, const PixelTask& task,
+                                                         bool sparse, const Ray& ray, const bool& done,
+                                                         Consume&& consume) {
+    __shared__ PairStage stage;
+    const int lane = int(threadIdx.x & 31), warp_slot = int(threadIdx.x & ~31u);
+    stage.ray_dir[threadIdx.x] = make_float4(ray.dir.x, ray.dir.y, ray.dir.z, ray.t_near);
+    stage.ray_inv[threadIdx.x] = make_float4(ray.inv_dir.x, ray.inv_dir.y, ray.inv_dir.z, 0.f);
+    uint32_t octant_lanes = 0;  // lane q < 8: the lanes whose ray octant is q
+#pragma unroll
+    for (int q = 0; q < 8; ++q) {
+        const uint32_t m = __ballot_sync(FULL_MASK, ray.quadrant == q);
+        if (lane == q) octant_lanes = m;
+    }
+    const int bx = task.px - lane % WARP_W, by = task.py - lane / WARP_W;
+    const uint32_t lanes_below = (1u << lane) - 1u;
+    __syncwarp();
+
+    for (int group = range.x; group < range.y; group += 32) {
+        const uint32_t live = __ballot_sync(FULL_MASK, !done);
+        if (!live) break;
         const bool valid = group + lane < range.y;
         const Candidate mine = valid ? load_candidate(in, group + lane) : Candidate{0u, make_int4(1, 1, 0, 0)};
-        uint32_t todo = pixels.touched(mine, valid, !done);
-        stage_candidates<WITH_RGB>(in, mine, todo, origin, stage);
-        while (todo) {
-            const int k = __ffs(todo) - 1;
-            todo &= todo - 1;
-            visit(stage[k], group + k);
+        uint32_t cover = 0;
+        if (sparse) {  // any pixels: test each live one
+            for (uint32_t m = live; m; m &= m - 1) {
+                const int j = __ffs(m) - 1;
+                const bool meets = mine.may_cover(__shfl_sync(FULL_MASK, task.px, j), __shfl_sync(FULL_MASK, task.py, j),
+                                                  __shfl_sync(FULL_MASK, ray.quadrant, j));
+                cover |= uint32_t(meets) << j;
+            }
+        } else {
+            cover = block_lanes(mine.rect, bx, by) & __shfl_sync(FULL_MASK, octant_lanes, mine.octant()) & live;
         }
-        __syncwarp();  // the stage is overwritten by the next group
+        if (!valid) cover = 0u;
+        const uint32_t visit = __ballot_sync(FULL_MASK, cover != 0u);
+        if (!visit) continue;
+        // Pairs are numbered candidate by candidate: an inclusive scan of the counts.
+        const int count = __popc(cover);
+        int end = count;
+#pragma unroll
+        for (int d = 1; d < 32; d <<= 1) {
+            const int n = __shfl_up_sync(FULL_MASK, end, d);
+            if (lane >= d) end += n;
+        }
+        if (cover) {
+            stage_record<WITH_RGB>(in, mine.voxel(), ray.origin, stage, threadIdx.x);
+            stage.meta[threadIdx.x] = make_int4(int(cover), end - count, int(mine.entry), 0);
+        }
+        const int total = __shfl_sync(FULL_MASK, end, 31);
+        __syncwarp();
+
+        uint32_t pending = visit;  // candidates with pairs not yet consumed
+        for (int first = 0; first < total; first += 32) {
+            if (first > 0 && __all_sync(FULL_MASK, done)) break;
+            // Round: lane l evaluates pair first + l (its candidate: the first whose pairs end past it).
+            const int p = first + lane;
+            int k = 0;
+#pragma unroll
+            for (int step = 16; step > 0; step >>= 1)
+                if (__shfl_sync(FULL_MASK, end, k + step - 1) <= p) k += step;
+            if (p < total) {
+                const int4 meta = stage.meta[warp_slot + k];
+                const int pixel_lane = nth_set_bit(uint32_t(meta.x), p - meta.y);
+                stage.result[threadIdx.x] = evaluate_pair<N, DEPTH>(stage, ray.origin, warp_slot + pixel_lane,
+                                                                    warp_slot + k);
+            }
+            __syncwarp();
+            for (uint32_t todo = pending; todo; todo &= todo - 1) {
+                const int c = __ffs(todo) - 1;
+                const int4 meta = stage.meta[warp_slot + c];
+                if (meta.y >= first + 32) break;
+                const uint32_t lanes = uint32_t(meta.x);
+                if (meta.y + __popc(lanes) <= first + 32) pending &= ~(1u << c);
+                const int q = meta.y + __popc(lanes & lanes_below) - first;
+                PairVisit v{warp_slot + c, group + c, uint32_t(meta.z), (lanes >> lane & 1u) && q >= 0 && q < 32,
+                            PairResult{0.f, 0.f, 0.f, 0.f}};
+                if (v.has) v.result = stage.result[warp_slot + q];
+                consume(stage, v);
+            }
+            __syncwarp();  // the results are overwritten by the next round
+        }
     }
 }
 

@@ -1,8 +1,8 @@
 // Per-pixel top-K contributors (mirrors reference rasterize_topk): the forward's front-to-back
-// walk, keeping the k used voxels of largest weight w = T * alpha. Each thread owns its pixel's
-// column of the outputs ([k, ...], so that a warp's accesses are coalesced) and keeps it sorted
-// by insertion: a voxel enters only with a weight strictly above the k-th, and lands behind
-// equal weights, which belong to voxels in front of it.
+// pair walk, keeping the k used voxels of largest weight w = T * alpha. Each thread owns its
+// pixel's column of the outputs ([k, ...], so that a warp's accesses are coalesced) and keeps
+// it sorted by insertion: a voxel enters only with a weight strictly above the k-th, and lands
+// behind equal weights, which belong to voxels in front of it.
 #include "render_common.cuh"
 
 namespace svr {
@@ -15,7 +15,6 @@ render_topk_kernel(Camera cam, PixelSet pixels, int k, RenderBuffers in, int64_t
     if (!locate_pixel(cam, pixels, task)) return;
     const Ray ray = pixel_ray(cam, task.px, task.py);
     const int2 range = in.ranges[task.tile];
-    const WarpPixels warp_pixels{task.px, task.py, ray.quadrant};
     int64_t* my_ids = ids + task.index;
     float* my_weights = weights + task.index;
     const int stride = task.stride;
@@ -23,17 +22,11 @@ render_topk_kernel(Camera cam, PixelSet pixels, int k, RenderBuffers in, int64_t
     float T = 1.f;
     float kth = 0.f;  // the k-th largest weight kept so far (the padding's 0 until k are kept)
     bool done = !task.active;
-    walk_front_to_back<false>(in, range, warp_pixels, ray.origin, done, warp_stage(),
-                              [&](const StagedCandidate& staged, int) {
-        const Candidate& cand = staged.cand;
-        if (done || !cand.may_cover(task.px, task.py, ray.quadrant)) return;
-        const VoxelRecord& rec = staged.rec;
-        float a, b;
-        if (!ray_segment(ray, rec, a, b)) return;
-        Quadrature<N> quad;
-        quad.evaluate(ray, a, b, rec.box_min, rec.inv_length, rec.geo);
-        if (quad.alpha < MIN_ALPHA) return;
-        const float w = T * quad.alpha;
+    walk_pairs_front_to_back<N, false, false>(in, range, task, pixels.sparse(), ray, done,
+                                              [&](const PairStage&, const PairVisit& v) {
+        const float alpha = v.result.alpha;
+        if (!v.has || done || alpha < MIN_ALPHA) return;
+        const float w = T * alpha;
         if (w > kth) {  // never true for NaN: a NaN weight is not listed
             int pos = k - 1;
             for (; pos > 0 && my_weights[(pos - 1) * stride] < w; --pos) {
@@ -41,10 +34,10 @@ render_topk_kernel(Camera cam, PixelSet pixels, int k, RenderBuffers in, int64_t
                 my_ids[pos * stride] = my_ids[(pos - 1) * stride];
             }
             my_weights[pos * stride] = w;
-            my_ids[pos * stride] = int64_t(cand.voxel());
+            my_ids[pos * stride] = int64_t(v.entry & VOXEL_ID_MASK);
             kth = my_weights[(k - 1) * stride];
         }
-        T *= 1.f - quad.alpha;
+        T *= 1.f - alpha;
         done = T < EARLY_STOP_T;
     });
 }
