@@ -5,21 +5,15 @@
 // cancellation), which gives
 //   dL/dalpha_i = T_i (g . x_i) - g . (X behind i) / (1 - alpha_i)
 // for X = colour (with the background), normal, mean depth, T and the distortion loss.
-// As in the forward, each warp walks the tile's list on its own (back to front here, from the
-// last entry any of its pixels used); a voxel touched by many lanes is summed over the warp
-// before one atomic per value.
+// As in the forward, each warp walks the tile's list on its own, back to front here (from the
+// last entry any of its pixels used), by (voxel, pixel) pairs (walk_pairs): phase A evaluates
+// the pairs one per lane; phase B, per pixel in order, recovers T and dL/dalpha; phase C, one
+// pair per lane again, turns them into the voxel's gradients, summed over the lanes holding
+// the same voxel before one atomic per value.
 #include "render_common.cuh"
 
 namespace svr {
 namespace {
-
-constexpr int FEW_LANES = 4;
-
-__device__ __forceinline__ float warp_sum(float x) {
-#pragma unroll
-    for (int offset = 16; offset > 0; offset >>= 1) x += __shfl_xor_sync(FULL_MASK, x, offset);
-    return x;
-}
 
 template <int N, bool DEPTH, bool NORMAL>
 __global__ void __launch_bounds__(BLOCK_THREADS)
@@ -27,11 +21,9 @@ render_backward_kernel(Camera cam, PixelSet pixels, BackwardOptions opt, RenderB
                        BackwardOutputs out) {
     PixelTask task;
     if (!locate_pixel(cam, pixels, task)) return;
-    const int px = task.px, py = task.py;
     const int hw = task.stride, pix = task.index;
-    const Ray ray = pixel_ray(cam, px, py);
+    const Ray ray = pixel_ray(cam, task.px, task.py);
     const int2 range = in.ranges[task.tile];
-    const WarpPixels warp_pixels{task.px, task.py, ray.quadrant};
     // The regularisers are normalised by the image's size, also for requested pixels.
     const float inv_hw = 1.f / (float(cam.width) * float(cam.height));
     const int last = task.active ? g.last[pix] : range.x;
@@ -51,161 +43,206 @@ render_backward_kernel(Camera cam, PixelSet pixels, BackwardOptions opt, RenderB
     const bool distortion_on = opt.lambda_dist > 0.f;
     const float dist_scale = opt.lambda_dist * inv_hw;
     const float wm_total = distortion_on ? g.aux[pix] : 0.f;
-
     // Behind the current voxel: colour (the background included), normal, depth, distortion.
     float behind_color[3] = {T_final * opt.bg, T_final * opt.bg, T_final * opt.bg};
     float behind_normal[3] = {0.f, 0.f, 0.f};
     float behind_depth = 0.f, behind_wm = 0.f, behind_gw = 0.f;
     float T_after = T_final;
-    // The warp starts after the last entry any of its pixels used.
-    const int end = __reduce_max_sync(FULL_MASK, last);
-    StagedCandidate* stage = warp_stage();
+    const bool unused = false;
+    // Phase B's hand-off to phase C, per pair slot: the transmittance in front of the voxel and
+    // dL/dalpha; T < 0 when the voxel does not contribute (faint, or the ray misses it).
+    __shared__ float2 pair_grads[BLOCK_THREADS];
 
-    for (int top = end; top > range.x; top -= 32) {
-        const int group = max(range.x, top - 32);
-        const bool valid = group + lane < top;
-        const Candidate mine = valid ? load_candidate(in, group + lane) : Candidate{0u, make_int4(1, 1, 0, 0)};
-        uint32_t todo = warp_pixels.touched(mine, valid, group < last);
-        stage_candidates<true>(in, mine, todo, ray.origin, stage);
-        while (todo) {
-            const int k = 31 - __clz(todo);
-            todo &= ~(1u << k);
-            const Candidate& cand = stage[k].cand;
-            float d_geo[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f}, d_rgb[3] = {0.f, 0.f, 0.f}, priority = 0.f;
-            bool contributes = false;
+    // Phase B, per pixel back to front: the transmittance and dL/dalpha of each voxel it used.
+    auto accumulate = [&](const PairStage& stage, const PairVisit& v) {
+        if (!v.has) return;
+        const float alpha = v.result.alpha;
+        if (alpha < MIN_ALPHA) {  // faint or missed, as the forward skipped it (NaN is kept)
+            pair_grads[v.pair_slot] = make_float2(-1.f, 0.f);
+            return;
+        }
+        const float inv_rest = 1.f / (1.f - alpha);
+        const float T = T_after * inv_rest;
+        const float w = T * alpha;
+        float dL_dalpha = -g_T * T_final * inv_rest;
+        const float3 rgb3 = staged_rgb(stage, v.slot);
+        const float rgb[3] = {rgb3.x, rgb3.y, rgb3.z};
+#pragma unroll
+        for (int c = 0; c < 3; ++c) {
+            dL_dalpha += g_color[c] * (T * rgb[c] - behind_color[c] * inv_rest);
+            behind_color[c] += w * rgb[c];
+        }
+        if (NORMAL) {
+            float geo[8];
+            staged_geo(stage, v.slot, geo);
+            const float3 grad_dir = corner_gradient(geo);
+            const float inv_norm =
+                rsqrtf(grad_dir.x * grad_dir.x + grad_dir.y * grad_dir.y + grad_dir.z * grad_dir.z + NORMAL_EPS);
+            const float nv[3] = {grad_dir.x * inv_norm, grad_dir.y * inv_norm, grad_dir.z * inv_norm};
+#pragma unroll
+            for (int c = 0; c < 3; ++c) {
+                dL_dalpha += g_normal[c] * (T * nv[c] - behind_normal[c] * inv_rest);
+                behind_normal[c] += w * nv[c];
+            }
+        }
+        if (DEPTH) {
+            dL_dalpha -= g_depth * behind_depth * inv_rest;
+            behind_depth += T * v.result.depth;
+        }
+        if (distortion_on) {
+            const float ca = contract(v.result.a), cb = contract(v.result.b), m = 0.5f * (ca + cb);
+            // dL/dw_i = 2 sum_j w_j |m_i - m_j| + (2/3) w_i s_i; in front of i the weights sum
+            // to 1 - T_i, behind it to T_{i+1} - T_final.
+            const float w_front = 1.f - T, w_behind = T_after - T_final;
+            const float wm_front = wm_total - behind_wm - w * m;
+            const float g_w = dist_scale * (2.f * (m * w_front - wm_front + behind_wm - m * w_behind) +
+                                            (2.f / 3.f) * w * (cb - ca));
+            dL_dalpha += T * g_w - behind_gw * inv_rest;
+            behind_gw += g_w * w;
+            behind_wm += w * m;
+        }
+        T_after = T;
+        pair_grads[v.pair_slot] = make_float2(T, dL_dalpha);
+    };
+
+    // Phase C, one pair per lane: the voxel's gradients from this pixel, summed over the lanes
+    // holding the same voxel, one atomic per value and voxel.
+    auto scatter = [&](const PairStage& stage, const PairRound& round) {
+        float d_geo[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f}, d_rgb[3] = {0.f, 0.f, 0.f}, priority = 0.f;
+        // The pixel's incoming gradients, from the lane that holds it.
+        float pix_color[3], pix_normal[3], pix_gt[3];
+#pragma unroll
+        for (int c = 0; c < 3; ++c) {
+            pix_color[c] = __shfl_sync(FULL_MASK, g_color[c], round.ray_slot & 31);
+            pix_normal[c] = NORMAL ? __shfl_sync(FULL_MASK, g_normal[c], round.ray_slot & 31) : 0.f;
+            pix_gt[c] = opt.lambda_R_concen > 0.f ? __shfl_sync(FULL_MASK, gt[c], round.ray_slot & 31) : 0.f;
+        }
+        const float pix_depth = DEPTH ? __shfl_sync(FULL_MASK, g_depth, round.ray_slot & 31) : 0.f;
+        const float2 handed = pair_grads[threadIdx.x];
+        const bool contributes = round.valid && !(handed.x < 0.f);  // NaN reaches the gradients, as in the forward
+        if (contributes) {
+            const float4 dir = stage.ray_dir[round.ray_slot], inv = stage.ray_inv[round.ray_slot];
+            Ray r;
+            r.origin = ray.origin;
+            r.dir = xyz(dir);
+            r.t_near = dir.w;
+            r.inv_dir = xyz(inv);
+            const float4 lo = stage.record[2][round.slot], hi = stage.record[3][round.slot];
+            const float3 box_min = xyz(stage.record[4][round.slot]);
+            const float inv_len = lo.w;
+            float geo[8];
+            staged_geo(stage, round.slot, geo);
             float a, b;
-            const VoxelRecord& rec = stage[k].rec;
-            if (group + k < last && cand.may_cover(px, py, ray.quadrant) &&
-                ray_segment(ray, rec, a, b)) {
-                Quadrature<N> quad;
-                const float inv_len = rec.inv_length;
-                quad.evaluate(ray, a, b, rec.box_min, inv_len, rec.geo);
-                const float alpha = quad.alpha;
-                if (!(alpha < MIN_ALPHA)) {
-                    contributes = true;
-                    const float inv_rest = 1.f / (1.f - alpha);
-                    const float T = T_after * inv_rest;
-                    const float w = T * alpha;
-                    float dL_dalpha = -g_T * T_final * inv_rest;
+            ray_segment(r, xyz(lo), xyz(hi), a, b);
+            Quadrature<N> quad;
+            quad.evaluate(r, a, b, box_min, inv_len, geo);
+            const float alpha = quad.alpha, T = handed.x, w = T * alpha, dL_dalpha = handed.y;
+            const float3 rgb3 = staged_rgb(stage, round.slot);
+            const float rgb[3] = {rgb3.x, rgb3.y, rgb3.z};
 #pragma unroll
-                    for (int c = 0; c < 3; ++c) {
-                        dL_dalpha += g_color[c] * (T * rec.rgb[c] - behind_color[c] * inv_rest);
-                        behind_color[c] += w * rec.rgb[c];
-                        d_rgb[c] = g_color[c] * w;
-                        if (opt.lambda_R_concen > 0.f)
-                            d_rgb[c] += opt.lambda_R_concen * inv_hw * w * 2.f * (rec.rgb[c] - gt[c]);
-                    }
-                    float3 grad_dir = make_float3(0.f, 0.f, 0.f);
-                    float inv_norm = 0.f;
-                    if (NORMAL) {
-                        grad_dir = corner_gradient(rec.geo);
-                        inv_norm = rsqrtf(grad_dir.x * grad_dir.x + grad_dir.y * grad_dir.y + grad_dir.z * grad_dir.z + NORMAL_EPS);
-                        const float nv[3] = {grad_dir.x * inv_norm, grad_dir.y * inv_norm, grad_dir.z * inv_norm};
-#pragma unroll
-                        for (int c = 0; c < 3; ++c) {
-                            dL_dalpha += g_normal[c] * (T * nv[c] - behind_normal[c] * inv_rest);
-                            behind_normal[c] += w * nv[c];
-                        }
-                    }
-                    if (DEPTH) {
-                        dL_dalpha -= g_depth * behind_depth * inv_rest;
-                        behind_depth += T * quad.depth_value(a, b);
-                    }
-                    if (distortion_on) {
-                        const float ca = contract(a), cb = contract(b), m = 0.5f * (ca + cb);
-                        // dL/dw_i = 2 sum_j w_j |m_i - m_j| + (2/3) w_i s_i; in front of i the
-                        // weights sum to 1 - T_i, behind it to T_{i+1} - T_final.
-                        const float w_front = 1.f - T, w_behind = T_after - T_final;
-                        const float wm_front = wm_total - behind_wm - w * m;
-                        const float g_w = dist_scale * (2.f * (m * w_front - wm_front + behind_wm - m * w_behind) +
-                                                        (2.f / 3.f) * w * (cb - ca));
-                        dL_dalpha += T * g_w - behind_gw * inv_rest;
-                        behind_gw += g_w * w;
-                        behind_wm += w * m;
-                    }
-                    priority = fabsf(dL_dalpha * alpha);
+            for (int c = 0; c < 3; ++c) {
+                d_rgb[c] = pix_color[c] * w;
+                if (opt.lambda_R_concen > 0.f)
+                    d_rgb[c] += opt.lambda_R_concen * inv_hw * w * 2.f * (rgb[c] - pix_gt[c]);
+            }
+            priority = fabsf(dL_dalpha * alpha);
 
-                    // Into the densities: alpha is straight-through (dalpha/dI = exp(-I)); the
-                    // voxel's own depth value differentiates its clamped alphas (1 - alpha).
-                    const float dL_dI = dL_dalpha * expf(-quad.integral);
-                    float dL_dIk[N];
-                    if (N == 1) {
-                        dL_dIk[0] = dL_dI + (DEPTH ? g_depth * T * (1.f - alpha) * 0.5f * (a + b) : 0.f);
-                    } else {
-                        float ak[N], trans[N], tail = 0.f, tr = 1.f;
+            // Into the densities: alpha is straight-through (dalpha/dI = exp(-I)); the voxel's
+            // own depth value differentiates its clamped alphas (1 - alpha).
+            const float dL_dI = dL_dalpha * expf(-quad.integral);
+            float dL_dIk[N];
+            if (N == 1) {
+                dL_dIk[0] = dL_dI + (DEPTH ? pix_depth * T * (1.f - alpha) * 0.5f * (a + b) : 0.f);
+            } else {
+                float ak[N], trans[N], tail = 0.f, tr = 1.f;
 #pragma unroll
-                        for (int k = 0; k < N; ++k) {
-                            ak[k] = clamp_alpha(1.f - expf(-quad.integral_k[k]));
-                            trans[k] = tr;
-                            tr *= 1.f - ak[k];
-                        }
+                for (int k = 0; k < N; ++k) {
+                    ak[k] = clamp_alpha(1.f - expf(-quad.integral_k[k]));
+                    trans[k] = tr;
+                    tr *= 1.f - ak[k];
+                }
 #pragma unroll
-                        for (int k = N - 1; k >= 0; --k) {
-                            // d depth_value / d I_k = P_k t_k (1 - a_k) - sum_{m>k} P_m a_m t_m
-                            const float own = trans[k] * quad.t[k] * (1.f - ak[k]) - tail;
-                            tail += trans[k] * ak[k] * quad.t[k];
-                            dL_dIk[k] = dL_dI + (DEPTH ? g_depth * T * own : 0.f);
-                        }
-                    }
-#pragma unroll
-                    for (int k = 0; k < N; ++k) {
-                        const float dL_dd = dL_dIk[k] * STEP_SZ_SCALE * quad.delta * density_activation_grad(quad.d[k]);
-                        float wk[8];
-                        trilinear_weights(quad.u[k], wk);
-#pragma unroll
-                        for (int c = 0; c < 8; ++c) d_geo[c] += dL_dd * wk[c];
-                    }
-                    if (NORMAL) {
-                        // n = g / s, s = sqrt(|g|^2 + eps): dL/dg = v / s - g (g.v) / s^3, v = w * dL/dnormal.
-                        const float3 v = make_float3(w * g_normal[0], w * g_normal[1], w * g_normal[2]);
-                        const float gv = grad_dir.x * v.x + grad_dir.y * v.y + grad_dir.z * v.z;
-                        const float inv3 = inv_norm * inv_norm * inv_norm;
-                        const float3 dg = make_float3(v.x * inv_norm - grad_dir.x * gv * inv3,
-                                                      v.y * inv_norm - grad_dir.y * gv * inv3,
-                                                      v.z * inv_norm - grad_dir.z * gv * inv3);
-#pragma unroll
-                        for (int c = 0; c < 8; ++c)
-                            d_geo[c] += ((c & 4) ? dg.x : -dg.x) + ((c & 2) ? dg.y : -dg.y) + ((c & 1) ? dg.z : -dg.z);
-                    }
-                    if (opt.lambda_ascending > 0.f) {
-                        const float3 ua = local_coords(ray, a, rec.box_min, inv_len);
-                        const float3 ub = local_coords(ray, b, rec.box_min, inv_len);
-                        if (trilinear(rec.geo, ua) > trilinear(rec.geo, ub)) {
-                            float wa[8], wb[8];
-                            trilinear_weights(ua, wa);
-                            trilinear_weights(ub, wb);
-                            const float s = opt.lambda_ascending * inv_hw * w;
-#pragma unroll
-                            for (int c = 0; c < 8; ++c) d_geo[c] += s * (wa[c] - wb[c]);
-                        }
-                    }
-                    T_after = T;
+                for (int k = N - 1; k >= 0; --k) {
+                    // d depth_value / d I_k = P_k t_k (1 - a_k) - sum_{m>k} P_m a_m t_m
+                    const float own = trans[k] * quad.t[k] * (1.f - ak[k]) - tail;
+                    tail += trans[k] * ak[k] * quad.t[k];
+                    dL_dIk[k] = dL_dI + (DEPTH ? pix_depth * T * own : 0.f);
                 }
             }
-            const uint32_t lanes = __ballot_sync(FULL_MASK, contributes);
-            if (lanes) {
-                const uint32_t v = cand.voxel();
-                // Small voxels touch few lanes: those write their own atomics. Otherwise the
-                // warp sums first and lane 0 writes once.
-                const bool reduce = __popc(lanes) > FEW_LANES;
-                if (reduce) {
 #pragma unroll
-                    for (int c = 0; c < 8; ++c) d_geo[c] = warp_sum(d_geo[c]);
+            for (int k = 0; k < N; ++k) {
+                const float dL_dd = dL_dIk[k] * STEP_SZ_SCALE * quad.delta * density_activation_grad(quad.d[k]);
+                float wk[8];
+                trilinear_weights(quad.u[k], wk);
 #pragma unroll
-                    for (int c = 0; c < 3; ++c) d_rgb[c] = warp_sum(d_rgb[c]);
-                    priority = warp_sum(priority);
-                }
-                if (reduce ? (threadIdx.x & 31) == 0 : contributes) {
+                for (int c = 0; c < 8; ++c) d_geo[c] += dL_dd * wk[c];
+            }
+            if (NORMAL) {
+                // n = g / s, s = sqrt(|g|^2 + eps): dL/dg = v / s - g (g.v) / s^3, v = w * dL/dnormal.
+                const float3 grad_dir = corner_gradient(geo);
+                const float inv_norm =
+                    rsqrtf(grad_dir.x * grad_dir.x + grad_dir.y * grad_dir.y + grad_dir.z * grad_dir.z + NORMAL_EPS);
+                const float3 v = make_float3(w * pix_normal[0], w * pix_normal[1], w * pix_normal[2]);
+                const float gv = grad_dir.x * v.x + grad_dir.y * v.y + grad_dir.z * v.z;
+                const float inv3 = inv_norm * inv_norm * inv_norm;
+                const float3 dg = make_float3(v.x * inv_norm - grad_dir.x * gv * inv3,
+                                              v.y * inv_norm - grad_dir.y * gv * inv3,
+                                              v.z * inv_norm - grad_dir.z * gv * inv3);
 #pragma unroll
-                    for (int c = 0; c < 8; ++c) atomicAdd(out.dL_dgeos + 8 * size_t(v) + c, d_geo[c]);
+                for (int c = 0; c < 8; ++c)
+                    d_geo[c] += ((c & 4) ? dg.x : -dg.x) + ((c & 2) ? dg.y : -dg.y) + ((c & 1) ? dg.z : -dg.z);
+            }
+            if (opt.lambda_ascending > 0.f) {
+                const float3 ua = local_coords(r, a, box_min, inv_len);
+                const float3 ub = local_coords(r, b, box_min, inv_len);
+                if (trilinear(geo, ua) > trilinear(geo, ub)) {
+                    float wa[8], wb[8];
+                    trilinear_weights(ua, wa);
+                    trilinear_weights(ub, wb);
+                    const float s = opt.lambda_ascending * inv_hw * w;
 #pragma unroll
-                    for (int c = 0; c < 3; ++c) atomicAdd(out.dL_drgbs + 3 * size_t(v) + c, d_rgb[c]);
-                    atomicAdd(out.priority + v, priority);
+                    for (int c = 0; c < 8; ++c) d_geo[c] += s * (wa[c] - wb[c]);
                 }
             }
         }
-        __syncwarp();  // the stage is overwritten by the next group
-    }
+        const uint32_t contributing = __ballot_sync(FULL_MASK, contributes);
+        if (!contributing) return;
+        // Lanes holding the same voxel are adjacent: a segmented sum towards the first of them.
+        const int prev = __shfl_up_sync(FULL_MASK, round.candidate, 1);
+        const bool head = lane == 0 || prev != round.candidate;
+        float n_contributing = contributes ? 1.f : 0.f;
+        if (__any_sync(FULL_MASK, !head)) {
+#pragma unroll
+            for (int d = 1; d < 32; d <<= 1) {
+                const bool same = __shfl_down_sync(FULL_MASK, round.candidate, d) == round.candidate && lane + d < 32;
+#pragma unroll
+                for (int c = 0; c < 8; ++c) {
+                    const float o = __shfl_down_sync(FULL_MASK, d_geo[c], d);
+                    if (same) d_geo[c] += o;
+                }
+#pragma unroll
+                for (int c = 0; c < 3; ++c) {
+                    const float o = __shfl_down_sync(FULL_MASK, d_rgb[c], d);
+                    if (same) d_rgb[c] += o;
+                }
+                const float op = __shfl_down_sync(FULL_MASK, priority, d);
+                const float on = __shfl_down_sync(FULL_MASK, n_contributing, d);
+                if (same) {
+                    priority += op;
+                    n_contributing += on;
+                }
+            }
+        }
+        if (head && n_contributing > 0.f) {
+            const uint32_t v = round.entry & VOXEL_ID_MASK;
+#pragma unroll
+            for (int c = 0; c < 8; ++c) atomicAdd(out.dL_dgeos + 8 * size_t(v) + c, d_geo[c]);
+#pragma unroll
+            for (int c = 0; c < 3; ++c) atomicAdd(out.dL_drgbs + 3 * size_t(v) + c, d_rgb[c]);
+            atomicAdd(out.priority + v, priority);
+        }
+    };
+    walk_pairs<true, N, DEPTH, true>(in, range, task, pixels.sparse(), ray, unused, last, accumulate, scatter);
 }
 
 }  // namespace

@@ -29,8 +29,8 @@ render_forward_kernel(Camera cam, PixelSet pixels, ForwardOptions opt, RenderBuf
     float median_a = 0.f, median_b = 0.f, median_T = 0.f;
     bool done = !task.active;
 
-    walk_pairs_front_to_back<N, DEPTH, true>(in, range, task, pixels.sparse(), ray, done,
-                                             [&](const PairStage& stage, const PairVisit& v) {
+    walk_pairs<false, N, DEPTH, true>(in, range, task, pixels.sparse(), ray, done, 0,
+                                      [&](const PairStage& stage, const PairVisit& v) {
         float w = 0.f;
         const float alpha = v.result.alpha;
         if (v.has && !done && !(alpha < MIN_ALPHA)) {  // NaN is kept: it reaches the pixel
@@ -62,7 +62,7 @@ render_forward_kernel(Camera cam, PixelSet pixels, ForwardOptions opt, RenderBuf
             if (lane == 0 && wmax > 0u)
                 atomicMax(reinterpret_cast<unsigned int*>(out.max_w) + (v.entry & VOXEL_ID_MASK), wmax);
         }
-    });
+    }, NoFinish{});
     if (!task.active) return;
 
     const int hw = task.stride, pix = task.index;

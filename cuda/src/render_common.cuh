@@ -1,12 +1,11 @@
 // What the render kernels (forward, backward, top-K) share: which pixel a thread renders, the
-// voxel records a warp reads for the entries of its tile's list, the front-to-back pair walk
-// (forward, top-K), the filter and staging of the backward's walk, and the compile-time
-// dispatch over kernel variants.
+// voxel records a warp reads for the entries of its tile's list, the pair walk over them (front
+// to back or back to front), and the compile-time dispatch over kernel variants.
 //
 // Each warp walks its tile's list on its own (no block barriers): lane l loads entry
 // `group + l` and its pixel rectangle (coalesced, and shared through L1 by the tile's warps),
 // the warp keeps the entries that may cover one of its live pixels, their lanes stage the
-// voxel records in shared memory, and the warp visits them in order.
+// voxel records in shared memory, and the warp evaluates them pair by pair (see walk_pairs).
 #pragma once
 #include <climits>
 #include <utility>
@@ -92,39 +91,6 @@ __device__ __forceinline__ Candidate load_candidate(const RenderBuffers& in, int
     return {entry, in.pixel_rect[entry & VOXEL_ID_MASK]};
 }
 
-// With at most this many live pixels, a warp tests each candidate against every one of them
-// (a shuffle per pixel); with more, against their bounding box and octants.
-constexpr int FEW_LIVE_PIXELS = 4;
-
-// The lanes' pixels as the warp filters its list: each lane holds one candidate, and the warp
-// keeps those that may cover a *live* pixel (one still compositing). Recomputed for every group
-// of 32 candidates, so the filter tightens as pixels saturate (and is exact for the few pixels
-// of a sparse warp).
-struct WarpPixels {
-    int px, py, quadrant;  // this lane's pixel and ray octant
-
-    __device__ __forceinline__ uint32_t touched(const Candidate& mine, bool valid, bool live) const {
-        const uint32_t live_lanes = __ballot_sync(FULL_MASK, live);
-        bool touches = false;
-        if (__popc(live_lanes) <= FEW_LIVE_PIXELS) {
-            for (uint32_t m = live_lanes; m; m &= m - 1) {
-                const int j = __ffs(m) - 1;
-                touches |= mine.may_cover(__shfl_sync(FULL_MASK, px, j), __shfl_sync(FULL_MASK, py, j),
-                                          __shfl_sync(FULL_MASK, quadrant, j));
-            }
-        } else {
-            const int x0 = __reduce_min_sync(FULL_MASK, live ? px : INT_MAX);
-            const int y0 = __reduce_min_sync(FULL_MASK, live ? py : INT_MAX);
-            const int x1 = __reduce_max_sync(FULL_MASK, live ? px : INT_MIN);
-            const int y1 = __reduce_max_sync(FULL_MASK, live ? py : INT_MIN);
-            const uint32_t octants = __reduce_or_sync(FULL_MASK, live ? 1u << quadrant : 0u);
-            touches = (octants >> mine.octant() & 1u) && x1 >= mine.rect.x && y1 >= mine.rect.y &&
-                      x0 <= mine.rect.z && y0 <= mine.rect.w;
-        }
-        return __ballot_sync(FULL_MASK, valid && touches);
-    }
-};
-
 // A voxel's geometry and appearance, read when some lane's ray may pass through it, with what
 // every lane would otherwise recompute: the reciprocal size and the corners relative to the
 // camera (each computed once, by the lane that loads the record).
@@ -161,39 +127,13 @@ __device__ __forceinline__ bool ray_segment(const Ray& r, const VoxelRecord& rec
     return ray_segment(r, rec.rel_min, rec.rel_max, a, b);
 }
 
-// A candidate the warp will visit, staged in shared memory by the lane that loaded it: every
-// lane issues its loads at once (one memory latency per group of 32 candidates instead of one
-// per visited candidate), and the visits read them with broadcast shared-memory loads.
-struct StagedCandidate {
-    Candidate cand;
-    VoxelRecord rec;
-};
-
-// This warp's part of the block's stage: one staged candidate per lane.
-__device__ __forceinline__ StagedCandidate* warp_stage() {
-    __shared__ StagedCandidate stage[BLOCK_THREADS];
-    return stage + (threadIdx.x & ~31u);
-}
-
-// Lane `lane` stages its candidate when it is in `todo`; the warp then visits them.
-template <bool WITH_RGB>
-__device__ __forceinline__ void stage_candidates(const RenderBuffers& in, const Candidate& mine, uint32_t todo,
-                                                 float3 origin, StagedCandidate* stage) {
-    const int lane = int(threadIdx.x & 31);
-    if (todo >> lane & 1u) {
-        stage[lane].cand = mine;
-        load_record<WITH_RGB>(in, mine.voxel(), origin, stage[lane].rec);
-    }
-    __syncwarp();
-}
-
-// --- The pair walk (forward and top-K). A warp's pixels are few per voxel (a voxel covers a
-// handful of the 32), so visiting each voxel with every lane leaves most lanes idle in the
-// costly part, the ray's segment and quadrature. Instead, for each group of 32 candidates the
-// warp lists the (candidate, pixel) pairs that may meet (pixel in the rectangle, same octant,
-// still compositing), evaluates them one pair per lane, and then each pixel composites its own
-// results in list order. Every value is computed as the per-pixel walk computes it (same ray,
-// same record, same operations), so the pixels are unchanged bit for bit.
+// --- The pair walk (forward, backward, top-K). A warp's pixels are few per voxel (a voxel
+// covers a handful of the 32), so visiting each voxel with every lane leaves most lanes idle in
+// the costly part, the ray's segment and quadrature. Instead, for each group of 32 candidates
+// the warp lists the (candidate, pixel) pairs that may meet (pixel in the rectangle, same
+// octant, still compositing), evaluates them one pair per lane, and then each pixel composites
+// its own results in list order. Every value is computed as the per-pixel walk computes it
+// (same ray, same record, same operations), so the pixels are unchanged bit for bit.
 
 // One pair's evaluation; alpha 0 when the ray misses the box (skipped like any faint voxel).
 struct PairResult {
@@ -208,7 +148,7 @@ struct PairStage {
     float4 ray_inv[BLOCK_THREADS];  // its reciprocal direction
     float4 record[6][BLOCK_THREADS];  // candidates: geo[0:4], geo[4:8], (rel_min, 1/size),
                                       // (rel_max, size), (box_min, r), (g, b, -, -)
-    int4 meta[BLOCK_THREADS];       // candidates: (cover: lanes it may meet, first pair, entry, -)
+    int4 meta[BLOCK_THREADS];       // candidates: (cover: lanes it may meet, first pair, entry, list index)
     PairResult result[BLOCK_THREADS];  // this round's pair results, one per lane
 };
 
@@ -290,24 +230,38 @@ __device__ __forceinline__ int nth_set_bit(uint32_t m, int r) {
     return pos;
 }
 
-// What a pair walk hands the pixel for one candidate (warp-uniform call, so consumers may use
+// What a pair walk hands a pixel for one candidate (a warp-uniform call, so consumers may use
 // warp collectives): the candidate's slot in the stage, its list index and entry, and this
-// lane's pair result when it has one in this round.
+// lane's pair with it when evaluated in this round (its result, and the slot it came from).
 struct PairVisit {
     int slot;
     int index;
     uint32_t entry;
     bool has;
+    int pair_slot;
     PairResult result;
 };
 
-// The front-to-back pair walk of a warp over its tile's list; consume(stage, visit) is called
-// per candidate and round in list order; each lane receives each of its pairs exactly once.
-// Stops when every lane is `done`.
-template <int N, bool DEPTH, bool WITH_RGB, typename Consume>
-__device__ __forceinline__ void walk_pairs_front_to_back(const RenderBuffers& in, int2 range, const PixelTask& task,
-                                                         bool sparse, const Ray& ray, const bool& done,
-                                                         Consume&& consume) {
+// What a lane evaluated in a round (for the walk's per-round hook): the pairs of a candidate
+// are held by adjacent lanes.
+struct PairRound {
+    bool valid;     // this lane evaluated a pair
+    int slot;       // its candidate's slot
+    int ray_slot;   // its pixel's slot
+    int candidate;  // its candidate's position in the group; 32 + lane when not valid
+    uint32_t entry;
+};
+
+// A warp's pair walk over its tile's list. Front to back: a pixel takes part until it is
+// `done`, and the walk stops when every pixel is. Back to front: a pixel takes the entries
+// before its `limit` (one past the last its forward used). For each group of 32 candidates
+// (lane c holds the c-th in walking order), rounds of up to 32 pairs: each lane evaluates one
+// pair, consume(stage, visit) is called per candidate in walking order (each lane receives
+// each of its pairs exactly once), then each lane calls finish(stage, round) once.
+template <bool BACK_TO_FRONT, int N, bool DEPTH, bool WITH_RGB, typename Consume, typename Finish>
+__device__ __forceinline__ void walk_pairs(const RenderBuffers& in, int2 range, const PixelTask& task, bool sparse,
+                                           const Ray& ray, const bool& done, int limit, Consume&& consume,
+                                           Finish&& finish) {
     __shared__ PairStage stage;
     const int lane = int(threadIdx.x & 31), warp_slot = int(threadIdx.x & ~31u);
     stage.ray_dir[threadIdx.x] = make_float4(ray.dir.x, ray.dir.y, ray.dir.z, ray.t_near);
@@ -322,19 +276,40 @@ __device__ __forceinline__ void walk_pairs_front_to_back(const RenderBuffers& in
     const uint32_t lanes_below = (1u << lane) - 1u;
     __syncwarp();
 
-    for (int group = range.x; group < range.y; group += 32) {
-        const uint32_t live = __ballot_sync(FULL_MASK, !done);
-        if (!live) break;
-        const bool valid = group + lane < range.y;
-        const Candidate mine = valid ? load_candidate(in, group + lane) : Candidate{0u, make_int4(1, 1, 0, 0)};
+    // Back to front, the walk starts after the last entry any of the warp's pixels used.
+    const int walk_end = BACK_TO_FRONT ? __reduce_max_sync(FULL_MASK, limit) : range.y;
+    const int n_groups = (walk_end - range.x + 31) / 32;
+    for (int g = 0; g < n_groups; ++g) {
+        // This lane's candidate, and the lanes it may meet: `live`.
+        int index;
+        bool valid;
+        uint32_t live;
+        if (BACK_TO_FRONT) {
+            const int top = walk_end - 32 * g, low = max(range.x, top - 32);
+            index = top - 1 - lane;
+            valid = index >= low;
+            // Lanes whose limit falls inside the group take only part of it.
+            live = __ballot_sync(FULL_MASK, limit >= top);
+            for (uint32_t m = __ballot_sync(FULL_MASK, limit > low && limit < top); m; m &= m - 1) {
+                const int j = __ffs(m) - 1;
+                if (__shfl_sync(FULL_MASK, limit, j) > index) live |= 1u << j;
+            }
+        } else {
+            live = __ballot_sync(FULL_MASK, !done);
+            if (!live) break;
+            index = range.x + 32 * g + lane;
+            valid = index < range.y;
+        }
+        const Candidate mine = valid ? load_candidate(in, index) : Candidate{0u, make_int4(1, 1, 0, 0)};
         uint32_t cover = 0;
         if (sparse) {  // any pixels: test each live one
-            for (uint32_t m = live; m; m &= m - 1) {
+            for (uint32_t m = __reduce_or_sync(FULL_MASK, live); m; m &= m - 1) {
                 const int j = __ffs(m) - 1;
                 const bool meets = mine.may_cover(__shfl_sync(FULL_MASK, task.px, j), __shfl_sync(FULL_MASK, task.py, j),
                                                   __shfl_sync(FULL_MASK, ray.quadrant, j));
                 cover |= uint32_t(meets) << j;
             }
+            cover &= live;
         } else {
             cover = block_lanes(mine.rect, bx, by) & __shfl_sync(FULL_MASK, octant_lanes, mine.octant()) & live;
         }
@@ -351,25 +326,26 @@ __device__ __forceinline__ void walk_pairs_front_to_back(const RenderBuffers& in
         }
         if (cover) {
             stage_record<WITH_RGB>(in, mine.voxel(), ray.origin, stage, threadIdx.x);
-            stage.meta[threadIdx.x] = make_int4(int(cover), end - count, int(mine.entry), 0);
+            stage.meta[threadIdx.x] = make_int4(int(cover), end - count, int(mine.entry), index);
         }
         const int total = __shfl_sync(FULL_MASK, end, 31);
         __syncwarp();
 
         uint32_t pending = visit;  // candidates with pairs not yet consumed
         for (int first = 0; first < total; first += 32) {
-            if (first > 0 && __all_sync(FULL_MASK, done)) break;
-            // Round: lane l evaluates pair first + l (its candidate: the first whose pairs end past it).
+            if (!BACK_TO_FRONT && first > 0 && __all_sync(FULL_MASK, done)) break;
+            // Lane l evaluates pair first + l; its candidate is the first whose pairs end past it.
             const int p = first + lane;
             int k = 0;
 #pragma unroll
             for (int step = 16; step > 0; step >>= 1)
                 if (__shfl_sync(FULL_MASK, end, k + step - 1) <= p) k += step;
-            if (p < total) {
-                const int4 meta = stage.meta[warp_slot + k];
-                const int pixel_lane = nth_set_bit(uint32_t(meta.x), p - meta.y);
-                stage.result[threadIdx.x] = evaluate_pair<N, DEPTH>(stage, ray.origin, warp_slot + pixel_lane,
-                                                                    warp_slot + k);
+            PairRound round{p < total, warp_slot + k, 0, p < total ? k : 32 + lane, 0u};
+            if (round.valid) {
+                const int4 meta = stage.meta[round.slot];
+                round.ray_slot = warp_slot + nth_set_bit(uint32_t(meta.x), p - meta.y);
+                round.entry = uint32_t(meta.z);
+                stage.result[threadIdx.x] = evaluate_pair<N, DEPTH>(stage, ray.origin, round.ray_slot, round.slot);
             }
             __syncwarp();
             for (uint32_t todo = pending; todo; todo &= todo - 1) {
@@ -379,15 +355,22 @@ __device__ __forceinline__ void walk_pairs_front_to_back(const RenderBuffers& in
                 const uint32_t lanes = uint32_t(meta.x);
                 if (meta.y + __popc(lanes) <= first + 32) pending &= ~(1u << c);
                 const int q = meta.y + __popc(lanes & lanes_below) - first;
-                PairVisit v{warp_slot + c, group + c, uint32_t(meta.z), (lanes >> lane & 1u) && q >= 0 && q < 32,
-                            PairResult{0.f, 0.f, 0.f, 0.f}};
-                if (v.has) v.result = stage.result[warp_slot + q];
+                PairVisit v{warp_slot + c, meta.w, uint32_t(meta.z), (lanes >> lane & 1u) && q >= 0 && q < 32,
+                            warp_slot + q, PairResult{0.f, 0.f, 0.f, 0.f}};
+                if (v.has) v.result = stage.result[v.pair_slot];
                 consume(stage, v);
             }
+            __syncwarp();
+            finish(stage, round);
             __syncwarp();  // the results are overwritten by the next round
         }
     }
 }
+
+// No per-round hook.
+struct NoFinish {
+    __device__ __forceinline__ void operator()(const PairStage&, const PairRound&) const {}
+};
 
 // Calls f(std::integral_constant<int, N>{}, bool_constant<A>{}, bool_constant<B>{}) for the
 // runtime values (n in 1..MAX_N_SAMP): one instantiation per variant, no copied kernels.

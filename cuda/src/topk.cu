@@ -22,8 +22,8 @@ render_topk_kernel(Camera cam, PixelSet pixels, int k, RenderBuffers in, int64_t
     float T = 1.f;
     float kth = 0.f;  // the k-th largest weight kept so far (the padding's 0 until k are kept)
     bool done = !task.active;
-    walk_pairs_front_to_back<N, false, false>(in, range, task, pixels.sparse(), ray, done,
-                                              [&](const PairStage&, const PairVisit& v) {
+    walk_pairs<false, N, false, false>(in, range, task, pixels.sparse(), ray, done, 0,
+                                       [&](const PairStage&, const PairVisit& v) {
         const float alpha = v.result.alpha;
         if (!v.has || done || alpha < MIN_ALPHA) return;
         const float w = T * alpha;
@@ -39,7 +39,7 @@ render_topk_kernel(Camera cam, PixelSet pixels, int k, RenderBuffers in, int64_t
         }
         T *= 1.f - alpha;
         done = T < EARLY_STOP_T;
-    });
+    }, NoFinish{});
 }
 
 }  // namespace
