@@ -55,7 +55,6 @@ render_backward_kernel(Camera cam, PixelSet pixels, BackwardOptions opt, RenderB
 
     // Phase B, per pixel back to front: the transmittance and dL/dalpha of each voxel it used.
     auto accumulate = [&](const PairStage& stage, const PairVisit& v) {
-        if (!v.has) return;
         const float alpha = v.result.alpha;
         if (alpha < MIN_ALPHA) {  // faint or missed, as the forward skipped it (NaN is kept)
             pair_grads[v.pair_slot] = make_float2(-1.f, 0.f);

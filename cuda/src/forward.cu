@@ -19,7 +19,6 @@ render_forward_kernel(Camera cam, PixelSet pixels, ForwardOptions opt, RenderBuf
     const int px = task.px, py = task.py;
     const Ray ray = pixel_ray(cam, px, py);
     const int2 range = in.ranges[task.tile];
-    const int lane = int(threadIdx.x & 31);
 
     float T = 1.f, color[3] = {0.f, 0.f, 0.f}, normal[3] = {0.f, 0.f, 0.f};
     float depth_sum = 0.f, wm_sum = 0.f;
@@ -33,7 +32,7 @@ render_forward_kernel(Camera cam, PixelSet pixels, ForwardOptions opt, RenderBuf
                                       [&](const PairStage& stage, const PairVisit& v) {
         float w = 0.f;
         const float alpha = v.result.alpha;
-        if (v.has && !done && !(alpha < MIN_ALPHA)) {  // NaN is kept: it reaches the pixel
+        if (!done && !(alpha < MIN_ALPHA)) {  // NaN is kept: it reaches the pixel
             w = T * alpha;
             const float3 rgb = staged_rgb(stage, v.slot);
             color[0] += w * rgb.x; color[1] += w * rgb.y; color[2] += w * rgb.z;
@@ -56,12 +55,8 @@ render_forward_kernel(Camera cam, PixelSet pixels, ForwardOptions opt, RenderBuf
             done = T < EARLY_STOP_T;
             last = v.index + 1;
         }
-        if (opt.track_max_w) {
-            // Every lane reaches this point for every visited entry: one atomic per warp.
-            const unsigned wmax = __reduce_max_sync(FULL_MASK, __float_as_uint(fmaxf(w, 0.f)));
-            if (lane == 0 && wmax > 0u)
-                atomicMax(reinterpret_cast<unsigned int*>(out.max_w) + (v.entry & VOXEL_ID_MASK), wmax);
-        }
+        if (opt.track_max_w && w > 0.f)  // the bits of non-negative floats order as the floats
+            atomicMax(reinterpret_cast<unsigned int*>(out.max_w) + (v.entry & VOXEL_ID_MASK), __float_as_uint(w));
     }, NoFinish{});
     if (!task.active) return;
 

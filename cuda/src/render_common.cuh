@@ -230,14 +230,27 @@ __device__ __forceinline__ int nth_set_bit(uint32_t m, int r) {
     return pos;
 }
 
-// What a pair walk hands a pixel for one candidate (a warp-uniform call, so consumers may use
-// warp collectives): the candidate's slot in the stage, its list index and entry, and this
-// lane's pair with it when evaluated in this round (its result, and the slot it came from).
+// The 32 x 32 bit matrix whose row i is lane i's `row`, transposed: lane j gets the bits i of
+// the rows holding bit j (the off-diagonal blocks swap places, halving the block size five times).
+__device__ __forceinline__ uint32_t transpose_bits(uint32_t row) {
+    const int lane = int(threadIdx.x & 31);
+    constexpr uint32_t low_halves[5] = {0x0000FFFFu, 0x00FF00FFu, 0x0F0F0F0Fu, 0x33333333u, 0x55555555u};
+#pragma unroll
+    for (int level = 0; level < 5; ++level) {
+        const int s = 16 >> level;
+        const uint32_t m = low_halves[level];
+        const uint32_t other = __shfl_xor_sync(FULL_MASK, row, s);
+        row = (lane & s) ? (row & ~m) | ((other >> s) & m) : (row & m) | ((other << s) & ~m);
+    }
+    return row;
+}
+
+// What a pair walk hands a pixel for one of its pairs: the candidate's slot in the stage, its
+// list index and entry, the pair's slot and its result.
 struct PairVisit {
     int slot;
     int index;
     uint32_t entry;
-    bool has;
     int pair_slot;
     PairResult result;
 };
@@ -256,8 +269,9 @@ struct PairRound {
 // `done`, and the walk stops when every pixel is. Back to front: a pixel takes the entries
 // before its `limit` (one past the last its forward used). For each group of 32 candidates
 // (lane c holds the c-th in walking order), rounds of up to 32 pairs: each lane evaluates one
-// pair, consume(stage, visit) is called per candidate in walking order (each lane receives
-// each of its pairs exactly once), then each lane calls finish(stage, round) once.
+// pair, then calls consume(stage, visit) for each of its own pairs of the round in walking
+// order (each pair exactly once; lanes diverge here: no warp collectives), then
+// finish(stage, round) once (all lanes together).
 template <bool BACK_TO_FRONT, int N, bool DEPTH, bool WITH_RGB, typename Consume, typename Finish>
 __device__ __forceinline__ void walk_pairs(const RenderBuffers& in, int2 range, const PixelTask& task, bool sparse,
                                            const Ray& ray, const bool& done, int limit, Consume&& consume,
@@ -314,8 +328,7 @@ __device__ __forceinline__ void walk_pairs(const RenderBuffers& in, int2 range, 
             cover = block_lanes(mine.rect, bx, by) & __shfl_sync(FULL_MASK, octant_lanes, mine.octant()) & live;
         }
         if (!valid) cover = 0u;
-        const uint32_t visit = __ballot_sync(FULL_MASK, cover != 0u);
-        if (!visit) continue;
+        if (!__any_sync(FULL_MASK, cover != 0u)) continue;
         // Pairs are numbered candidate by candidate: an inclusive scan of the counts.
         const int count = __popc(cover);
         int end = count;
@@ -329,9 +342,10 @@ __device__ __forceinline__ void walk_pairs(const RenderBuffers& in, int2 range, 
             stage.meta[threadIdx.x] = make_int4(int(cover), end - count, int(mine.entry), index);
         }
         const int total = __shfl_sync(FULL_MASK, end, 31);
+        // The candidates whose pairs this lane's pixel is in: the cover bits, transposed.
+        uint32_t my_candidates = transpose_bits(cover);
         __syncwarp();
 
-        uint32_t pending = visit;  // candidates with pairs not yet consumed
         for (int first = 0; first < total; first += 32) {
             if (!BACK_TO_FRONT && first > 0 && __all_sync(FULL_MASK, done)) break;
             // Lane l evaluates pair first + l; its candidate is the first whose pairs end past it.
@@ -348,17 +362,16 @@ __device__ __forceinline__ void walk_pairs(const RenderBuffers& in, int2 range, 
                 stage.result[threadIdx.x] = evaluate_pair<N, DEPTH>(stage, ray.origin, round.ray_slot, round.slot);
             }
             __syncwarp();
-            for (uint32_t todo = pending; todo; todo &= todo - 1) {
-                const int c = __ffs(todo) - 1;
+            // This pixel's pairs of the round, in walking order (a pixel's pairs are numbered
+            // in the order of their candidates).
+            while (my_candidates && (BACK_TO_FRONT || !done)) {
+                const int c = __ffs(my_candidates) - 1;
                 const int4 meta = stage.meta[warp_slot + c];
-                if (meta.y >= first + 32) break;
-                const uint32_t lanes = uint32_t(meta.x);
-                if (meta.y + __popc(lanes) <= first + 32) pending &= ~(1u << c);
-                const int q = meta.y + __popc(lanes & lanes_below) - first;
-                PairVisit v{warp_slot + c, meta.w, uint32_t(meta.z), (lanes >> lane & 1u) && q >= 0 && q < 32,
-                            warp_slot + q, PairResult{0.f, 0.f, 0.f, 0.f}};
-                if (v.has) v.result = stage.result[v.pair_slot];
-                consume(stage, v);
+                const int q = meta.y + __popc(uint32_t(meta.x) & lanes_below) - first;
+                if (q >= 32) break;  // in a later round
+                my_candidates &= my_candidates - 1;
+                consume(stage, PairVisit{warp_slot + c, meta.w, uint32_t(meta.z), warp_slot + q,
+                                         stage.result[warp_slot + q]});
             }
             __syncwarp();
             finish(stage, round);

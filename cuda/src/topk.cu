@@ -25,7 +25,7 @@ render_topk_kernel(Camera cam, PixelSet pixels, int k, RenderBuffers in, int64_t
     walk_pairs<false, N, false, false>(in, range, task, pixels.sparse(), ray, done, 0,
                                        [&](const PairStage&, const PairVisit& v) {
         const float alpha = v.result.alpha;
-        if (!v.has || done || alpha < MIN_ALPHA) return;
+        if (done || alpha < MIN_ALPHA) return;
         const float w = T * alpha;
         if (w > kth) {  // never true for NaN: a NaN weight is not listed
             int pos = k - 1;
