@@ -15,10 +15,11 @@
 namespace svr {
 namespace {
 
-template <int N, bool DEPTH, bool NORMAL>
+template <int N, unsigned VARIANT>
 __global__ void __launch_bounds__(BLOCK_THREADS)
 render_backward_kernel(Camera cam, PixelSet pixels, BackwardOptions opt, RenderBuffers in, BackwardInputs g,
                        BackwardOutputs out) {
+    constexpr bool DEPTH = VARIANT & WITH_DEPTH, NORMAL = VARIANT & WITH_NORMAL;
     PixelTask task;
     if (!locate_pixel(cam, pixels, task)) return;
     const int hw = task.stride, pix = task.index;
@@ -249,8 +250,9 @@ render_backward_kernel(Camera cam, PixelSet pixels, BackwardOptions opt, RenderB
 void render_backward(const Camera& cam, const PixelSet& pixels, const BackwardOptions& opt, const RenderBuffers& in,
                      const BackwardInputs& grads, const BackwardOutputs& out, cudaStream_t stream) {
     if (nothing_to_render(pixels)) return;
-    dispatch_variant(opt.n_samp, opt.need_depth, opt.need_normal, [&](auto n, auto depth, auto normal) {
-        render_backward_kernel<decltype(n)::value, decltype(depth)::value, decltype(normal)::value>
+    const unsigned variant = (opt.need_depth ? WITH_DEPTH : 0u) | (opt.need_normal ? WITH_NORMAL : 0u);
+    dispatch_variant<2>(opt.n_samp, variant, [&](auto n, auto v) {
+        render_backward_kernel<decltype(n)::value, decltype(v)::value>
             <<<render_grid(cam, pixels), BLOCK_THREADS, 0, stream>>>(cam, pixels, opt, in, grads, out);
     });
 }

@@ -11,9 +11,11 @@ namespace {
 // latency of the record loads.
 constexpr int FORWARD_MIN_BLOCKS = 1024 / BLOCK_THREADS;
 
-template <int N, bool DEPTH, bool NORMAL>
+template <int N, unsigned VARIANT>
 __global__ void __launch_bounds__(BLOCK_THREADS, FORWARD_MIN_BLOCKS)
 render_forward_kernel(Camera cam, PixelSet pixels, ForwardOptions opt, RenderBuffers in, ForwardOutputs out) {
+    constexpr bool DEPTH = VARIANT & WITH_DEPTH, NORMAL = VARIANT & WITH_NORMAL;
+    constexpr bool DISTORTION = VARIANT & WITH_DISTORTION, MAX_W = VARIANT & WITH_MAX_W;
     PixelTask task;
     if (!locate_pixel(cam, pixels, task)) return;
     const int px = task.px, py = task.py;
@@ -43,7 +45,7 @@ render_forward_kernel(Camera cam, PixelSet pixels, ForwardOptions opt, RenderBuf
                     median_a = v.result.a; median_b = v.result.b; median_T = T;
                 }
             }
-            if (opt.need_distortion) wm_sum += w * 0.5f * (contract(v.result.a) + contract(v.result.b));
+            if (DISTORTION) wm_sum += w * 0.5f * (contract(v.result.a) + contract(v.result.b));
             if (NORMAL) {
                 float geo[8];
                 staged_geo(stage, v.slot, geo);
@@ -55,7 +57,7 @@ render_forward_kernel(Camera cam, PixelSet pixels, ForwardOptions opt, RenderBuf
             done = T < EARLY_STOP_T;
             last = v.index + 1;
         }
-        if (opt.track_max_w && w > 0.f)  // the bits of non-negative floats order as the floats
+        if (MAX_W && w > 0.f)  // the bits of non-negative floats order as the floats
             atomicMax(reinterpret_cast<unsigned int*>(out.max_w) + (v.entry & VOXEL_ID_MASK), __float_as_uint(w));
     }, NoFinish{});
     if (!task.active) return;
@@ -67,7 +69,7 @@ render_forward_kernel(Camera cam, PixelSet pixels, ForwardOptions opt, RenderBuf
     out.last[pix] = last;
     if (DEPTH) {
         out.depth[pix] = depth_sum / ray.cam_norm;
-        out.depth[hw + pix] = opt.need_distortion ? wm_sum : 0.f;
+        out.depth[hw + pix] = DISTORTION ? wm_sum : 0.f;
         float median = 0.f;
         if (median_entry >= 0) {
             VoxelRecord rec;
@@ -87,7 +89,7 @@ render_forward_kernel(Camera cam, PixelSet pixels, ForwardOptions opt, RenderBuf
     if (NORMAL)
 #pragma unroll
         for (int c = 0; c < 3; ++c) out.normal[c * hw + pix] = normal[c];
-    if (opt.need_distortion) out.aux[pix] = wm_sum;
+    if (DISTORTION) out.aux[pix] = wm_sum;
 }
 
 }  // namespace
@@ -95,8 +97,10 @@ render_forward_kernel(Camera cam, PixelSet pixels, ForwardOptions opt, RenderBuf
 void render_forward(const Camera& cam, const PixelSet& pixels, const ForwardOptions& opt, const RenderBuffers& in,
                     const ForwardOutputs& out, cudaStream_t stream) {
     if (nothing_to_render(pixels)) return;
-    dispatch_variant(opt.n_samp, opt.need_depth, opt.need_normal, [&](auto n, auto depth, auto normal) {
-        render_forward_kernel<decltype(n)::value, decltype(depth)::value, decltype(normal)::value>
+    const unsigned variant = (opt.need_depth ? WITH_DEPTH : 0u) | (opt.need_normal ? WITH_NORMAL : 0u) |
+                             (opt.need_distortion ? WITH_DISTORTION : 0u) | (opt.track_max_w ? WITH_MAX_W : 0u);
+    dispatch_variant<4>(opt.n_samp, variant, [&](auto n, auto v) {
+        render_forward_kernel<decltype(n)::value, decltype(v)::value>
             <<<render_grid(cam, pixels), BLOCK_THREADS, 0, stream>>>(cam, pixels, opt, in, out);
     });
 }

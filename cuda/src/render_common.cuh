@@ -385,20 +385,24 @@ struct NoFinish {
     __device__ __forceinline__ void operator()(const PairStage&, const PairRound&) const {}
 };
 
-// Calls f(std::integral_constant<int, N>{}, bool_constant<A>{}, bool_constant<B>{}) for the
-// runtime values (n in 1..MAX_N_SAMP): one instantiation per variant, no copied kernels.
-template <typename F>
-void dispatch_variant(int n, bool a, bool b, F&& f) {
-    auto with_b = [&](auto n_c, auto a_c) {
-        if (b) f(n_c, a_c, std::true_type{}); else f(n_c, a_c, std::false_type{});
-    };
-    auto with_a = [&](auto n_c) {
-        if (a) with_b(n_c, std::true_type{}); else with_b(n_c, std::false_type{});
-    };
+// A render kernel's compile-time variant: the outputs and options it is built for, a bit each.
+enum RenderVariant : unsigned { WITH_DEPTH = 1u, WITH_NORMAL = 2u, WITH_DISTORTION = 4u, WITH_MAX_W = 8u };
+
+template <typename F, typename NConst, unsigned... V>
+void dispatch_bits(unsigned variant, F& f, NConst n, std::integer_sequence<unsigned, V...>) {
+    ((variant == V ? f(n, std::integral_constant<unsigned, V>{}) : void()), ...);
+}
+
+// Calls f(std::integral_constant<int, n>{}, std::integral_constant<unsigned, variant>{}) for
+// the runtime n (1..MAX_N_SAMP) and variant (below 2^BITS): one instantiation per combination,
+// no copied kernels.
+template <int BITS, typename F>
+void dispatch_variant(int n, unsigned variant, F&& f) {
+    constexpr auto variants = std::make_integer_sequence<unsigned, 1u << BITS>{};
     switch (n) {
-        case 1: with_a(std::integral_constant<int, 1>{}); break;
-        case 2: with_a(std::integral_constant<int, 2>{}); break;
-        default: with_a(std::integral_constant<int, 3>{}); break;
+        case 1: dispatch_bits(variant, f, std::integral_constant<int, 1>{}, variants); break;
+        case 2: dispatch_bits(variant, f, std::integral_constant<int, 2>{}, variants); break;
+        default: dispatch_bits(variant, f, std::integral_constant<int, 3>{}, variants); break;
     }
 }
 
