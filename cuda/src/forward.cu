@@ -72,8 +72,8 @@ render_forward_kernel(Camera cam, PixelSet pixels, ForwardOptions opt, RenderBuf
         out.depth[hw + pix] = DISTORTION ? wm_sum : 0.f;
         float median = 0.f;
         if (median_entry >= 0) {
-            VoxelRecord rec;
-            load_record(in, in.entries[median_entry] & VOXEL_ID_MASK, ray.origin, rec);
+            VoxelGeometry rec;
+            load_geometry(in, in.entries[median_entry] & VOXEL_ID_MASK, rec);
             const float step = (median_b - median_a) * (1.f / MEDIAN_SUBSTEPS);
             float running = median_T, t = median_a;
             for (int s = 0; s < MEDIAN_SUBSTEPS; ++s) {

@@ -91,40 +91,23 @@ __device__ __forceinline__ Candidate load_candidate(const RenderBuffers& in, int
     return {entry, in.pixel_rect[entry & VOXEL_ID_MASK]};
 }
 
-// A voxel's geometry and appearance, read when some lane's ray may pass through it, with what
-// every lane would otherwise recompute: the reciprocal size and the corners relative to the
-// camera (each computed once, by the lane that loads the record).
-// Fields in 16-byte groups, so that the visits can read them from shared memory four at a time.
-struct alignas(16) VoxelRecord {
+// A voxel's geometry, as the forward's median depth re-reads it (the pair walk stages the same
+// values, computed the same way).
+struct VoxelGeometry {
     float geo[8];
-    float3 rel_min;
-    float inv_length;
-    float3 rel_max;
-    float length;
     float3 box_min;
-    float rgb[3];
+    float inv_length;
 };
 
-// WITH_RGB false leaves rec.rgb unset (top-K reads no colours). `origin`: the camera position.
-template <bool WITH_RGB = true>
-__device__ __forceinline__ void load_record(const RenderBuffers& in, uint32_t v, float3 origin, VoxelRecord& rec) {
-    rec.length = in.lengths[v];
-    rec.inv_length = 1.f / rec.length;
-    const float h = 0.5f * rec.length;
-    rec.box_min = make_float3(in.centers[3 * v] - h, in.centers[3 * v + 1] - h, in.centers[3 * v + 2] - h);
-    relative_box(rec.box_min, rec.length, origin, rec.rel_min, rec.rel_max);
+__device__ __forceinline__ void load_geometry(const RenderBuffers& in, uint32_t v, VoxelGeometry& out) {
+    const float length = in.lengths[v];
+    const float h = 0.5f * length;
+    out.inv_length = 1.f / length;
+    out.box_min = make_float3(in.centers[3 * v] - h, in.centers[3 * v + 1] - h, in.centers[3 * v + 2] - h);
     const float4* g = reinterpret_cast<const float4*>(in.geos + 8 * size_t(v));
     const float4 g0 = g[0], g1 = g[1];
-    rec.geo[0] = g0.x; rec.geo[1] = g0.y; rec.geo[2] = g0.z; rec.geo[3] = g0.w;
-    rec.geo[4] = g1.x; rec.geo[5] = g1.y; rec.geo[6] = g1.z; rec.geo[7] = g1.w;
-    if (WITH_RGB) {
-        rec.rgb[0] = in.rgbs[3 * v]; rec.rgb[1] = in.rgbs[3 * v + 1]; rec.rgb[2] = in.rgbs[3 * v + 2];
-    }
-}
-
-// The ray's segment through a loaded voxel (see ray_segment).
-__device__ __forceinline__ bool ray_segment(const Ray& r, const VoxelRecord& rec, float& a, float& b) {
-    return ray_segment(r, rec.rel_min, rec.rel_max, a, b);
+    out.geo[0] = g0.x; out.geo[1] = g0.y; out.geo[2] = g0.z; out.geo[3] = g0.w;
+    out.geo[4] = g1.x; out.geo[5] = g1.y; out.geo[6] = g1.z; out.geo[7] = g1.w;
 }
 
 // --- The pair walk (forward, backward, top-K). A warp's pixels are few per voxel (a voxel
