@@ -121,12 +121,8 @@ render_backward_kernel(Camera cam, PixelSet pixels, BackwardOptions opt, RenderB
         const float2 handed = pair_grads[threadIdx.x];
         const bool contributes = round.valid && !(handed.x < 0.f);  // NaN reaches the gradients, as in the forward
         if (contributes) {
-            const float4 dir = stage.ray_dir[round.ray_slot], inv = stage.ray_inv[round.ray_slot];
-            Ray r;
-            r.origin = ray.origin;
-            r.dir = xyz(dir);
-            r.t_near = dir.w;
-            r.inv_dir = xyz(inv);
+            // Phase A's evaluation again (the pair met the voxel there).
+            const Ray r = staged_ray(stage, ray.origin, round.ray_slot);
             const float4 lo = stage.record[2][round.slot], hi = stage.record[3][round.slot];
             const float3 box_min = xyz(stage.record[4][round.slot]);
             const float inv_len = lo.w;

@@ -91,17 +91,17 @@ __device__ __forceinline__ Candidate load_candidate(const RenderBuffers& in, int
     return {entry, in.pixel_rect[entry & VOXEL_ID_MASK]};
 }
 
-// A voxel's geometry, as the forward's median depth re-reads it (the pair walk stages the same
-// values, computed the same way).
+// A voxel's geometry: what the pair walk stages and the forward's median depth re-reads.
 struct VoxelGeometry {
     float geo[8];
     float3 box_min;
-    float inv_length;
+    float length, inv_length;
 };
 
 __device__ __forceinline__ void load_geometry(const RenderBuffers& in, uint32_t v, VoxelGeometry& out) {
     const float length = in.lengths[v];
     const float h = 0.5f * length;
+    out.length = length;
     out.inv_length = 1.f / length;
     out.box_min = make_float3(in.centers[3 * v] - h, in.centers[3 * v + 1] - h, in.centers[3 * v + 2] - h);
     const float4* g = reinterpret_cast<const float4*>(in.geos + 8 * size_t(v));
@@ -140,17 +140,15 @@ __device__ __forceinline__ float3 xyz(float4 v) { return make_float3(v.x, v.y, v
 template <bool WITH_RGB>
 __device__ __forceinline__ void stage_record(const RenderBuffers& in, uint32_t v, float3 origin, PairStage& s,
                                              int slot) {
-    const float length = in.lengths[v];
-    const float h = 0.5f * length;
-    const float3 box_min = make_float3(in.centers[3 * v] - h, in.centers[3 * v + 1] - h, in.centers[3 * v + 2] - h);
+    VoxelGeometry g;
+    load_geometry(in, v, g);
     float3 rel_min, rel_max;
-    relative_box(box_min, length, origin, rel_min, rel_max);
-    const float4* g = reinterpret_cast<const float4*>(in.geos + 8 * size_t(v));
-    s.record[0][slot] = g[0];
-    s.record[1][slot] = g[1];
-    s.record[2][slot] = make_float4(rel_min.x, rel_min.y, rel_min.z, 1.f / length);
-    s.record[3][slot] = make_float4(rel_max.x, rel_max.y, rel_max.z, length);
-    s.record[4][slot] = make_float4(box_min.x, box_min.y, box_min.z, WITH_RGB ? in.rgbs[3 * v] : 0.f);
+    relative_box(g.box_min, g.length, origin, rel_min, rel_max);
+    s.record[0][slot] = make_float4(g.geo[0], g.geo[1], g.geo[2], g.geo[3]);
+    s.record[1][slot] = make_float4(g.geo[4], g.geo[5], g.geo[6], g.geo[7]);
+    s.record[2][slot] = make_float4(rel_min.x, rel_min.y, rel_min.z, g.inv_length);
+    s.record[3][slot] = make_float4(rel_max.x, rel_max.y, rel_max.z, g.length);
+    s.record[4][slot] = make_float4(g.box_min.x, g.box_min.y, g.box_min.z, WITH_RGB ? in.rgbs[3 * v] : 0.f);
     if (WITH_RGB) s.record[5][slot] = make_float4(in.rgbs[3 * v + 1], in.rgbs[3 * v + 2], 0.f, 0.f);
 }
 
@@ -165,15 +163,21 @@ __device__ __forceinline__ float3 staged_rgb(const PairStage& s, int slot) {
     return make_float3(s.record[4][slot].w, r.x, r.y);
 }
 
-// Pair evaluation: the ray of lane slot `ray_slot` through the candidate in `slot`.
-template <int N, bool DEPTH>
-__device__ __forceinline__ PairResult evaluate_pair(const PairStage& s, float3 origin, int ray_slot, int slot) {
+// The staged ray of lane slot `ray_slot` (its origin, the camera, is every lane's).
+__device__ __forceinline__ Ray staged_ray(const PairStage& s, float3 origin, int ray_slot) {
     const float4 dir = s.ray_dir[ray_slot], inv = s.ray_inv[ray_slot];
     Ray ray;
     ray.origin = origin;
     ray.dir = xyz(dir);
     ray.t_near = dir.w;
     ray.inv_dir = xyz(inv);
+    return ray;
+}
+
+// Pair evaluation: the ray of lane slot `ray_slot` through the candidate in `slot`.
+template <int N, bool DEPTH>
+__device__ __forceinline__ PairResult evaluate_pair(const PairStage& s, float3 origin, int ray_slot, int slot) {
+    const Ray ray = staged_ray(s, origin, ray_slot);
     const float4 lo = s.record[2][slot], hi = s.record[3][slot];
     PairResult r{0.f, 0.f, 0.f, 0.f};
     if (!ray_segment(ray, xyz(lo), xyz(hi), r.a, r.b)) return r;
