@@ -6,7 +6,10 @@
 Per scene: median over views of the median of repeated runs (CUDA events) of the forward
 (`rasterize_voxels`, preprocess and sort included), of forward+backward, and of the forward's
 render alone (`intersections=` reused from intersect_voxels), and the peak GPU memory of the
-forward and forward+backward (torch.cuda.max_memory_allocated, scene tensors included)."""
+forward and forward+backward (torch.cuda.max_memory_allocated, scene tensors included).
+A forward+backward is a training step's: the parameters' gradients are set to None first, as
+`optimizer.zero_grad()` does by default (no accumulation kernels; no gradients resident
+during the forward). The "frame" memory is the peak minus what was allocated before the call."""
 import argparse
 import json
 import statistics
@@ -44,32 +47,44 @@ def bench_scene(name, width, height, views, repeat):
 
     from svraster_cuda.renderer import intersect_voxels
     voxels = (scene["octpath"], scene["vox_centers"], scene["vox_lengths"])
-    fwd, both, render, coverage = [], [], [], []
+    fwd, both, render, coverage, entries = [], [], [], [], []
     for s in cams:
         for _ in range(2):
             forward_backward(s)
         fwd.append(time_ms(lambda: forward(s), repeat))
         both.append(time_ms(lambda: forward_backward(s), repeat))
         coverage.append(float((forward(s)[3] < 0.5).float().mean()))
-        render.append(time_ms(partial(forward, s, intersect_voxels(s, *voxels)), repeat))
-    # Peak GPU memory of a frame: the scene's tensors and gradients (resident) plus what the
-    # frame allocates; the largest over the views.
-    peak_fwd = peak_both = 0.0
+        inter = intersect_voxels(s, *voxels)
+        entries.append(inter.state.entries.numel())
+        render.append(time_ms(partial(forward, s, inter), repeat))
+        del inter
+    # Peak GPU memory of a frame: the scene's tensors (resident) plus what the frame allocates
+    # (the backward's gradients included); the largest over the views.
+    peak = {True: 0.0, False: 0.0}
+    frame = {True: 0.0, False: 0.0}
     for s in cams:
         for fn, is_fwd in ((forward, True), (forward_backward, False)):
+            clear_grads(params)
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
+            before = torch.cuda.memory_allocated()
             fn(s)
             torch.cuda.synchronize()
-            peak = torch.cuda.max_memory_allocated() / 2**30
-            if is_fwd:
-                peak_fwd = max(peak_fwd, peak)
-            else:
-                peak_both = max(peak_both, peak)
+            top = torch.cuda.max_memory_allocated()
+            peak[is_fwd] = max(peak[is_fwd], top / 2**30)
+            frame[is_fwd] = max(frame[is_fwd], (top - before) / 2**30)
+    clear_grads(params)
     resident = torch.cuda.memory_allocated() / 2**30
     return {"scene": name, "voxels": len(params["geos"]), "forward_ms": statistics.median(fwd),
-            "forward_backward_ms": statistics.median(both), "render_ms": statistics.median(render), "peak_fwd_gb": peak_fwd, "peak_fwd_bwd_gb": peak_both,
-            "resident_gb": resident, "coverage": statistics.mean(coverage), "build_s": built}
+            "forward_backward_ms": statistics.median(both), "render_ms": statistics.median(render),
+            "peak_fwd_gb": peak[True], "peak_fwd_bwd_gb": peak[False], "frame_fwd_gb": frame[True],
+            "frame_fwd_bwd_gb": frame[False], "resident_gb": resident, "entries": statistics.median(entries),
+            "coverage": statistics.mean(coverage), "build_s": built}
+
+
+def clear_grads(params):
+    for p in params.values():
+        p.grad = None
 
 
 def host_ms(fn, repeat=10):
@@ -145,6 +160,7 @@ def make_step(name, scene, params):
                                     intersections=intersections)
 
     def forward_backward(s):
+        clear_grads(params)  # as optimizer.zero_grad() does
         color, _, _, T, _ = rasterize_voxels(s, scene["octpath"], scene["vox_centers"], scene["vox_lengths"],
                                              lambda *a: params)
         (color.sum() + T.sum()).backward()
@@ -187,6 +203,7 @@ def large_images(name, sizes):
         forward_backward(s)
         peaks = []
         for fn in (forward, forward_backward):
+            clear_grads(params)
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
             fn(s)
@@ -211,6 +228,8 @@ def sparse_queries(name, width, height, fraction=0.01, k=8, profile=False):
     inter = intersect_voxels(s, *voxels)
 
     def sparse(intersections=None, backward=False):
+        if backward:
+            clear_grads(params)
         color, _, _, T, _ = rasterize_voxels_sparse(s, *voxels, lambda *a: params, pixels, intersections=intersections)
         if backward:
             (color.sum() + T.sum()).backward()
@@ -262,12 +281,14 @@ def main():
         return
     rows = [bench_scene(n, args.width, args.height, args.views, args.repeat) for n in args.scenes.split(",")]
     print(f"device: {torch.cuda.get_device_name()}, {args.width}x{args.height}, {args.views} views")
-    print("| scene | voxels | forward ms | fwd+bwd ms | render ms | peak GB fwd / fwd+bwd | resident GB | opaque px |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| scene | voxels | entries | forward ms | fwd+bwd ms | render ms | peak GB fwd / fwd+bwd | "
+          "frame GB fwd / fwd+bwd | resident GB | opaque px |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['scene']} | {r['voxels'] / 1e6:.2f}M | {r['forward_ms']:.2f} | {r['forward_backward_ms']:.2f} | "
-              f"{r['render_ms']:.2f} | "
-              f"{r['peak_fwd_gb']:.2f} / {r['peak_fwd_bwd_gb']:.2f} | {r['resident_gb']:.2f} | {r['coverage']:.2f} |")
+        print(f"| {r['scene']} | {r['voxels'] / 1e6:.2f}M | {r['entries'] / 1e6:.2f}M | {r['forward_ms']:.2f} | "
+              f"{r['forward_backward_ms']:.2f} | {r['render_ms']:.2f} | "
+              f"{r['peak_fwd_gb']:.2f} / {r['peak_fwd_bwd_gb']:.2f} | "
+              f"{r['frame_fwd_gb']:.2f} / {r['frame_fwd_bwd_gb']:.2f} | {r['resident_gb']:.2f} | {r['coverage']:.2f} |")
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1))
 

@@ -200,3 +200,34 @@ def test_long_runs_do_not_grow(cuda):
     assert memory[-1] == memory[20] and max(memory[20:]) == max(memory[20:40])
     first, last = sorted(times[20:60])[20], sorted(times[-40:])[20]
     assert last < 1.5 * first, (first, last)
+
+
+def test_extension_constants_match_header(cuda):
+    """The integer constants `_C` was compiled with are those Python reads from constants.h."""
+    from svraster_cuda import cuda_backend, meta
+    C = cuda_backend._load()
+    for name in ("MAX_NUM_LEVELS", "MAX_N_SAMP", "TILE_SIZE", "MAX_VOXELS", "MAX_EXACT_TILES", "MAX_IMAGE_SIZE"):
+        assert getattr(C, name) == getattr(meta, name), name
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_culling_matches_reference(cuda, seed):
+    """The voxels with entries, and their number of entries, are the reference's: for cameras
+    inside and outside the scene, looking partly away from it, wide and narrow, with an
+    off-centre principal point, for every pixel and for a few requested pixels (the kernel's
+    quick bound before the exact footprint must cull nothing the exact test keeps)."""
+    from svraster_cuda.renderer import intersect_voxels
+    gen = torch.Generator().manual_seed(seed)
+    octpath, _, centers, lengths = random_octree(seed, max_level=5, split_prob=0.5, keep_prob=0.8)
+    eye = (torch.rand(3, generator=gen) * 5 - 2.5).tolist()
+    target = (torch.rand(3, generator=gen) * 3 - 1.5).tolist()
+    width, height = 40 + 13 * seed, 30 + 7 * seed
+    settings = make_settings(eye, target, width=width, height=height, fov_deg=(30.0, 60.0, 100.0)[seed % 3],
+                             cx=width * (0.3 + 0.1 * seed), near=(0.02, 0.3)[seed % 2])
+    pixels = torch.stack([torch.randint(0, height, (7,), generator=gen), torch.randint(0, width, (7,), generator=gen)], 1)
+    for subset in (None, pixels, pixels[:1]):
+        ref = intersect_voxels(settings, octpath, centers, lengths, pixels=subset)
+        got = intersect_voxels(settings, octpath.to(cuda), centers.to(cuda), lengths.to(cuda),
+                               pixels=None if subset is None else subset.to(cuda))
+        assert torch.equal(torch.sort(got.in_view.cpu()).values, torch.sort(ref.in_view).values)
+        assert got.state.entries.numel() == len(ref.state.binning.entry_voxel)

@@ -121,15 +121,14 @@ render_backward_kernel(Camera cam, PixelSet pixels, BackwardOptions opt, RenderB
         const float2 handed = pair_grads[threadIdx.x];
         const bool contributes = round.valid && !(handed.x < 0.f);  // NaN reaches the gradients, as in the forward
         if (contributes) {
-            // Phase A's evaluation again (the pair met the voxel there).
+            // Phase A's quadrature again, on the segment this lane found there (the pair met the
+            // voxel: its result is still staged).
             const Ray r = staged_ray(stage, ray.origin, round.ray_slot);
-            const float4 lo = stage.record[2][round.slot], hi = stage.record[3][round.slot];
             const float3 box_min = xyz(stage.record[4][round.slot]);
-            const float inv_len = lo.w;
+            const float inv_len = stage.record[2][round.slot].w;
             float geo[8];
             staged_geo(stage, round.slot, geo);
-            float a, b;
-            ray_segment(r, xyz(lo), xyz(hi), a, b);
+            const float a = stage.result[threadIdx.x].a, b = stage.result[threadIdx.x].b;
             Quadrature<N> quad;
             quad.evaluate(r, a, b, box_min, inv_len, geo);
             const float alpha = quad.alpha, T = handed.x, w = T * alpha, dL_dalpha = handed.y;
@@ -207,9 +206,14 @@ render_backward_kernel(Camera cam, PixelSet pixels, BackwardOptions opt, RenderB
         const int prev = __shfl_up_sync(FULL_MASK, round.candidate, 1);
         const bool head = lane == 0 || prev != round.candidate;
         float n_contributing = contributes ? 1.f : 0.f;
-        if (__any_sync(FULL_MASK, !head)) {
-#pragma unroll
-            for (int d = 1; d < 32; d <<= 1) {
+        // The sum needs as many steps as the longest run takes: a voxel meets few of the
+        // warp's 32 pixels, so most rounds stop after one or two of the five.
+        const uint32_t heads = __ballot_sync(FULL_MASK, head);
+        const uint32_t heads_after = heads & ~((2u << lane) - 1u);
+        const int run = head ? (heads_after ? __ffs(heads_after) - 1 : 32) - lane : 0;
+        const int longest_run = __reduce_max_sync(FULL_MASK, unsigned(run));
+        if (longest_run > 1) {
+            for (int d = 1; d < longest_run; d <<= 1) {
                 const bool same = __shfl_down_sync(FULL_MASK, round.candidate, d) == round.candidate && lane + d < 32;
 #pragma unroll
                 for (int c = 0; c < 8; ++c) {

@@ -59,8 +59,9 @@ svr::Camera make_camera(const std::vector<double>& camera) {
     svr::Camera cam;
     cam.width = int(camera[0]);
     cam.height = int(camera[1]);
-    TORCH_CHECK_VALUE(cam.width > 0 && cam.height > 0 && cam.width <= 16384 && cam.height <= 16384,
-                      text("image_width/image_height: expected 1..16384, got ", cam.width, " x ", cam.height));
+    TORCH_CHECK_VALUE(cam.width > 0 && cam.height > 0 && cam.width <= MAX_IMAGE_SIZE && cam.height <= MAX_IMAGE_SIZE,
+                      text("image_width/image_height: expected 1..", MAX_IMAGE_SIZE, ", got ", cam.width, " x ",
+                           cam.height));
     cam.tanfovx = float(camera[2]);
     cam.tanfovy = float(camera[3]);
     cam.cx = float(camera[4]);
@@ -116,31 +117,31 @@ std::vector<Tensor> rasterize_preprocess(const std::vector<double>& camera, cons
     C10_CUDA_CHECK(cudaMemsetAsync(counts.data_ptr(), 0, sizeof(ULL) * svr::N_FRAME_COUNTS, stream));
     ULL* counters = ptr<ULL>(counts);
 
-    Tensor row_masks = torch::empty({0}, opts.dtype(at::kInt)), tile_active, tile_sat;
+    Tensor row_masks = torch::empty({0}, opts.dtype(at::kInt)), tile_summary, tile_sat;
     svr::RequestedPixels requests{nullptr, nullptr, nullptr};
     if (pixels) {
         check_pixels(*pixels, vox_centers);
         row_masks = torch::empty({n_tiles, TILE_SIZE}, opts.dtype(at::kInt));
         C10_CUDA_CHECK(cudaMemsetAsync(row_masks.data_ptr(), 0, sizeof(int32_t) * row_masks.numel(), stream));
-        tile_active = torch::empty({n_tiles}, opts.dtype(at::kBool));
+        tile_summary = torch::empty({n_tiles}, opts.dtype(at::kInt));
         tile_sat = torch::empty({cam.tiles_y() + 1, cam.tiles_x() + 1}, opts.dtype(at::kInt));
         svr::mark_requests(cam, int(pixels->size(0)), ptr<int64_t>(*pixels), ptr<uint32_t>(row_masks),
-                           ptr<uint8_t>(tile_active), ptr<int32_t>(tile_sat), counters + svr::COUNT_OUTSIDE_REQUESTS,
+                           ptr<uint32_t>(tile_summary), ptr<int32_t>(tile_sat), counters + svr::COUNT_OUTSIDE_REQUESTS,
                            stream);
         C10_CUDA_KERNEL_LAUNCH_CHECK();
-        requests = {ptr<uint8_t>(tile_active), ptr<int32_t>(tile_sat), ptr<uint32_t>(row_masks)};
+        requests = {ptr<uint32_t>(tile_summary), ptr<int32_t>(tile_sat), ptr<uint32_t>(row_masks)};
     }
 
-    Tensor pixel_rect = torch::empty({n, 4}, opts.dtype(at::kInt));
+    Tensor pixel_rect = torch::empty({n, 4}, opts.dtype(at::kShort));
     Tensor octant_mask = torch::empty({n}, opts.dtype(at::kByte));
     Tensor n_duplicates = torch::empty({n}, opts.dtype(at::kInt));
     svr::preprocess(cam, requests, int(n), ptr<int64_t>(octree_paths), ptr<float>(vox_centers), ptr<float>(vox_lengths),
-                    ptr<int4>(pixel_rect), ptr<uint8_t>(octant_mask), ptr<int32_t>(n_duplicates), counters, stream);
+                    ptr<short4>(pixel_rect), ptr<uint8_t>(octant_mask), ptr<int32_t>(n_duplicates), counters, stream);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
 
     // Queued before the read, so that the host has less to queue after it. int32: the read
     // below refuses totals of 2^31 entries or more before any offset is used.
-    const Tensor offsets = torch::cumsum(n_duplicates, 0, at::kInt);
+    Tensor offsets = torch::cumsum(n_duplicates, 0, at::kInt);
     // The one device-to-host read of the frame: how many entries to allocate, how many rank
     // bits carry information, how many voxels are in view (and whether the requests are valid).
     const Tensor host_counts = counts.cpu();
@@ -152,33 +153,44 @@ std::vector<Tensor> rasterize_preprocess(const std::vector<double>& camera, cons
                            "supported (fewer voxels or a smaller image)"));
     const svr::KeyLayout layout(n_tiles, int(c[svr::COUNT_USED_LEVELS]));
     const bool single = layout.single();
+    // The GPU waits from the read until the duplicate kernel is queued: only its buffers are
+    // allocated before it.
     Tensor keys = torch::empty({2, n_entries}, opts.dtype(at::kLong));
-    Tensor values = torch::empty({2, n_entries}, opts.dtype(at::kInt));
+    Tensor values = torch::empty({n_entries}, opts.dtype(at::kInt));
     Tensor tile_keys = torch::empty({single ? 0 : 2, n_entries}, opts.dtype(at::kInt));
+    auto* k = ptr<uint64_t>(keys);
+    auto* tk = ptr<uint32_t>(tile_keys);
+    svr::duplicate_with_keys(cam, requests, layout, int(n), ptr<int64_t>(octree_paths), ptr<short4>(pixel_rect),
+                             ptr<uint8_t>(octant_mask), ptr<int32_t>(n_duplicates), ptr<int32_t>(offsets), k, tk,
+                             ptr<uint32_t>(values), stream);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    // Buffers are released as soon as their last kernel is queued: the caching allocator hands
+    // their memory on in stream order, and the frame's peak stays lower.
+    offsets.reset();
+    octant_mask.reset();
+    Tensor values_alt = torch::empty({n_entries}, opts.dtype(at::kInt));
     Tensor index_scratch = torch::empty({single ? 0 : 2 * n_entries}, opts.dtype(at::kInt));
     Tensor scratch = torch::empty({int64_t(svr::sort_scratch_bytes(n_entries, layout))}, opts.dtype(at::kByte));
     Tensor ranges = torch::empty({n_tiles, 2}, opts.dtype(at::kInt));
-
-    auto* k = ptr<uint64_t>(keys);
-    auto* v = ptr<uint32_t>(values);
-    auto* tk = ptr<uint32_t>(tile_keys);
-    svr::duplicate_with_keys(cam, requests, layout, int(n), ptr<int64_t>(octree_paths), ptr<int4>(pixel_rect),
-                             ptr<uint8_t>(octant_mask), ptr<int32_t>(n_duplicates), ptr<int32_t>(offsets), k, tk, v,
-                             stream);
+    const svr::SortedEntries sorted = svr::sort_entries(
+        n_entries, layout, k, k ? k + n_entries : nullptr, tk, tk ? tk + n_entries : nullptr, ptr<uint32_t>(values),
+        ptr<uint32_t>(values_alt), ptr<uint32_t>(index_scratch), scratch.data_ptr(), size_t(scratch.numel()), stream);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
-    svr::sort_entries(n_entries, layout, k, k ? k + n_entries : nullptr, tk, tk ? tk + n_entries : nullptr, v,
-                      v ? v + n_entries : nullptr, ptr<uint32_t>(index_scratch), scratch.data_ptr(),
-                      size_t(scratch.numel()), stream);
+    Tensor entries = sorted.values == ptr<uint32_t>(values) ? values : values_alt;
+    values.reset();
+    values_alt.reset();
+    index_scratch.reset();
+    scratch.reset();
+    svr::identify_tile_ranges(n_entries, n_tiles, layout, sorted, ptr<int2>(ranges), stream);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
-    svr::identify_tile_ranges(n_entries, n_tiles, layout, k ? k + n_entries : nullptr, tk ? tk + n_entries : nullptr,
-                              ptr<int2>(ranges), stream);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    keys.reset();
+    tile_keys.reset();
     Tensor tile_order = torch::empty({n_tiles}, opts.dtype(at::kInt));
     svr::order_tiles(n_tiles, ptr<int2>(ranges), ptr<int32_t>(tile_order), stream);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     // Queued last: only vox_fn needs it (the GPU reaches it after the sort, the host at once).
     Tensor in_view = torch::nonzero_static(n_duplicates, c[svr::COUNT_IN_VIEW]).reshape({-1});
-    return {in_view, ranges, values[1], pixel_rect, tile_order, row_masks};
+    return {in_view, ranges, entries, pixel_rect, tile_order, row_masks};
 }
 
 // The camera position as a float32 [3] tensor on CUDA device `device_index`, written by a kernel.
@@ -244,12 +256,12 @@ svr::RenderBuffers render_buffers(const Tensor& ranges, const Tensor& entries, c
     const int64_t n = vox_centers.size(0);
     check_tensor(ranges, "ranges", at::kInt, {n_tiles, 2}, vox_centers);
     check_tensor(entries, "entries", at::kInt, {-1}, vox_centers);
-    check_tensor(pixel_rect, "pixel_rect", at::kInt, {n, 4}, vox_centers);
+    check_tensor(pixel_rect, "pixel_rect", at::kShort, {n, 4}, vox_centers);
     check_tensor(vox_centers, "vox_centers", at::kFloat, {n, 3}, vox_centers);
     check_tensor(vox_lengths, "vox_lengths", at::kFloat, {n, 1}, vox_centers);
     check_tensor(geos, "geos", at::kFloat, {n, 8}, vox_centers);
     if (rgbs.defined()) check_tensor(rgbs, "rgbs", at::kFloat, {n, 3}, vox_centers);
-    return {ptr<int2>(ranges), ptr<uint32_t>(entries), ptr<int4>(pixel_rect), ptr<float>(vox_centers), ptr<float>(vox_lengths),
+    return {ptr<int2>(ranges), ptr<uint32_t>(entries), ptr<short4>(pixel_rect), ptr<float>(vox_centers), ptr<float>(vox_lengths),
             ptr<float>(geos), rgbs.defined() ? ptr<float>(rgbs) : nullptr};
 }
 
@@ -401,4 +413,5 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
     m.attr("TILE_SIZE") = TILE_SIZE;
     m.attr("MAX_VOXELS") = MAX_VOXELS;
     m.attr("MAX_EXACT_TILES") = MAX_EXACT_TILES;
+    m.attr("MAX_IMAGE_SIZE") = MAX_IMAGE_SIZE;
 }

@@ -17,7 +17,7 @@ int bits_for(int n) {
 
 __global__ void duplicate_kernel(int n, int tiles_x, RequestedPixels requests, KeyLayout layout,
                                  const int64_t* __restrict__ octpaths,
-                                 const int4* __restrict__ pixel_rect, const uint8_t* __restrict__ octant_mask,
+                                 const short4* __restrict__ pixel_rect, const uint8_t* __restrict__ octant_mask,
                                  const int32_t* __restrict__ n_duplicates, const int32_t* __restrict__ offsets,
                                  uint64_t* __restrict__ keys,
                                  uint32_t* __restrict__ tile_keys, uint32_t* __restrict__ values) {
@@ -26,7 +26,7 @@ __global__ void duplicate_kernel(int n, int tiles_x, RequestedPixels requests, K
     const int32_t count = n_duplicates[v];
     if (count == 0) return;  // culled, or no active tile
     const uint32_t mask = octant_mask[v];
-    const int4 p = pixel_rect[v];
+    const int4 p = widen(pixel_rect[v]);
     const int4 r = make_int4(p.x / TILE_SIZE, p.y / TILE_SIZE, p.z / TILE_SIZE, p.w / TILE_SIZE);
     const bool exact = (r.z - r.x + 1) * (r.w - r.y + 1) <= MAX_EXACT_TILES;  // as preprocess counted
     int at = offsets[v] - count;
@@ -39,7 +39,7 @@ __global__ void duplicate_kernel(int n, int tiles_x, RequestedPixels requests, K
         for (int ty = r.y; ty <= r.w; ++ty)
             for (int tx = r.x; tx <= r.z; ++tx) {
                 const uint32_t tile = uint32_t(ty * tiles_x + tx);
-                if (requests.tile_active && !bins_into(requests, p, tx, ty, tiles_x, exact)) continue;
+                if (requests.tile_summary && !bins_into(requests, p, tx, ty, tiles_x, exact)) continue;
                 keys[at] = single ? (uint64_t(tile) << layout.rank_bits | rank) : rank;
                 if (!single) tile_keys[at] = tile;
                 values[at++] = value;
@@ -108,26 +108,25 @@ __global__ void tile_order_kernel(int n_tiles, const int2* __restrict__ ranges, 
 
 KeyLayout::KeyLayout(int n_tiles, int used_levels) : rank_bits(3 * used_levels), tile_bits(bits_for(n_tiles)) {}
 
-// A radix sort over zero bits would leave its output buffers unwritten: sort at least one.
+// CUB is always given at least one bit to sort (a layout can have zero).
 int sort_bits(int bits) { return bits > 0 ? bits : 1; }
 
 size_t sort_scratch_bytes(int64_t n_entries, const KeyLayout& layout) {
     size_t a = 0, b = 0;
     const int n = int(n_entries);
+    cub::DoubleBuffer<uint64_t> keys(nullptr, nullptr);
+    cub::DoubleBuffer<uint32_t> words(nullptr, nullptr), values(nullptr, nullptr);
     if (layout.single()) {
-        cub::DeviceRadixSort::SortPairs(nullptr, a, (uint64_t*)nullptr, (uint64_t*)nullptr, (uint32_t*)nullptr,
-                                        (uint32_t*)nullptr, n, 0, sort_bits(layout.rank_bits + layout.tile_bits));
+        cub::DeviceRadixSort::SortPairs(nullptr, a, keys, values, n, 0, sort_bits(layout.rank_bits + layout.tile_bits));
     } else {
-        cub::DeviceRadixSort::SortPairs(nullptr, a, (uint64_t*)nullptr, (uint64_t*)nullptr, (uint32_t*)nullptr,
-                                        (uint32_t*)nullptr, n, 0, sort_bits(layout.rank_bits));
-        cub::DeviceRadixSort::SortPairs(nullptr, b, (uint32_t*)nullptr, (uint32_t*)nullptr, (uint32_t*)nullptr,
-                                        (uint32_t*)nullptr, n, 0, sort_bits(layout.tile_bits));
+        cub::DeviceRadixSort::SortPairs(nullptr, a, keys, values, n, 0, sort_bits(layout.rank_bits));
+        cub::DeviceRadixSort::SortPairs(nullptr, b, words, values, n, 0, sort_bits(layout.tile_bits));
     }
     return a > b ? a : b;
 }
 
 void duplicate_with_keys(const Camera& cam, const RequestedPixels& requests, const KeyLayout& layout, int n_voxels,
-                         const int64_t* octpaths, const int4* pixel_rect, const uint8_t* octant_mask,
+                         const int64_t* octpaths, const short4* pixel_rect, const uint8_t* octant_mask,
                          const int32_t* n_duplicates, const int32_t* offsets, uint64_t* keys, uint32_t* tile_keys,
                          uint32_t* values, cudaStream_t stream) {
     if (n_voxels == 0) return;
@@ -136,44 +135,48 @@ void duplicate_with_keys(const Camera& cam, const RequestedPixels& requests, con
                                                                   tile_keys, values);
 }
 
-void sort_entries(int64_t n_entries, const KeyLayout& layout, uint64_t* keys, uint64_t* keys_out, uint32_t* tile_keys,
-                  uint32_t* tile_keys_out, uint32_t* values, uint32_t* values_out, uint32_t* index_scratch,
-                  void* scratch, size_t scratch_bytes, cudaStream_t stream) {
-    if (n_entries == 0) return;
+SortedEntries sort_entries(int64_t n_entries, const KeyLayout& layout, uint64_t* keys, uint64_t* keys_alt,
+                           uint32_t* tile_keys, uint32_t* tile_keys_alt, uint32_t* values, uint32_t* values_alt,
+                           uint32_t* index_scratch, void* scratch, size_t scratch_bytes, cudaStream_t stream) {
     const int n = int(n_entries);
+    cub::DoubleBuffer<uint64_t> sorted_keys(keys, keys_alt);
     if (layout.single()) {
-        cub::DeviceRadixSort::SortPairs(scratch, scratch_bytes, keys, keys_out, values, values_out, n, 0,
-                                        sort_bits(layout.rank_bits + layout.tile_bits), stream);
-        return;
+        cub::DoubleBuffer<uint32_t> sorted_values(values, values_alt);
+        if (n > 0)
+            cub::DeviceRadixSort::SortPairs(scratch, scratch_bytes, sorted_keys, sorted_values, n, 0,
+                                            sort_bits(layout.rank_bits + layout.tile_bits), stream);
+        return {sorted_keys.Current(), nullptr, sorted_values.Current()};
     }
     // Two stable passes: by rank (carrying the entry index), then by tile.
-    uint32_t* order = index_scratch;
-    uint32_t* order_sorted = index_scratch + n_entries;
-    iota_kernel<<<grid_for(n_entries, 256), 256, 0, stream>>>(n_entries, order);
-    cub::DeviceRadixSort::SortPairs(scratch, scratch_bytes, keys, keys_out, order, order_sorted, n, 0,
-                                    sort_bits(layout.rank_bits), stream);
-    gather_kernel<<<grid_for(n_entries, 256), 256, 0, stream>>>(n_entries, order_sorted, tile_keys, values,
-                                                                order, values_out);
-    // `order` now holds the tiles in rank order; `values_out` the matching values.
-    cub::DeviceRadixSort::SortPairs(scratch, scratch_bytes, order, tile_keys_out, values_out, values, n, 0,
-                                    sort_bits(layout.tile_bits), stream);
-    cudaMemcpyAsync(values_out, values, sizeof(uint32_t) * n_entries, cudaMemcpyDeviceToDevice, stream);
+    cub::DoubleBuffer<uint32_t> order(index_scratch, index_scratch + n_entries);
+    cub::DoubleBuffer<uint32_t> sorted_tiles(tile_keys_alt, tile_keys), sorted_values(values_alt, values);
+    if (n > 0) {
+        iota_kernel<<<grid_for(n_entries, 256), 256, 0, stream>>>(n_entries, order.Current());
+        cub::DeviceRadixSort::SortPairs(scratch, scratch_bytes, sorted_keys, order, n, 0, sort_bits(layout.rank_bits),
+                                        stream);
+        // The tiles and values in rank order, into the second buffers.
+        gather_kernel<<<grid_for(n_entries, 256), 256, 0, stream>>>(n_entries, order.Current(), tile_keys, values,
+                                                                    tile_keys_alt, values_alt);
+        cub::DeviceRadixSort::SortPairs(scratch, scratch_bytes, sorted_tiles, sorted_values, n, 0,
+                                        sort_bits(layout.tile_bits), stream);
+    }
+    return {nullptr, sorted_tiles.Current(), sorted_values.Current()};
 }
 
 void order_tiles(int n_tiles, const int2* ranges, int32_t* tile_order, cudaStream_t stream) {
     tile_order_kernel<<<1, 1024, 0, stream>>>(n_tiles, ranges, tile_order);
 }
 
-void identify_tile_ranges(int64_t n_entries, int n_tiles, const KeyLayout& layout, const uint64_t* sorted_keys,
-                          const uint32_t* sorted_tile_keys, int2* ranges, cudaStream_t stream) {
+void identify_tile_ranges(int64_t n_entries, int n_tiles, const KeyLayout& layout, const SortedEntries& sorted,
+                          int2* ranges, cudaStream_t stream) {
     cudaMemsetAsync(ranges, 0, sizeof(int2) * n_tiles, stream);
     if (n_entries == 0) return;
     if (layout.single())
-        ranges_kernel<true><<<grid_for(n_entries, 256), 256, 0, stream>>>(n_entries, layout.rank_bits, sorted_keys,
+        ranges_kernel<true><<<grid_for(n_entries, 256), 256, 0, stream>>>(n_entries, layout.rank_bits, sorted.keys,
                                                                            nullptr, ranges);
     else
         ranges_kernel<false><<<grid_for(n_entries, 256), 256, 0, stream>>>(n_entries, layout.rank_bits, nullptr,
-                                                                            sorted_tile_keys, ranges);
+                                                                            sorted.tile_keys, ranges);
 }
 
 }  // namespace svr

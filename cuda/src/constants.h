@@ -17,3 +17,4 @@
 #define TILE_SIZE 16          // pixels per tile side; one CUDA block per tile
 #define MAX_VOXELS 536870911  // 2^29 - 1: voxel ids share 32 bits with a 3-bit octant
 #define MAX_EXACT_TILES 64    // sparse binning tests requested pixels per tile up to this many tiles
+#define MAX_IMAGE_SIZE 16384  // pixels per image side: pixel rectangles are stored as int16

@@ -16,21 +16,35 @@ __device__ __forceinline__ uint64_t order_rank(uint64_t octpath, int quadrant) {
     return octpath ^ (uint64_t(quadrant) * OCTANT_REPEAT);
 }
 
+// A pixel rectangle as stored (int16) and as used (int).
+__device__ __forceinline__ int4 widen(short4 r) { return make_int4(r.x, r.y, r.z, r.w); }
+
 // Sparse rendering bins a voxel into tile (tx, ty) only when its pixel rectangle holds a
 // requested pixel of the tile. Rectangles spanning more than MAX_EXACT_TILES tiles (`exact`
 // false) go to every tile holding a request: cheaper, and still conservative.
-static_assert(TILE_SIZE <= 32, "row masks hold one bit per pixel of a tile row");
+static_assert(TILE_SIZE <= 16 && TILE_SIZE % 4 == 0,
+              "a tile summary holds one bit per column and one per row of a tile; its row masks load as uint4");
 __device__ __forceinline__ bool bins_into(const RequestedPixels& req, int4 rect, int tx, int ty, int tiles_x,
                                           bool exact) {
     const int tile = ty * tiles_x + tx;
-    if (!req.tile_active[tile]) return false;
+    const uint32_t summary = req.tile_summary[tile];
+    if (!summary) return false;
     if (!exact) return true;
     const int x0 = max(rect.x - tx * TILE_SIZE, 0), x1 = min(rect.z - tx * TILE_SIZE, TILE_SIZE - 1);
     const int y0 = max(rect.y - ty * TILE_SIZE, 0), y1 = min(rect.w - ty * TILE_SIZE, TILE_SIZE - 1);
-    const uint32_t columns = (uint32_t((2ull << (x1 - x0)) - 1)) << x0;
-    for (int y = y0; y <= y1; ++y)
-        if (req.row_masks[tile * TILE_SIZE + y] & columns) return true;
-    return false;
+    const uint32_t columns = ((2u << (x1 - x0)) - 1u) << x0, rows = ((2u << (y1 - y0)) - 1u) << y0;
+    // No requested column or no requested row in the rectangle: no need to read the row masks.
+    if (!(summary & columns) || !(summary >> 16 & rows)) return false;
+    // The tile's row masks in four independent 16-byte loads (not one dependent load per row).
+    const uint4* masks = reinterpret_cast<const uint4*>(req.row_masks + tile * TILE_SIZE);
+    uint32_t hit = 0;
+#pragma unroll
+    for (int k = 0; k < TILE_SIZE / 4; ++k) {
+        const uint4 m = masks[k];
+        const uint32_t r = rows >> (4 * k);
+        hit |= ((r & 1u) ? m.x : 0u) | ((r & 2u) ? m.y : 0u) | ((r & 4u) ? m.z : 0u) | ((r & 8u) ? m.w : 0u);
+    }
+    return (hit & columns) != 0;
 }
 
 struct Ray {

@@ -34,8 +34,9 @@ constexpr uint32_t VOXEL_ID_MASK = (1u << VOXEL_ID_BITS) - 1;
 // Which (voxel, tile) pairs get entries: all of them, or (sparse rendering) only those where
 // the voxel's pixel rectangle holds a requested pixel of the tile (see bins_into in math.cuh).
 struct RequestedPixels {
-    const uint8_t* tile_active;  // [n_tiles]: the tile holds a request; null: every pixel is rendered
-    const int32_t* tile_sat;     // summed-area table of tile_active, [tiles_y + 1, tiles_x + 1] with a zero
+    const uint32_t* tile_summary;  // [n_tiles]: bit x set when column x of the tile holds a request, bit
+                                   // 16 + y when row y does (0: no request); null: every pixel is rendered
+    const int32_t* tile_sat;     // summed-area table of the tiles holding requests, [tiles_y + 1, tiles_x + 1] with a zero
                                  // first row and column: a rectangle's count in four reads
     const uint32_t* row_masks;   // [n_tiles, TILE_SIZE]: bit x of row y set when pixel (x, y) of the tile
                                  // is requested
@@ -53,10 +54,10 @@ enum FrameCount {
 
 // --- requests.cu (sparse rendering)
 // Marks the requested pixels (int64 [P, 2] of row, col) in row_masks ([n_tiles, TILE_SIZE],
-// zeroed by the caller), counting those outside the image, and fills tile_active and tile_sat
+// zeroed by the caller), counting those outside the image, and fills tile_summary and tile_sat
 // (see RequestedPixels).
 void mark_requests(const Camera& cam, int n_requests, const int64_t* pixels, uint32_t* row_masks,
-                   uint8_t* tile_active, int32_t* tile_sat, unsigned long long* n_outside, cudaStream_t stream);
+                   uint32_t* tile_summary, int32_t* tile_sat, unsigned long long* n_outside, cudaStream_t stream);
 // Grouping requests into warps (the PixelSet below), step 1: per request its (row, col) as int2,
 // its tile (-1 when invalid) and its rank among its tile's requests (tile_counts zeroed by the
 // caller). invalid[0] counts requests outside the image; invalid[1] those not set in `allowed`
@@ -74,11 +75,12 @@ void assign_warps(int n_tiles, int n_requests, const int32_t* tile_order, const 
 // The camera position (c2w translation) written to out[3] on the device: vox_fn's argument,
 // without a host-to-device copy (a copy would wait for the GPU's queue or a pinned buffer).
 void camera_position(const Camera& cam, float* out, cudaStream_t stream);
-// Per voxel, conservative pixel rectangle (x0, y0, x1, y1 inclusive),
+// Per voxel, conservative pixel rectangle (x0, y0, x1, y1 inclusive; int16, as images are at
+// most MAX_IMAGE_SIZE pixels wide: half the bytes the render kernels read per candidate),
 // octant mask and number of (tile, octant) entries (0 when culled); and the frame counts
 // COUNT_ENTRIES, COUNT_USED_LEVELS and COUNT_IN_VIEW.
 void preprocess(const Camera& cam, const RequestedPixels& requests, int n_voxels, const int64_t* octpaths,
-                const float* centers, const float* lengths, int4* pixel_rect, uint8_t* octant_mask,
+                const float* centers, const float* lengths, short4* pixel_rect, uint8_t* octant_mask,
                 int32_t* n_duplicates, unsigned long long* counts, cudaStream_t stream);
 
 // --- binning.cu
@@ -97,17 +99,24 @@ size_t sort_scratch_bytes(int64_t n_entries, const KeyLayout& layout);
 // int32, as the caller has checked that the total is below 2^31).
 // `tile_keys` is written only when !layout.single().
 void duplicate_with_keys(const Camera& cam, const RequestedPixels& requests, const KeyLayout& layout, int n_voxels,
-                         const int64_t* octpaths, const int4* pixel_rect, const uint8_t* octant_mask,
+                         const int64_t* octpaths, const short4* pixel_rect, const uint8_t* octant_mask,
                          const int32_t* n_duplicates, const int32_t* offsets, uint64_t* keys, uint32_t* tile_keys,
                          uint32_t* values, cudaStream_t stream);
-// Sorts entries by (tile, rank). Inputs are consumed; the sorted values and keys land in the
-// *_out buffers. `index_scratch` holds 2 * n_entries uint32 (used only by the two-pass sort).
-void sort_entries(int64_t n_entries, const KeyLayout& layout, uint64_t* keys, uint64_t* keys_out, uint32_t* tile_keys,
-                  uint32_t* tile_keys_out, uint32_t* values, uint32_t* values_out, uint32_t* index_scratch,
-                  void* scratch, size_t scratch_bytes, cudaStream_t stream);
+// Sorts entries by (tile, rank). Each array comes with a second buffer of its size; the sort
+// moves the data between the two (so that it needs no third copy in its scratch) and says
+// where the results landed. `index_scratch` holds 2 * n_entries uint32 (used only by the
+// two-pass sort).
+struct SortedEntries {
+    const uint64_t* keys;       // single-key layout: sorted keys (else null)
+    const uint32_t* tile_keys;  // two-pass layout: sorted tiles (else null)
+    uint32_t* values;           // sorted values
+};
+SortedEntries sort_entries(int64_t n_entries, const KeyLayout& layout, uint64_t* keys, uint64_t* keys_alt,
+                           uint32_t* tile_keys, uint32_t* tile_keys_alt, uint32_t* values, uint32_t* values_alt,
+                           uint32_t* index_scratch, void* scratch, size_t scratch_bytes, cudaStream_t stream);
 // ranges[tile] = [first, last + 1) of the tile's slice of the sorted list (zeroed first).
-void identify_tile_ranges(int64_t n_entries, int n_tiles, const KeyLayout& layout, const uint64_t* sorted_keys,
-                          const uint32_t* sorted_tile_keys, int2* ranges, cudaStream_t stream);
+void identify_tile_ranges(int64_t n_entries, int n_tiles, const KeyLayout& layout, const SortedEntries& sorted,
+                          int2* ranges, cudaStream_t stream);
 // The order the render kernels take the tiles in: longest list first (to within 4.4% of
 // length), so that the long lists start early instead of trailing.
 void order_tiles(int n_tiles, const int2* ranges, int32_t* tile_order, cudaStream_t stream);
@@ -131,7 +140,7 @@ struct PixelSet {
 struct RenderBuffers {
     const int2* ranges;
     const uint32_t* entries;  // sorted values: octant << 29 | voxel id
-    const int4* pixel_rect;   // [N] from preprocess
+    const short4* pixel_rect;  // [N] from preprocess
     const float* centers;     // [N, 3]
     const float* lengths;     // [N]
     const float* geos;        // [N, 8]

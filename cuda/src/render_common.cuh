@@ -88,7 +88,7 @@ struct Candidate {
 
 __device__ __forceinline__ Candidate load_candidate(const RenderBuffers& in, int index) {
     const uint32_t entry = in.entries[index];
-    return {entry, in.pixel_rect[entry & VOXEL_ID_MASK]};
+    return {entry, widen(in.pixel_rect[entry & VOXEL_ID_MASK])};
 }
 
 // A voxel's geometry: what the pair walk stages and the forward's median depth re-reads.

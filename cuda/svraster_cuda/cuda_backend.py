@@ -46,7 +46,7 @@ class CudaState(NamedTuple):
     camera: list            # the 31 numbers of rasterizer.h's Camera
     ranges: torch.Tensor    # [n_tiles, 2] int32
     entries: torch.Tensor   # [M] int32, sorted: octant << 29 | voxel id
-    pixel_rect: torch.Tensor  # [N, 4] int32 conservative pixel rectangle per voxel
+    pixel_rect: torch.Tensor  # [N, 4] int16 conservative pixel rectangle per voxel
     tile_order: torch.Tensor  # [n_tiles] int32 render order of the tiles: longest list first
     row_masks: torch.Tensor = None  # [n_tiles, TILE_SIZE] int32 requested pixels binned for (None: all)
 

@@ -46,8 +46,9 @@ def check_settings(settings, device, n_pixels=None):
         value = getattr(settings, name)
         if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
             raise ValueError(f"raster_settings.{name}: expected a positive int, got {_describe(value)}")
-    if settings.image_width > 16384 or settings.image_height > 16384:
-        raise ValueError("raster_settings.image_width/image_height: images up to 16384 x 16384 are supported, "
+    if settings.image_width > meta.MAX_IMAGE_SIZE or settings.image_height > meta.MAX_IMAGE_SIZE:
+        raise ValueError("raster_settings.image_width/image_height: images up to "
+                         f"{meta.MAX_IMAGE_SIZE} x {meta.MAX_IMAGE_SIZE} are supported, "
                          f"got {settings.image_width} x {settings.image_height}")
     n = settings.n_samp_per_vox
     if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= meta.MAX_N_SAMP:
