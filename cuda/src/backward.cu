@@ -19,7 +19,7 @@ template <int N, unsigned VARIANT>
 __global__ void __launch_bounds__(BLOCK_THREADS)
 render_backward_kernel(Camera cam, PixelSet pixels, BackwardOptions opt, RenderBuffers in, BackwardInputs g,
                        BackwardOutputs out) {
-    constexpr bool DEPTH = VARIANT & WITH_DEPTH, NORMAL = VARIANT & WITH_NORMAL;
+    constexpr bool DEPTH = VARIANT & WITH_DEPTH, NORMAL = VARIANT & WITH_NORMAL, DISTORTION = VARIANT & WITH_DISTORTION;
     PixelTask task;
     if (!locate_pixel(cam, pixels, task)) return;
     const int hw = task.stride, pix = task.index;
@@ -41,9 +41,8 @@ render_backward_kernel(Camera cam, PixelSet pixels, BackwardOptions opt, RenderB
     const float T_final = g.T[pix];
     const float g_T = g.dL_dT[pix];
     const float g_depth = DEPTH ? g.dL_ddepth[pix] / ray.cam_norm : 0.f;  // the output is divided by |d_cam|
-    const bool distortion_on = opt.lambda_dist > 0.f;
     const float dist_scale = opt.lambda_dist * inv_hw;
-    const float wm_total = distortion_on ? g.aux[pix] : 0.f;
+    const float wm_total = DISTORTION ? g.aux[pix] : 0.f;
     // Behind the current voxel: colour (the background included), normal, depth, distortion.
     float behind_color[3] = {T_final * opt.bg, T_final * opt.bg, T_final * opt.bg};
     float behind_normal[3] = {0.f, 0.f, 0.f};
@@ -89,7 +88,7 @@ render_backward_kernel(Camera cam, PixelSet pixels, BackwardOptions opt, RenderB
             dL_dalpha -= g_depth * behind_depth * inv_rest;
             behind_depth += T * v.result.depth;
         }
-        if (distortion_on) {
+        if (DISTORTION) {
             const float ca = contract(v.result.a), cb = contract(v.result.b), m = 0.5f * (ca + cb);
             // dL/dw_i = 2 sum_j w_j |m_i - m_j| + (2/3) w_i s_i; in front of i the weights sum
             // to 1 - T_i, behind it to T_{i+1} - T_final.
@@ -250,8 +249,9 @@ render_backward_kernel(Camera cam, PixelSet pixels, BackwardOptions opt, RenderB
 void render_backward(const Camera& cam, const PixelSet& pixels, const BackwardOptions& opt, const RenderBuffers& in,
                      const BackwardInputs& grads, const BackwardOutputs& out, cudaStream_t stream) {
     if (nothing_to_render(pixels)) return;
-    const unsigned variant = (opt.need_depth ? WITH_DEPTH : 0u) | (opt.need_normal ? WITH_NORMAL : 0u);
-    dispatch_variant<2>(opt.n_samp, variant, [&](auto n, auto v) {
+    const unsigned variant = (opt.need_depth ? WITH_DEPTH : 0u) | (opt.need_normal ? WITH_NORMAL : 0u) |
+                             (opt.lambda_dist > 0.f ? WITH_DISTORTION : 0u);
+    dispatch_variant<3>(opt.n_samp, variant, [&](auto n, auto v) {
         render_backward_kernel<decltype(n)::value, decltype(v)::value>
             <<<render_grid(cam, pixels), BLOCK_THREADS, 0, stream>>>(cam, pixels, opt, in, grads, out);
     });
