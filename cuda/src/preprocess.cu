@@ -42,7 +42,7 @@ __device__ __forceinline__ int tiles_binned(const RequestedPixels& req, int tile
 // bound by a pixel, so that it culls only voxels the exact test culls too. Anything close to
 // the camera, not finite or not surely outside is left to the exact test.
 __device__ __forceinline__ bool surely_culled(const Camera& cam, const RequestedPixels& requests, float3 c, float h,
-                                              float near) {
+                                              float near, float fx, float fy) {
     const float* m = cam.w2c;
     const float3 p = to_camera(cam, c);
     const float grow = 1.001f * h + 1e-5f * (fabsf(c.x) + fabsf(c.y) + fabsf(c.z));
@@ -51,7 +51,6 @@ __device__ __forceinline__ bool surely_culled(const Camera& cam, const Requested
     const float ez = grow * (fabsf(m[8]) + fabsf(m[9]) + fabsf(m[10])) + 1e-5f * fabsf(m[11]);
     const float z_min = p.z - ez, z_max = p.z + ez;
     if (!(z_min >= near)) return false;
-    const float fx = cam.width / (2.f * cam.tanfovx), fy = cam.height / (2.f * cam.tanfovy);
     const float x_lo = fminf((p.x - ex) / z_min, (p.x - ex) / z_max) * fx + cam.cx - 1.5f;
     const float x_hi = fmaxf((p.x + ex) / z_min, (p.x + ex) / z_max) * fx + cam.cx + 0.5f;
     const float y_lo = fminf((p.y - ey) / z_min, (p.y - ey) / z_max) * fy + cam.cy - 1.5f;
@@ -86,13 +85,14 @@ __device__ __forceinline__ VoxelFootprint preprocess_voxel(const Camera& cam, co
     // The part with z_cam >= near is the hull of the corners in front and the edge crossings
     // (projected from z >= FOOTPRINT_NEAR_MIN, so that near = 0 never divides by zero).
     const float near = fmaxf(cam.near, FOOTPRINT_NEAR_MIN);
-    if (surely_culled(cam, requests, c, h, near)) return out;
+    // Focal lengths in pixels.
+    const float fx = cam.width / (2.f * cam.tanfovx), fy = cam.height / (2.f * cam.tanfovy);
+    if (surely_culled(cam, requests, c, h, near, fx, fy)) return out;
     float3 corner[8];
 #pragma unroll
     for (int k = 0; k < 8; ++k)
         corner[k] = to_camera(cam, make_float3(c.x + ((k & 4) ? h : -h), c.y + ((k & 2) ? h : -h),
                                                c.z + ((k & 1) ? h : -h)));
-    const float fx = cam.width / (2.f * cam.tanfovx), fy = cam.height / (2.f * cam.tanfovy);
     float x_lo = INFINITY, x_hi = -INFINITY, y_lo = INFINITY, y_hi = -INFINITY;
     bool any = false;
     auto add = [&](float3 p) {
