@@ -59,6 +59,27 @@ def test_reference_invariants(scene, cam):
     assert torch.allclose(max_w[perm], max_w_p, atol=1e-6)
 
 
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(scenes, cameras, st.integers(1, 200))
+def test_reference_candidates_by_entry_equal_by_pixel(scene, cam, chunk):
+    """The dense reference forms (pixel, voxel) candidates entry by entry; the sparse one pixel by
+    pixel. For every chunk of consecutive pixels (cut anywhere, mid-row and mid-tile) both give the
+    same pairs in the same (pixel-major, front-to-back) order."""
+    from svraster_cuda import reference
+    from svraster_cuda.reference.forward import candidates_by_entry, candidates_by_pixel
+    s, (octpath, centers, lengths, _, _) = build(scene, cam)
+    _, state = reference.rasterize_preprocess(s, None, octpath, centers, lengths)
+    rays = reference.pixel_layout(s, state, None, torch.float32, "cpu")
+    rect = state.preprocessed.pixel_rect
+    n_pairs = 0
+    for pixels in torch.arange(len(rays.group)).split(chunk):
+        by_entry = candidates_by_entry(rays, state.binning, rect, pixels)
+        by_pixel = candidates_by_pixel(rays, state.binning, rect, pixels)
+        assert torch.equal(by_entry[0], by_pixel[0]) and torch.equal(by_entry[1], by_pixel[1])
+        n_pairs += len(by_pixel[0])
+    assert n_pairs <= len(rays.group) * len(octpath)
+
+
 @pytest.mark.gpu
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 @given(scenes, cameras)

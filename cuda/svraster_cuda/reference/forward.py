@@ -51,6 +51,23 @@ def intersect(settings, rays, binning, pixel_rect, pixels, vox_centers, vox_leng
     """The hits of the chunk's pixels: candidates from their lists whose pixel rectangle holds
     the pixel (the kernels' cheap test), kept if the ray segment in front of the near plane
     passes through the box."""
+    if len(rays.shape) == 2:
+        pair_pixel, voxel = candidates_by_entry(rays, binning, pixel_rect, pixels)
+    else:
+        pair_pixel, voxel = candidates_by_pixel(rays, binning, pixel_rect, pixels)
+
+    rd = rays.direction[pixels][pair_pixel]
+    half = vox_lengths[voxel] * 0.5
+    t_enter, t_exit = slab_segment(rays.origin, rd, vox_centers[voxel] - half, vox_centers[voxel] + half)
+    t_start = torch.maximum(t_enter, settings.near * rays.cam_norm[pixels][pair_pixel])
+    hit = t_start <= t_exit
+    return Hits(pair_pixel[hit], voxel[hit], t_start[hit], t_exit[hit])
+
+
+def candidates_by_pixel(rays, binning, pixel_rect, pixels):
+    """(local pixel, voxel) candidates, pixel-major in list order, formed pixel by pixel: every
+    entry of a pixel's list, kept if its rectangle holds the pixel. Cheap for a few pixels per
+    tile (sparse requests)."""
     group = rays.group[pixels]
     start = binning.group_start[group]
     counts = binning.group_end[group] - start
@@ -61,14 +78,50 @@ def intersect(settings, rays, binning, pixel_rect, pixels, vox_centers, vox_leng
     px, py = rays.col[pixels][pair_pixel], rays.row[pixels][pair_pixel]
     rect = pixel_rect[voxel]
     inside = (px >= rect[:, 0]) & (px <= rect[:, 2]) & (py >= rect[:, 1]) & (py <= rect[:, 3])
-    pair_pixel, voxel = pair_pixel[inside], voxel[inside]
+    return pair_pixel[inside], voxel[inside]
 
-    rd = rays.direction[pixels][pair_pixel]
-    half = vox_lengths[voxel] * 0.5
-    t_enter, t_exit = slab_segment(rays.origin, rd, vox_centers[voxel] - half, vox_centers[voxel] + half)
-    t_start = torch.maximum(t_enter, settings.near * rays.cam_norm[pixels][pair_pixel])
-    hit = t_start <= t_exit
-    return Hits(pair_pixel[hit], voxel[hit], t_start[hit], t_exit[hit])
+
+def candidates_by_entry(rays, binning, pixel_rect, pixels):
+    """The same candidates for a dense chunk (consecutive row-major pixels), formed entry by
+    entry: each entry of the chunk's lists is expanded into the pixels of its rectangle within
+    its tile and the chunk's rows, kept where the pixel reads that entry's list (its octant).
+    Far fewer pairs than pixel by pixel when rectangles are small against a tile."""
+    W = rays.shape[1]
+    device = pixels.device
+    first, n = int(pixels[0]), len(pixels)
+    groups = torch.unique(rays.group[pixels])
+    start, end = binning.group_start[groups], binning.group_end[groups]
+    counts = end - start
+    entry_group = torch.repeat_interleave(groups, counts)
+    offset = torch.cumsum(counts, 0) - counts
+    entry = torch.arange(len(entry_group), device=device) + torch.repeat_interleave(start - offset, counts)
+    voxel = binning.entry_voxel[entry]
+
+    tiles_x = (W + meta.TILE_SIZE - 1) // meta.TILE_SIZE
+    tile = entry_group // 8
+    tile_x0 = (tile % tiles_x) * meta.TILE_SIZE
+    tile_y0 = (tile // tiles_x) * meta.TILE_SIZE
+    rect = pixel_rect[voxel]
+    x0 = torch.maximum(rect[:, 0], tile_x0)
+    x1 = torch.minimum(rect[:, 2], tile_x0 + meta.TILE_SIZE - 1)
+    y0 = torch.maximum(rect[:, 1], torch.maximum(tile_y0, torch.tensor(first // W, device=device)))
+    y1 = torch.minimum(rect[:, 3], torch.minimum(tile_y0 + meta.TILE_SIZE - 1,
+                                                 torch.tensor((first + n - 1) // W, device=device)))
+    width = (x1 - x0 + 1).clamp(min=0)
+    area = width * (y1 - y0 + 1).clamp(min=0)
+
+    source = torch.repeat_interleave(torch.arange(len(area), device=device), area)
+    local = torch.arange(len(source), device=device) - torch.repeat_interleave(torch.cumsum(area, 0) - area, area)
+    row = y0[source] + local // width[source]
+    col = x0[source] + local % width[source]
+    pixel = row * W + col - first
+    in_chunk = (pixel >= 0) & (pixel < n)
+    pixel, source = pixel[in_chunk], source[in_chunk]
+    reads = rays.group[pixels][pixel] == entry_group[source]
+    pixel, source = pixel[reads], source[reads]
+    # Entries come in list order, so a stable sort by pixel keeps each pixel's front-to-back order.
+    order = torch.sort(pixel, stable=True).indices
+    return pixel[order], voxel[source[order]]
 
 
 def segmented_exclusive_cumsum(values, first_of_segment):
