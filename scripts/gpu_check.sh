@@ -3,9 +3,11 @@
 # $OUT (the device tool brings them back). The golden data travels in .device_data/ (ignored
 # by git, named in the call's `carry`): mkdir -p .device_data && cp -r ../shared .device_data/
 #   device run: bash scripts/gpu_check.sh [pytest args...]
-# Options (environment): SKIP_TESTS=1, SKIP_FIT=1, SKIP_BENCH=1, SKIP_LONG=1 (no long run and
-# large sizes), BENCH_SCENES; PROFILE=1 (torch profiler, PROFILE_SCENES), NCU=1 (Nsight
-# Compute, NCU_SCENES).
+# Options (environment): SKIP_TESTS=1, SKIP_FIT=1, SKIP_BENCH=1, SKIP_SPARSE=1, SKIP_LONG=1 (no long run and
+# large sizes), BENCH_SCENES, BENCH_ROUNDS (baseline and tree alternate that many times; run-to-run
+# spread is 5-10%); PROFILE=1 (torch profiler, PROFILE_SCENES), NCU=1 (Nsight Compute,
+# NCU_SCENES), NCU_SOURCE=1 (stall samples per source line: scripts/ncu_source.py, NCU_KERNELS,
+# NCU_SCENES).
 # The device tool brings back at most 8 files: device.txt, tests.log, bench.log (fit example
 # and benchmarks), bench.json, bench_base.json, profile.txt, ncu.txt, and a build log on failure.
 set -uo pipefail
@@ -48,23 +50,36 @@ if [ "${NCU:-0}" = 1 ]; then
     grep -E "render_|Duration|Stall|Warp Cycles|Issued Ipc|Achieved Occupancy|Registers|Eligible|L1/TEX Hit|L2 Hit|thread_inst|branch_targets" "$LOGS/ncu_$scene.txt" | head -40
   done
 fi
+if [ "${NCU_SOURCE:-0}" = 1 ]; then
+  for scene in ${NCU_SCENES:-R6M}; do
+    for kernel in ${NCU_KERNELS:-render_backward render_forward}; do
+      python3 scripts/ncu_source.py --kernel "$kernel" --scene "$scene" >"$LOGS/source.txt" 2>&1
+      cat "$LOGS/source.txt" >>"$OUT/ncu.txt"
+      head -n 30 "$LOGS/source.txt"
+    done
+  done
+fi
 if [ "${SKIP_FIT:-0}" != 1 ]; then
   python3 examples/fit_voxels.py --device cuda --out /tmp/fit_output 2>&1 | tee -a "$OUT/bench.log" | tail -n 4
 fi
 if [ "${SKIP_BENCH:-0}" != 1 ]; then
-  if [ -d .device_data/base ]; then
-    wait
-    echo "== baseline (build rc $(cat "$LOGS/base_build.rc"))"
-    [ "$(cat "$LOGS/base_build.rc")" = 0 ] || cp "$LOGS/base_build.log" "$OUT/"
-    PYTHONPATH=$PWD/.device_data/base/cuda python3 -c "import svraster_cuda; print(svraster_cuda.__file__)"
-    PYTHONPATH=$PWD/.device_data/base/cuda python3 bench/bench_cuda.py --scenes ${BENCH_SCENES:-O1.4M,O6M,R1.5M,R6M} \
-      --json "$OUT/bench_base.json" 2>&1 | tee -a "$OUT/bench.log" | tail -n 6
-    echo "== this tree"
-  fi
-  python3 bench/bench_cuda.py --scenes ${BENCH_SCENES:-O1.4M,O6M,R1.5M,R6M} --json "$OUT/bench.json" 2>&1 | tee -a "$OUT/bench.log" | tail -n 6
+  [ -d .device_data/base ] && wait
+  for round in $(seq "${BENCH_ROUNDS:-1}"); do
+    if [ -d .device_data/base ]; then
+      echo "== baseline (build rc $(cat "$LOGS/base_build.rc")), round $round"
+      [ "$(cat "$LOGS/base_build.rc")" = 0 ] || cp "$LOGS/base_build.log" "$OUT/"
+      PYTHONPATH=$PWD/.device_data/base/cuda python3 -c "import svraster_cuda; print(svraster_cuda.__file__)"
+      PYTHONPATH=$PWD/.device_data/base/cuda python3 bench/bench_cuda.py --scenes ${BENCH_SCENES:-O1.4M,O6M,R1.5M,R6M} \
+        --json "$OUT/bench_base.json" 2>&1 | tee -a "$OUT/bench.log" | tail -n 6
+      echo "== this tree, round $round"
+    fi
+    python3 bench/bench_cuda.py --scenes ${BENCH_SCENES:-O1.4M,O6M,R1.5M,R6M} --json "$OUT/bench.json" 2>&1 | tee -a "$OUT/bench.log" | tail -n 6
+  done
   if [ "${SKIP_LONG:-0}" != 1 ]; then
     python3 bench/bench_cuda.py --scenes R1.5M --long 1000 2>&1 | tee -a "$OUT/bench.log" | tail -n 1
     python3 bench/bench_cuda.py --scenes O6M --sizes 2>&1 | tee -a "$OUT/bench.log" | tail -n 6
   fi
-  python3 bench/bench_cuda.py --scenes O6M,R6M --sparse 2>&1 | tee -a "$OUT/bench.log" | tail -n 20
+  if [ "${SKIP_SPARSE:-0}" != 1 ]; then
+    python3 bench/bench_cuda.py --scenes O6M,R6M --sparse 2>&1 | tee -a "$OUT/bench.log" | tail -n 20
+  fi
 fi
