@@ -139,7 +139,7 @@ render_backward_kernel(Camera cam, PixelSet pixels, BackwardOptions opt, RenderB
         const bool contributes = round.valid && !(handed.x < 0.f);  // NaN reaches the gradients, as in the forward
         if (contributes) {
             // Phase A's quadrature again, on the segment this lane found there (the pair met the
-            // voxel: its result is still staged).
+            // voxel: its result is still staged); one point: resumed from what phase A kept.
             const Ray r = staged_ray(stage, ray.origin, round.ray_slot);
             const float3 box_min = xyz(stage.record[4][round.slot]);
             const float inv_len = stage.record[2][round.slot].w;
@@ -147,7 +147,12 @@ render_backward_kernel(Camera cam, PixelSet pixels, BackwardOptions opt, RenderB
             staged_geo(stage, round.slot, geo);
             const float a = stage.result[threadIdx.x].a, b = stage.result[threadIdx.x].b;
             Quadrature<N> quad;
-            quad.evaluate(r, a, b, box_min, inv_len, geo);
+            if constexpr (N == 1) {
+                const float2 kept = stage.kept[threadIdx.x];
+                quad.resume(r, a, b, box_min, inv_len, kept.x, kept.y);
+            } else {
+                quad.evaluate(r, a, b, box_min, inv_len, geo);
+            }
             const float alpha = quad.alpha, T = handed.x, w = T * alpha, dL_dalpha = handed.y;
             const float3 rgb3 = staged_rgb(stage, round.slot);
             const float rgb[3] = {rgb3.x, rgb3.y, rgb3.z};

@@ -162,6 +162,19 @@ struct Quadrature {
         alpha = clamp_alpha(1.f - expf(-integral));
     }
 
+    // N = 1: the same state from the raw density and integral `evaluate` computed (the
+    // backward keeps them from its first pass instead of interpolating again).
+    __device__ __forceinline__ void resume(const Ray& r, float a, float b, float3 box_min, float inv_length,
+                                           float density, float kept_integral) {
+        static_assert(N == 1, "resume keeps one quadrature point");
+        delta = (b - a) * (1.f / N);
+        t[0] = a + 0.5f * delta;
+        u[0] = local_coords(r, t[0], box_min, inv_length);
+        d[0] = density;
+        integral_k[0] = integral = kept_integral;
+        alpha = clamp_alpha(1.f - expf(-integral));
+    }
+
     // The voxel's own depth value: n=1 alpha (a+b)/2; n>1 the front-to-back composite of t_k.
     __device__ __forceinline__ float depth_value(float a, float b) const {
         if (N == 1) return alpha * 0.5f * (a + b);

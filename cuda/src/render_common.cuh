@@ -133,6 +133,7 @@ struct PairStage {
                                       // (rel_max, size), (box_min, r), (g, b, -, -)
     int4 meta[BLOCK_THREADS];       // candidates: (cover: lanes it may meet, first pair, entry, list index)
     PairResult result[BLOCK_THREADS];  // this round's pair results, one per lane
+    float2 kept[BLOCK_THREADS];     // back to front, N = 1: each pair's raw density and integral
 };
 
 __device__ __forceinline__ float3 xyz(float4 v) { return make_float3(v.x, v.y, v.z); }
@@ -174,9 +175,11 @@ __device__ __forceinline__ Ray staged_ray(const PairStage& s, float3 origin, int
     return ray;
 }
 
-// Pair evaluation: the ray of lane slot `ray_slot` through the candidate in `slot`.
+// Pair evaluation: the ray of lane slot `ray_slot` through the candidate in `slot`. With
+// `kept`, also the raw density and integral of a one-point quadrature (Quadrature::resume).
 template <int N, bool DEPTH>
-__device__ __forceinline__ PairResult evaluate_pair(const PairStage& s, float3 origin, int ray_slot, int slot) {
+__device__ __forceinline__ PairResult evaluate_pair(const PairStage& s, float3 origin, int ray_slot, int slot,
+                                                    float2* kept) {
     const Ray ray = staged_ray(s, origin, ray_slot);
     const float4 lo = s.record[2][slot], hi = s.record[3][slot];
     PairResult r{0.f, 0.f, 0.f, 0.f};
@@ -187,6 +190,7 @@ __device__ __forceinline__ PairResult evaluate_pair(const PairStage& s, float3 o
     quad.evaluate(ray, r.a, r.b, xyz(s.record[4][slot]), lo.w, geo);
     r.alpha = quad.alpha;
     if (DEPTH) r.depth = quad.depth_value(r.a, r.b);
+    if (N == 1 && kept) *kept = make_float2(quad.d[0], quad.integral);
     return r;
 }
 
@@ -346,7 +350,9 @@ __device__ __forceinline__ void walk_pairs(const RenderBuffers& in, int2 range, 
                 const int4 meta = stage.meta[round.slot];
                 round.ray_slot = warp_slot + nth_set_bit(uint32_t(meta.x), p - meta.y);
                 round.entry = uint32_t(meta.z);
-                stage.result[threadIdx.x] = evaluate_pair<N, DEPTH>(stage, ray.origin, round.ray_slot, round.slot);
+                // The backward's phase C resumes from the quadrature kept here.
+                float2* kept = BACK_TO_FRONT && N == 1 ? &stage.kept[threadIdx.x] : nullptr;
+                stage.result[threadIdx.x] = evaluate_pair<N, DEPTH>(stage, ray.origin, round.ray_slot, round.slot, kept);
             }
             __syncwarp();
             // This pixel's pairs of the round, in walking order (a pixel's pairs are numbered
