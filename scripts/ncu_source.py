@@ -1,6 +1,7 @@
-"""Where a render kernel's time goes, line by line: Nsight Compute's source counters (warp stall
-samples and executed instructions per CUDA source line, from the -lineinfo build), for one
-benchmark scene. Run on the device (gpu_check.sh NCU_SOURCE=1):
+"""Where a render kernel's time goes, instruction by instruction: Nsight Compute's source
+counters (warp stall samples and executed instructions per SASS line), for one benchmark scene.
+(ncu's CUDA-line view of the same report printed no metric columns for this build.)
+Run on the device (gpu_check.sh NCU_SOURCE=1):
 
     python3 scripts/ncu_source.py --kernel render_backward --scene R6M [--top 40]
 """
@@ -20,26 +21,23 @@ def number(text):
         return 0.0
 
 
-def source_page(report, view):
-    """The rows of ncu's source page as dicts (each with its '_file'); the CSV lists one header
-    per source file, after a 'File Name' row."""
-    out = subprocess.run(["ncu", "--import", report, "--page", "source", "--csv", "--print-source", view],
+def sass_page(report):
+    """The rows of ncu's SASS source page as dicts; the CSV starts with a 'Kernel Name' row."""
+    out = subprocess.run(["ncu", "--import", report, "--page", "source", "--csv", "--print-source", "sass"],
                          capture_output=True, text=True)
     if out.returncode != 0:
-        print(f"ncu --print-source {view} failed: {out.stderr.strip()[-500:]}")
+        print(f"ncu --print-source sass failed: {out.stderr.strip()[-500:]}")
         return []
-    rows, header, file = [], None, ""
+    rows, header = [], None
     for row in csv.reader(io.StringIO(out.stdout)):
-        if not row:
+        if not row or row[0] == "Kernel Name":
             continue
-        if row[0] in ("File Name", "Kernel Name"):
-            file, header = (row[1] if len(row) > 1 else ""), None
-        elif header is None:
-            header = row if len(row) > 2 else None  # ncu's preamble lines are not a header
+        if header is None:
+            header = row
         else:
-            rows.append(dict(zip(header, row), _file=Path(file).name))
+            rows.append(dict(zip(header, row)))
     if not rows:
-        print(f"== {view}: no rows; ncu printed:\n{out.stdout[:1500]}")
+        print(f"no rows; ncu printed:\n{out.stdout[:1500]}")
     return rows
 
 
@@ -53,31 +51,26 @@ def main():
     with tempfile.TemporaryDirectory() as tmp:
         report = str(Path(tmp) / "source")
         subprocess.run(["ncu", "--kernel-name", f"regex:{args.kernel}", "--launch-skip", "2", "--launch-count", "1",
-                        "--section", "SourceCounters", "--section", "WarpStateStats", "--import-source", "yes",
-                        "-o", report, sys.executable, str(bench), "--scenes", args.scene, "--views", "1",
-                        "--repeat", "1"], check=True, capture_output=True)
-        for view in ("cuda", "sass"):
-            rows = source_page(report + ".ncu-rep", view)
-            if not rows:
-                continue
-            columns = [c for c in rows[0].keys() if c != "_file"]
-            stall = next((c for c in columns if c and c.startswith("Warp Stall Sampling (All")), None)
-            executed = next((c for c in columns if c and c.startswith("Instructions Executed")), None)
-            text = next((c for c in columns if c in ("Source", "Source Line")), columns[1])
-            where = next((c for c in columns if c in ("#", "Line", "Address")), columns[0])
-            if stall is None:
-                print(f"== {view}: no stall column among {columns}; first rows: {rows[:3]}")
-                continue
-            total = sum(number(r[stall]) for r in rows) or 1.0
-            total_exec = sum(number(r[executed]) for r in rows) if executed else 0.0
-            print(f"== {args.kernel} {args.scene}, {view} view: {len(rows)} lines, {total:.0f} stall samples, "
-                  f"{total_exec:.3g} warp instructions; top {args.top} by samples (share, samples, instructions)")
-            for r in sorted(rows, key=lambda r: -number(r[stall]))[:args.top]:
-                inst = number(r[executed]) if executed else 0.0
-                print(f"{100 * number(r[stall]) / total:5.1f}% {number(r[stall]):8.0f} {inst:12.0f}  "
-                      f"{r['_file'][:12]}:{r[where]:<6} {r[text].strip()[:100]}")
-            other = [c for c in columns if c and (c.startswith("stall_") or "Stall" in c)]
-            print(f"   (stall columns: {', '.join(other[:30])})")
+                        "--section", "SourceCounters", "--section", "WarpStateStats", "-o", report,
+                        sys.executable, str(bench), "--scenes", args.scene, "--views", "1", "--repeat", "1"],
+                       check=True, capture_output=True)
+        rows = sass_page(report + ".ncu-rep")
+        if not rows:
+            return
+        columns = list(rows[0].keys())
+        stall = next((c for c in columns if c.startswith("Warp Stall Sampling (All")), None)
+        executed = next((c for c in columns if c.startswith("Instructions Executed")), None)
+        if stall is None or executed is None:
+            print(f"no stall or instruction column among {columns}")
+            return
+        text = next((c for c in columns if c == "Source"), columns[1])
+        total = sum(number(r[stall]) for r in rows) or 1.0
+        print(f"== {args.kernel} {args.scene}: {len(rows)} SASS lines, {total:.0f} stall samples, "
+              f"{sum(number(r[executed]) for r in rows):.3g} warp instructions; top {args.top} by samples "
+              f"(share, samples, executions)")
+        for r in sorted(rows, key=lambda r: -number(r[stall]))[:args.top]:
+            print(f"{100 * number(r[stall]) / total:5.1f}% {number(r[stall]):8.0f} {number(r[executed]):12.0f}  "
+                  f"{r[text].strip()[:100]}")
 
 
 if __name__ == "__main__":

@@ -7,7 +7,6 @@
 // the warp keeps the entries that may cover one of its live pixels, their lanes stage the
 // voxel records in shared memory, and the warp evaluates them pair by pair (see walk_pairs).
 #pragma once
-#include <climits>
 #include <utility>
 
 #include "math.cuh"

@@ -47,12 +47,11 @@ render_topk_kernel(Camera cam, PixelSet pixels, int k, RenderBuffers in, int64_t
 void render_topk(const Camera& cam, const PixelSet& pixels, int n_samp, int k, const RenderBuffers& in, int64_t* ids,
                  float* weights, cudaStream_t stream) {
     if (nothing_to_render(pixels)) return;
-    const dim3 grid = render_grid(cam, pixels);
-    switch (n_samp) {
-        case 1: render_topk_kernel<1><<<grid, BLOCK_THREADS, 0, stream>>>(cam, pixels, k, in, ids, weights); break;
-        case 2: render_topk_kernel<2><<<grid, BLOCK_THREADS, 0, stream>>>(cam, pixels, k, in, ids, weights); break;
-        default: render_topk_kernel<3><<<grid, BLOCK_THREADS, 0, stream>>>(cam, pixels, k, in, ids, weights); break;
-    }
+    // Top-K has no output variants: only the quadrature points are a template parameter.
+    dispatch_variant<0>(n_samp, 0u, [&](auto n, auto) {
+        render_topk_kernel<decltype(n)::value>
+            <<<render_grid(cam, pixels), BLOCK_THREADS, 0, stream>>>(cam, pixels, k, in, ids, weights);
+    });
 }
 
 }  // namespace svr

@@ -11,6 +11,7 @@ import torch
 
 from .. import meta
 from .math import clamp_alpha, contract, density_activation, slab_segment, trilinear_weights, voxel_normal
+from .preprocess import tile_grid
 
 ACC = torch.float64           # accumulation dtype of compositing
 CANDIDATES_PER_CHUNK = 1 << 21
@@ -52,7 +53,7 @@ def intersect(settings, rays, binning, pixel_rect, pixels, vox_centers, vox_leng
     the pixel (the kernels' cheap test), kept if the ray segment in front of the near plane
     passes through the box."""
     if len(rays.shape) == 2:
-        pair_pixel, voxel = candidates_by_entry(rays, binning, pixel_rect, pixels)
+        pair_pixel, voxel = candidates_by_entry(rays, binning, pixel_rect, pixels, tile_grid(settings)[0])
     else:
         pair_pixel, voxel = candidates_by_pixel(rays, binning, pixel_rect, pixels)
 
@@ -81,7 +82,7 @@ def candidates_by_pixel(rays, binning, pixel_rect, pixels):
     return pair_pixel[inside], voxel[inside]
 
 
-def candidates_by_entry(rays, binning, pixel_rect, pixels):
+def candidates_by_entry(rays, binning, pixel_rect, pixels, tiles_x):
     """The same candidates for a dense chunk (consecutive row-major pixels), formed entry by
     entry: each entry of the chunk's lists is expanded into the pixels of its rectangle within
     its tile and the chunk's rows, kept where the pixel reads that entry's list (its octant).
@@ -97,16 +98,14 @@ def candidates_by_entry(rays, binning, pixel_rect, pixels):
     entry = torch.arange(len(entry_group), device=device) + torch.repeat_interleave(start - offset, counts)
     voxel = binning.entry_voxel[entry]
 
-    tiles_x = (W + meta.TILE_SIZE - 1) // meta.TILE_SIZE
     tile = entry_group // 8
     tile_x0 = (tile % tiles_x) * meta.TILE_SIZE
     tile_y0 = (tile // tiles_x) * meta.TILE_SIZE
     rect = pixel_rect[voxel]
     x0 = torch.maximum(rect[:, 0], tile_x0)
     x1 = torch.minimum(rect[:, 2], tile_x0 + meta.TILE_SIZE - 1)
-    y0 = torch.maximum(rect[:, 1], torch.maximum(tile_y0, torch.tensor(first // W, device=device)))
-    y1 = torch.minimum(rect[:, 3], torch.minimum(tile_y0 + meta.TILE_SIZE - 1,
-                                                 torch.tensor((first + n - 1) // W, device=device)))
+    y0 = torch.maximum(rect[:, 1], tile_y0).clamp(min=first // W)
+    y1 = torch.minimum(rect[:, 3], tile_y0 + meta.TILE_SIZE - 1).clamp(max=(first + n - 1) // W)
     width = (x1 - x0 + 1).clamp(min=0)
     area = width * (y1 - y0 + 1).clamp(min=0)
 
