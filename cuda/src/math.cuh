@@ -16,6 +16,21 @@ __device__ __forceinline__ uint64_t order_rank(uint64_t octpath, int quadrant) {
     return octpath ^ (uint64_t(quadrant) * OCTANT_REPEAT);
 }
 
+// Position of the r-th (from 0) set bit of m.
+__device__ __forceinline__ int nth_set_bit(uint32_t m, int r) {
+    int pos = 0;
+#pragma unroll
+    for (int width = 16; width > 0; width >>= 1) {
+        const int below = __popc(m & ((1u << width) - 1u));
+        if (r >= below) {
+            r -= below;
+            m >>= width;
+            pos += width;
+        }
+    }
+    return pos;
+}
+
 // A pixel rectangle as stored (int16) and as used (int).
 __device__ __forceinline__ int4 widen(short4 r) { return make_int4(r.x, r.y, r.z, r.w); }
 

@@ -205,21 +205,6 @@ __device__ __forceinline__ uint32_t block_lanes(int4 rect, int bx, int by) {
     return row * rows;
 }
 
-// Position of the r-th (from 0) set bit of m.
-__device__ __forceinline__ int nth_set_bit(uint32_t m, int r) {
-    int pos = 0;
-#pragma unroll
-    for (int width = 16; width > 0; width >>= 1) {
-        const int below = __popc(m & ((1u << width) - 1u));
-        if (r >= below) {
-            r -= below;
-            m >>= width;
-            pos += width;
-        }
-    }
-    return pos;
-}
-
 // The 32 x 32 bit matrix whose row i is lane i's `row`, transposed: lane j gets the bits i of
 // the rows holding bit j (the off-diagonal blocks swap places, halving the block size five times).
 __device__ __forceinline__ uint32_t transpose_bits(uint32_t row) {
