@@ -225,25 +225,31 @@ std::vector<Tensor> pixel_layout(const std::vector<double>& camera, const Tensor
     Tensor requests = torch::empty({n_requests, 2}, opts.dtype(at::kInt));
     Tensor tile_of = torch::empty({n_requests}, opts.dtype(at::kInt));
     Tensor rank = torch::empty({n_requests}, opts.dtype(at::kInt));
-    Tensor tile_counts = torch::zeros({n_tiles}, opts.dtype(at::kInt));
-    Tensor invalid = torch::zeros({2}, opts);
+    // Zeros and -1 fills as memsets (no fill kernels: a frame's host time is most of a small one).
+    Tensor tile_counts = torch::empty({n_tiles}, opts.dtype(at::kInt));
+    Tensor invalid = torch::empty({2}, opts);
+    C10_CUDA_CHECK(cudaMemsetAsync(tile_counts.data_ptr(), 0, sizeof(int32_t) * n_tiles, stream));
+    C10_CUDA_CHECK(cudaMemsetAsync(invalid.data_ptr(), 0, sizeof(int64_t) * 2, stream));
     svr::bin_requests(cam, int(n_requests), ptr<int64_t>(pixels), allowed ? ptr<uint32_t>(*allowed) : nullptr,
                       ptr<int2>(requests), ptr<int32_t>(tile_of), ptr<int32_t>(rank), ptr<int32_t>(tile_counts),
                       ptr<ULL>(invalid), stream);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     if (verify) {
         const Tensor host_invalid = invalid.cpu();
-        check_no_outside(cam, host_invalid[0].item<int64_t>(), n_requests);
-        TORCH_CHECK_VALUE(host_invalid[1].item<int64_t>() == 0,
+        const int64_t* bad = host_invalid.data_ptr<int64_t>();
+        check_no_outside(cam, bad[0], n_requests);
+        TORCH_CHECK_VALUE(bad[1] == 0,
                           "pixels: some requested pixels are not among those `intersections` was built for; build it "
                           "with these pixels (or without pixels)");
     }
-    const Tensor warp_end = torch::cumsum(tile_counts.index_select(0, tile_order).add(31).div(32, "floor"), 0, at::kLong);
     Tensor warp_start = torch::empty({n_tiles}, opts.dtype(at::kInt));
-    Tensor warp_tiles = torch::full({max_warps}, -1, opts.dtype(at::kInt));
-    Tensor lane_requests = torch::full({32 * max_warps}, -1, opts.dtype(at::kInt));
+    Tensor warp_tiles = torch::empty({max_warps}, opts.dtype(at::kInt));
+    Tensor lane_requests = torch::empty({32 * max_warps}, opts.dtype(at::kInt));
+    C10_CUDA_CHECK(cudaMemsetAsync(warp_tiles.data_ptr(), 0xff, sizeof(int32_t) * warp_tiles.numel(), stream));
+    C10_CUDA_CHECK(cudaMemsetAsync(lane_requests.data_ptr(), 0xff, sizeof(int32_t) * lane_requests.numel(), stream));
+    Tensor scratch = torch::empty({int64_t(svr::assign_warps_scratch_bytes(n_tiles))}, opts.dtype(at::kByte));
     svr::assign_warps(n_tiles, int(n_requests), ptr<int32_t>(tile_order), ptr<int32_t>(tile_counts),
-                      ptr<int64_t>(warp_end), ptr<int32_t>(tile_of), ptr<int32_t>(rank), ptr<int32_t>(warp_start),
+                      ptr<int32_t>(tile_of), ptr<int32_t>(rank), scratch.data_ptr(), ptr<int32_t>(warp_start),
                       ptr<int32_t>(warp_tiles), ptr<int32_t>(lane_requests), stream);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     return {requests, warp_tiles, lane_requests};

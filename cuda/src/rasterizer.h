@@ -65,10 +65,12 @@ void mark_requests(const Camera& cam, int n_requests, const int64_t* pixels, uin
 void bin_requests(const Camera& cam, int n_requests, const int64_t* pixels, const uint32_t* allowed, int2* requests,
                   int32_t* tile_of, int32_t* rank, int32_t* tile_counts, unsigned long long* invalid,
                   cudaStream_t stream);
-// Step 2, given warp_end = the inclusive scan of ceil(tile_counts / 32) over the tiles in
-// tile_order: warp_tiles and lane_requests (both prefilled with -1: spare warps, idle lanes).
+// Step 2: the warps of each tile in tile_order (ceil(tile_counts / 32), scanned), warp_tiles
+// and lane_requests (both prefilled with -1 by the caller: spare warps, idle lanes).
+// `scratch` holds assign_warps_scratch_bytes(n_tiles) bytes.
+size_t assign_warps_scratch_bytes(int n_tiles);
 void assign_warps(int n_tiles, int n_requests, const int32_t* tile_order, const int32_t* tile_counts,
-                  const int64_t* warp_end, const int32_t* tile_of, const int32_t* rank, int32_t* warp_start,
+                  const int32_t* tile_of, const int32_t* rank, void* scratch, int32_t* warp_start,
                   int32_t* warp_tiles, int32_t* lane_requests, cudaStream_t stream);
 
 // --- preprocess.cu

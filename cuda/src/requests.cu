@@ -3,6 +3,8 @@
 // preprocess and binning), and the requests grouped into warps of one tile each (the PixelSet
 // of the render kernels), the tiles of longest list first. Requests outside the image (or not
 // among the allowed ones) are counted, never followed: the caller reads the counts and raises.
+#include <cub/device/device_scan.cuh>
+
 #include "rasterizer.h"
 
 namespace svr {
@@ -100,16 +102,21 @@ __global__ void bin_kernel(Camera cam, int n, const int64_t* __restrict__ pixels
     if (tile >= 0) rank[i] = atomicAdd(tile_counts + tile, 1);
 }
 
+__global__ void ordered_warps_kernel(int n_tiles, const int32_t* __restrict__ tile_order,
+                                     const int32_t* __restrict__ tile_counts, int32_t* __restrict__ warps) {
+    const int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n_tiles) warps[i] = (tile_counts[tile_order[i]] + 31) / 32;
+}
+
 __global__ void warp_tiles_kernel(int n_tiles, const int32_t* __restrict__ tile_order,
-                                  const int32_t* __restrict__ tile_counts, const int64_t* __restrict__ warp_end,
+                                  const int32_t* __restrict__ warps, const int32_t* __restrict__ warp_end,
                                   int32_t* __restrict__ warp_start, int32_t* __restrict__ warp_tiles) {
     const int i = blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= n_tiles) return;
     const int tile = tile_order[i];
-    const int warps = (tile_counts[tile] + 31) / 32;
-    const int start = int(warp_end[i]) - warps;
+    const int start = warp_end[i] - warps[i];
     warp_start[tile] = start;
-    for (int w = 0; w < warps; ++w) warp_tiles[start + w] = tile;
+    for (int w = 0; w < warps[i]; ++w) warp_tiles[start + w] = tile;
 }
 
 __global__ void lanes_kernel(int n, const int32_t* __restrict__ tile_of, const int32_t* __restrict__ rank,
@@ -138,11 +145,27 @@ void bin_requests(const Camera& cam, int n_requests, const int64_t* pixels, cons
                                                            tile_counts, invalid);
 }
 
+// The scratch: CUB's temporary storage (rounded up to 256 bytes, as CUB aligns it), then the
+// warps per ordered tile and their inclusive scan.
+size_t scan_bytes(int n_tiles) {
+    size_t bytes = 0;
+    cub::DeviceScan::InclusiveSum(nullptr, bytes, static_cast<const int32_t*>(nullptr), static_cast<int32_t*>(nullptr),
+                                  n_tiles);
+    return (bytes + 255) / 256 * 256;
+}
+
+size_t assign_warps_scratch_bytes(int n_tiles) { return scan_bytes(n_tiles) + 2 * sizeof(int32_t) * size_t(n_tiles); }
+
 void assign_warps(int n_tiles, int n_requests, const int32_t* tile_order, const int32_t* tile_counts,
-                  const int64_t* warp_end, const int32_t* tile_of, const int32_t* rank, int32_t* warp_start,
+                  const int32_t* tile_of, const int32_t* rank, void* scratch, int32_t* warp_start,
                   int32_t* warp_tiles, int32_t* lane_requests, cudaStream_t stream) {
     if (n_requests == 0) return;
-    warp_tiles_kernel<<<blocks_for(n_tiles), 256, 0, stream>>>(n_tiles, tile_order, tile_counts, warp_end, warp_start,
+    size_t bytes = scan_bytes(n_tiles);
+    int32_t* warps = reinterpret_cast<int32_t*>(static_cast<char*>(scratch) + bytes);
+    int32_t* warp_end = warps + n_tiles;
+    ordered_warps_kernel<<<blocks_for(n_tiles), 256, 0, stream>>>(n_tiles, tile_order, tile_counts, warps);
+    cub::DeviceScan::InclusiveSum(scratch, bytes, warps, warp_end, n_tiles, stream);
+    warp_tiles_kernel<<<blocks_for(n_tiles), 256, 0, stream>>>(n_tiles, tile_order, warps, warp_end, warp_start,
                                                                warp_tiles);
     lanes_kernel<<<blocks_for(n_requests), 256, 0, stream>>>(n_requests, tile_of, rank, warp_start, lane_requests);
 }
