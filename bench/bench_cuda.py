@@ -242,14 +242,14 @@ def sparse_queries(name, width, height, fraction=0.01, k=8, profile=False):
             (f"topk k={k}, whole image, reused intersections",
              lambda: topk_contributors(s, *voxels, params["geos"], k, intersections=inter))]
     if profile:
-        timeline(f"{name} sparse {fraction:.0%} forward", sparse, 80)
+        timeline(f"{name} sparse {fraction:.0%} forward", sparse, 140)
         timeline(f"{name} sparse {fraction:.0%} forward, reused intersections", lambda: sparse(inter), 60)
         return
     print(f"| {name} {width}x{height}, {n} sparse pixels | ms |")
     print("|---|---|")
     for label, fn in rows:
         fn()
-        print(f"| {label} | {time_ms(fn, 10):.3f} |")
+        print(f"| {label} | {time_ms(fn, 30):.3f} |")
 
 
 def main():
