@@ -2,6 +2,7 @@
 
     python bench/bench_cuda.py [--scenes O1.4M,O6M,R1.5M,R6M] [--json out.json]
     python bench/bench_cuda.py --scenes O6M,R6M --sparse    # sparse pixels, top-K, reuse
+    python bench/bench_cuda.py --scenes O6M,R6M --steady 50  # training steps back to back
 
 Per scene: median over views of the median of repeated runs (CUDA events) of the forward
 (`rasterize_voxels`, preprocess and sort included), of forward+backward, and of the forward's
@@ -252,6 +253,28 @@ def sparse_queries(name, width, height, fraction=0.01, k=8, profile=False):
         print(f"| {label} | {time_ms(fn, 30):.3f} |")
 
 
+def steady_state(name, width, height, steps, views=8):
+    """Training steps back to back, as a training loop queues them (no synchronisation between
+    steps; the orbit views in turn): ms per step, with the settings' camera matrices on the CPU
+    and on the GPU (reading those back waits for the GPU's queue before a frame is queued)."""
+    scene, params = scene_and_params(name)
+    _, forward_backward = make_step(name, scene, params)
+    print(f"| {name} {width}x{height}, {steps} steps back to back | ms per step |")
+    print("|---|---|")
+    for where in ("cpu", "cuda"):
+        cams = orbit_settings(name, views, width, height, where)
+        for s in cams:
+            forward_backward(s)
+        torch.cuda.synchronize()
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for i in range(steps):
+            forward_backward(cams[i % views])
+        end.record()
+        torch.cuda.synchronize()
+        print(f"| camera matrices on {where} | {start.elapsed_time(end) / steps:.2f} |")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--scenes", default="O1.4M,O6M,R1.5M,R6M")
@@ -264,7 +287,12 @@ def main():
     ap.add_argument("--long", type=int, metavar="N", help="N consecutive renders of the first scene instead")
     ap.add_argument("--sizes", action="store_true", help="large images (4097x2161, 7680x4320, 16384^2) instead")
     ap.add_argument("--sparse", action="store_true", help="sparse pixels, reuse and top-K against dense instead")
+    ap.add_argument("--steady", type=int, metavar="N", help="N training steps back to back per scene instead")
     args = ap.parse_args()
+    if args.steady:
+        for n in args.scenes.split(","):
+            steady_state(n, args.width, args.height, args.steady)
+        return
     if args.sparse:
         for n in args.scenes.split(","):
             sparse_queries(n, args.width, args.height, profile=args.profile)
