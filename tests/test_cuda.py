@@ -210,24 +210,52 @@ def test_extension_constants_match_header(cuda):
         assert getattr(C, name) == getattr(meta, name), name
 
 
-@pytest.mark.parametrize("seed", range(6))
+def assert_same_lists(got, ref, n_tiles):
+    """The CUDA lists (a tile's octants interleaved) read, octant by octant, exactly as the
+    reference's (tile, octant) groups: same voxels, same front-to-back order."""
+    ranges = got.state.ranges.cpu().long()
+    entries = got.state.entries.cpu().long()
+    octant, voxel = entries >> 29, entries & ((1 << 29) - 1)
+    # Sorted by tile: the lists follow each other in tile order.
+    tile = torch.repeat_interleave(torch.arange(n_tiles), ranges[:, 1] - ranges[:, 0])
+    assert len(tile) == len(entries)
+    group = tile * 8 + octant
+    order = torch.sort(group, stable=True).indices
+    binning = ref.state.binning
+    assert torch.equal(torch.bincount(group, minlength=8 * n_tiles), binning.group_end - binning.group_start)
+    assert torch.equal(voxel[order], binning.entry_voxel)
+
+
+@pytest.mark.parametrize("seed", range(8))
 def test_culling_matches_reference(cuda, seed):
-    """The voxels with entries, and their number of entries, are the reference's: for cameras
-    inside and outside the scene, looking partly away from it, wide and narrow, with an
-    off-centre principal point, for every pixel and for a few requested pixels (the kernel's
-    quick bound before the exact footprint must cull nothing the exact test keeps)."""
+    """The voxels with entries, their number of entries and the sorted tile lists are the
+    reference's: for cameras inside and outside the scene, looking partly away from it, wide and
+    narrow, with an off-centre principal point, for every pixel and for requested pixels (the
+    kernel's quick bound before the exact footprint must cull nothing the exact test keeps).
+    Seeds 6 and 7 render 320x240 (300 tiles), where near voxels span more than
+    MAX_EXACT_TILES tiles and are binned into every tile holding a request."""
     from svraster_cuda.renderer import intersect_voxels
     gen = torch.Generator().manual_seed(seed)
     octpath, _, centers, lengths = random_octree(seed, max_level=5, split_prob=0.5, keep_prob=0.8)
     eye = (torch.rand(3, generator=gen) * 5 - 2.5).tolist()
     target = (torch.rand(3, generator=gen) * 3 - 1.5).tolist()
-    width, height = 40 + 13 * seed, 30 + 7 * seed
+    width, height = (40 + 13 * seed, 30 + 7 * seed) if seed < 6 else (320, 240)
+    if seed >= 6:
+        eye = (torch.rand(3, generator=gen) - 0.5).tolist()  # inside the scene: large near voxels
     settings = make_settings(eye, target, width=width, height=height, fov_deg=(30.0, 60.0, 100.0)[seed % 3],
-                             cx=width * (0.3 + 0.1 * seed), near=(0.02, 0.3)[seed % 2])
-    pixels = torch.stack([torch.randint(0, height, (7,), generator=gen), torch.randint(0, width, (7,), generator=gen)], 1)
+                             cx=width * (0.3 + 0.1 * (seed % 6)), near=(0.02, 0.3)[seed % 2])
+    n_pixels = 7 if seed < 6 else 60
+    pixels = torch.stack([torch.randint(0, height, (n_pixels,), generator=gen),
+                          torch.randint(0, width, (n_pixels,), generator=gen)], 1)
+    n_tiles = math.ceil(width / 16) * math.ceil(height / 16)
     for subset in (None, pixels, pixels[:1]):
         ref = intersect_voxels(settings, octpath, centers, lengths, pixels=subset)
         got = intersect_voxels(settings, octpath.to(cuda), centers.to(cuda), lengths.to(cuda),
                                pixels=None if subset is None else subset.to(cuda))
         assert torch.equal(torch.sort(got.in_view.cpu()).values, torch.sort(ref.in_view).values)
         assert got.state.entries.numel() == len(ref.state.binning.entry_voxel)
+        assert_same_lists(got, ref, n_tiles)
+        if seed >= 6:
+            rect = ref.state.preprocessed.tile_rect
+            area = (rect[:, 2] - rect[:, 0] + 1).clamp(min=0) * (rect[:, 3] - rect[:, 1] + 1).clamp(min=0)
+            assert (area > 64).any(), "the case must hold voxels binned without the per-tile test"

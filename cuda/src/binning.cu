@@ -16,12 +16,13 @@ int bits_for(int n) {
 }
 
 // Whole image: a thread per voxel writes its entries, octant by octant, tile rows in order.
-// Requested pixels: each candidate (octant, tile) costs a bins_into test, and with a thread per
-// voxel a few large voxels' threads tested tile after tile long after the rest had finished
-// (0.160 ms at R6M, 1% of the pixels); there the lanes of a warp walk the candidates of their
-// 32 voxels together, 32 at a time in the same order, and keep the binned ones by ballot
-// (0.126 ms). The same walk for the whole image was slower than a thread per voxel (0.139
-// against 0.125 ms): more instructions per entry, and no tests to spread.
+// Requested pixels: each candidate (octant, tile) costs a bins_into test (dependent loads of the
+// tile's summary and row masks), and a thread per voxel ran its voxel's tests one after the
+// other (0.160 ms at R6M, 1% of the pixels). There the lanes of a warp walk the candidates of
+// their 32 voxels together, 32 at a time in the same order, and keep the binned ones by ballot
+// (0.130 ms); handing only voxels of many candidates to the warp gained nothing (0.167 ms).
+// The same walk for the whole image was slower than a thread per voxel (0.139 against
+// 0.125 ms): more instructions per entry, and no tests to spread.
 constexpr int DUPLICATE_BLOCK = 256;
 
 struct EntryWriter {
@@ -43,10 +44,6 @@ struct EntryWriter {
         values[at] = uint32_t(q) << VOXEL_ID_BITS | voxel;
     }
 };
-
-__device__ __forceinline__ int4 tile_rect(int4 p) {
-    return make_int4(p.x / TILE_SIZE, p.y / TILE_SIZE, p.z / TILE_SIZE, p.w / TILE_SIZE);
-}
 
 template <bool SPARSE>
 __global__ void __launch_bounds__(DUPLICATE_BLOCK)
@@ -102,7 +99,6 @@ duplicate_kernel(int n, int tiles_x, RequestedPixels requests, EntryWriter write
 #pragma unroll
         for (int step = 16; step > 0; step >>= 1)
             if (__shfl_sync(full, end, k + step - 1) <= j) k += step;
-        k = min(k, 31);
         const int start = __shfl_sync(full, end - candidates, k);
         const int4 pk = make_int4(__shfl_sync(full, p.x, k), __shfl_sync(full, p.y, k), __shfl_sync(full, p.z, k),
                                   __shfl_sync(full, p.w, k));

@@ -34,6 +34,11 @@ __device__ __forceinline__ int nth_set_bit(uint32_t m, int r) {
 // A pixel rectangle as stored (int16) and as used (int).
 __device__ __forceinline__ int4 widen(short4 r) { return make_int4(r.x, r.y, r.z, r.w); }
 
+// The tiles (inclusive) an inclusive pixel rectangle touches.
+__device__ __forceinline__ int4 tile_rect(int4 p) {
+    return make_int4(p.x / TILE_SIZE, p.y / TILE_SIZE, p.z / TILE_SIZE, p.w / TILE_SIZE);
+}
+
 // Sparse rendering bins a voxel into tile (tx, ty) only when its pixel rectangle holds a
 // requested pixel of the tile. Rectangles spanning more than MAX_EXACT_TILES tiles (`exact`
 // false) go to every tile holding a request: cheaper, and still conservative.

@@ -60,8 +60,7 @@ __device__ __forceinline__ bool surely_culled(const Camera& cam, const Requested
     if (!requests.tile_summary) return false;
     const int x0 = max(int(floorf(x_lo)), 0), x1 = min(int(ceilf(x_hi)), cam.width - 1);
     const int y0 = max(int(floorf(y_lo)), 0), y1 = min(int(ceilf(y_hi)), cam.height - 1);
-    return active_tiles_in(requests, cam.tiles_x(),
-                           make_int4(x0 / TILE_SIZE, y0 / TILE_SIZE, x1 / TILE_SIZE, y1 / TILE_SIZE)) == 0;
+    return active_tiles_in(requests, cam.tiles_x(), tile_rect(make_int4(x0, y0, x1, y1))) == 0;
 }
 
 struct VoxelFootprint {
@@ -139,8 +138,7 @@ __device__ __forceinline__ VoxelFootprint preprocess_voxel(const Camera& cam, co
         if (((q & 4) ? neg[0] : pos[0]) && ((q & 2) ? neg[1] : pos[1]) && ((q & 1) ? neg[2] : pos[2])) mask |= 1u << q;
 
     const int4 rect = make_int4(x0, y0, x1, y1);
-    const int n_tiles = tiles_binned(requests, cam.tiles_x(), rect,
-                                     make_int4(x0 / TILE_SIZE, y0 / TILE_SIZE, x1 / TILE_SIZE, y1 / TILE_SIZE));
+    const int n_tiles = tiles_binned(requests, cam.tiles_x(), rect, tile_rect(rect));
     if (n_tiles == 0) return out;
     out.rect = rect;
     out.octant_mask = mask;

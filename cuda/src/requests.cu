@@ -128,6 +128,15 @@ __global__ void lanes_kernel(int n, const int32_t* __restrict__ tile_of, const i
 
 int blocks_for(int n) { return (n + 255) / 256; }
 
+// assign_warps' scratch: CUB's temporary storage, rounded up to 256 bytes so that the arrays
+// after it stay aligned, then the warps per ordered tile and their inclusive scan.
+size_t scan_bytes(int n_tiles) {
+    size_t bytes = 0;
+    cub::DeviceScan::InclusiveSum(nullptr, bytes, static_cast<const int32_t*>(nullptr), static_cast<int32_t*>(nullptr),
+                                  n_tiles);
+    return (bytes + 255) / 256 * 256;
+}
+
 }  // namespace
 
 void mark_requests(const Camera& cam, int n_requests, const int64_t* pixels, uint32_t* row_masks,
@@ -143,15 +152,6 @@ void bin_requests(const Camera& cam, int n_requests, const int64_t* pixels, cons
     if (n_requests == 0) return;
     bin_kernel<<<blocks_for(n_requests), 256, 0, stream>>>(cam, n_requests, pixels, allowed, requests, tile_of, rank,
                                                            tile_counts, invalid);
-}
-
-// The scratch: CUB's temporary storage (rounded up to 256 bytes, as CUB aligns it), then the
-// warps per ordered tile and their inclusive scan.
-size_t scan_bytes(int n_tiles) {
-    size_t bytes = 0;
-    cub::DeviceScan::InclusiveSum(nullptr, bytes, static_cast<const int32_t*>(nullptr), static_cast<int32_t*>(nullptr),
-                                  n_tiles);
-    return (bytes + 255) / 256 * 256;
 }
 
 size_t assign_warps_scratch_bytes(int n_tiles) { return scan_bytes(n_tiles) + 2 * sizeof(int32_t) * size_t(n_tiles); }
