@@ -214,7 +214,7 @@ def assert_same_lists(got, ref, n_tiles):
     """The CUDA lists (a tile's octants interleaved) read, octant by octant, exactly as the
     reference's (tile, octant) groups: same voxels, same front-to-back order."""
     ranges = got.state.ranges.cpu().long()
-    entries = got.state.entries.cpu().long()
+    entries = got.state.entries.cpu().long() & 0xFFFFFFFF  # uint32 stored as int32
     octant, voxel = entries >> 29, entries & ((1 << 29) - 1)
     # Sorted by tile: the lists follow each other in tile order.
     tile = torch.repeat_interleave(torch.arange(n_tiles), ranges[:, 1] - ranges[:, 0])
