@@ -232,8 +232,9 @@ def test_culling_matches_reference(cuda, seed):
     reference's: for cameras inside and outside the scene, looking partly away from it, wide and
     narrow, with an off-centre principal point, for every pixel and for requested pixels (the
     kernel's quick bound before the exact footprint must cull nothing the exact test keeps).
-    Seeds 6 and 7 render 320x240 (300 tiles), where near voxels span more than
-    MAX_EXACT_TILES tiles and are binned into every tile holding a request."""
+    Seeds 6 and 7 render 320x240, where near voxels span more than MAX_EXACT_TILES tiles and
+    are binned into every tile holding a request."""
+    from svraster_cuda import meta
     from svraster_cuda.renderer import intersect_voxels
     gen = torch.Generator().manual_seed(seed)
     octpath, _, centers, lengths = random_octree(seed, max_level=5, split_prob=0.5, keep_prob=0.8)
@@ -247,7 +248,7 @@ def test_culling_matches_reference(cuda, seed):
     n_pixels = 7 if seed < 6 else 60
     pixels = torch.stack([torch.randint(0, height, (n_pixels,), generator=gen),
                           torch.randint(0, width, (n_pixels,), generator=gen)], 1)
-    n_tiles = math.ceil(width / 16) * math.ceil(height / 16)
+    n_tiles = math.ceil(width / meta.TILE_SIZE) * math.ceil(height / meta.TILE_SIZE)
     for subset in (None, pixels, pixels[:1]):
         ref = intersect_voxels(settings, octpath, centers, lengths, pixels=subset)
         got = intersect_voxels(settings, octpath.to(cuda), centers.to(cuda), lengths.to(cuda),
@@ -258,4 +259,4 @@ def test_culling_matches_reference(cuda, seed):
         if seed >= 6:
             rect = ref.state.preprocessed.tile_rect
             area = (rect[:, 2] - rect[:, 0] + 1).clamp(min=0) * (rect[:, 3] - rect[:, 1] + 1).clamp(min=0)
-            assert (area > 64).any(), "the case must hold voxels binned without the per-tile test"
+            assert (area > meta.MAX_EXACT_TILES).any(), "the case must hold voxels binned without the per-tile test"

@@ -15,10 +15,10 @@
 namespace svr {
 namespace {
 
-// Four blocks per multiprocessor (at most 64 registers, a few spilled to L1): measured faster
-// than three blocks without spills where the lists are long (R scenes: fwd+bwd -3%), up to 2%
-// slower on O 6M.
-constexpr int BACKWARD_MIN_BLOCKS = 4;
+// 1024 resident threads per multiprocessor (at most 64 registers, a few spilled to L1):
+// measured faster than 768 without spills where the lists are long (R scenes: fwd+bwd -3%),
+// up to 2% slower on O 6M.
+constexpr int BACKWARD_MIN_BLOCKS = 1024 / BLOCK_THREADS;
 
 // A voxel's eight corner gradients (32-byte aligned: geos is [N, 8] float32). Hopper adds a
 // float4 with one atomic: two per voxel instead of eight.

@@ -14,7 +14,7 @@
 #define FOOTPRINT_NEAR_MIN 1e-6f  // screen footprints project from z >= max(near, this): no 0/0
 #define NORMAL_EPS 1e-15f     // normal = g / sqrt(|g|^2 + NORMAL_EPS)
 #define MEDIAN_SUBSTEPS 16    // sub-steps walked inside the median voxel
-#define TILE_SIZE 16          // pixels per tile side; one CUDA block per tile
+#define TILE_SIZE 8           // pixels per tile side; one CUDA block per tile (render_common.cuh: why 8)
 #define MAX_VOXELS 536870911  // 2^29 - 1: voxel ids share 32 bits with a 3-bit octant
 #define MAX_EXACT_TILES 64    // sparse binning tests requested pixels per tile up to this many tiles
 #define MAX_IMAGE_SIZE 16384  // pixels per image side: pixel rectangles are stored as int16

@@ -1,7 +1,7 @@
 // Stage 5, renderCUDA forward (mirrors reference/forward.py): one thread per pixel, one block
-// per 16x16 tile (or warps of requested pixels of one tile). Each warp walks its tile's list
-// (see render_common.cuh); each thread composites the voxels of its own ray octant front to
-// back and stops early; a warp whose pixels are all saturated stops walking.
+// per tile (or warps of requested pixels of one tile). Each warp walks its tile's list (see
+// render_common.cuh); each thread composites the voxels of its own ray octant front to back
+// and stops early; a warp whose pixels are all saturated stops walking.
 #include "render_common.cuh"
 
 namespace svr {
