@@ -1,6 +1,7 @@
 // The `_C` extension: PyTorch tensors in, the stages of rasterizer.h on the current stream,
 // tensors out. Inputs are checked here again (the Python layer checks first), so that no
 // CPU tensor, wrong dtype or wrong size ever reaches a kernel.
+#include <c10/core/Event.h>
 #include <c10/cuda/CUDAStream.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -139,12 +140,18 @@ std::vector<Tensor> rasterize_preprocess(const std::vector<double>& camera, cons
                     ptr<short4>(pixel_rect), ptr<uint8_t>(octant_mask), ptr<int32_t>(n_duplicates), counters, stream);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
 
-    // Queued before the read, so that the host has less to queue after it. int32: the read
-    // below refuses totals of 2^31 entries or more before any offset is used.
-    Tensor offsets = torch::cumsum(n_duplicates, 0, at::kInt);
     // The one device-to-host read of the frame: how many entries to allocate, how many rank
     // bits carry information, how many voxels are in view (and whether the requests are valid).
-    const Tensor host_counts = counts.cpu();
+    // The copy is queued before the offsets scan and waited for after it: the host learns the
+    // counts while the GPU scans.
+    const Tensor host_counts = torch::empty({svr::N_FRAME_COUNTS}, counts.options().device(at::kCPU).pinned_memory(true));
+    C10_CUDA_CHECK(cudaMemcpyAsync(host_counts.data_ptr(), counts.data_ptr(), sizeof(ULL) * svr::N_FRAME_COUNTS,
+                                   cudaMemcpyDeviceToHost, stream));
+    c10::Event counts_copied(c10::DeviceType::CUDA);
+    counts_copied.record(stream);
+    // int32: the check below refuses totals of 2^31 entries or more before any offset is used.
+    Tensor offsets = torch::cumsum(n_duplicates, 0, at::kInt);
+    counts_copied.synchronize();
     const int64_t* c = host_counts.data_ptr<int64_t>();
     if (pixels) check_no_outside(cam, c[svr::COUNT_OUTSIDE_REQUESTS], pixels->size(0));
     const int64_t n_entries = c[svr::COUNT_ENTRIES];
