@@ -75,17 +75,22 @@ struct Ray {
     int quadrant;        // 4*[dir.x<0] + 2*[dir.y<0] + [dir.z<0]
 };
 
+// The direction is computed in double and rounded once: a small component is a difference of
+// larger products, and in float its relative error grew to ~1e-6, which moved the entry
+// distance of a far voxel by ~1e-5 and its opacity by ~1e-4 (the reference, in float, and the
+// kernels, with their own rounding, disagreed by that much). Rounded once, both hold the same
+// direction (reference/math.py pixel_rays computes it the same way).
 __device__ __forceinline__ Ray pixel_ray(const Camera& cam, int px, int py) {
-    const float dx = (px + 0.5f - cam.cx) * (2.f * cam.tanfovx / cam.width);
-    const float dy = (py + 0.5f - cam.cy) * (2.f * cam.tanfovy / cam.height);
-    const float norm = sqrtf(dx * dx + dy * dy + 1.f);
+    const double dx = (px + 0.5 - double(cam.cx)) * (2.0 * double(cam.tanfovx) / cam.width);
+    const double dy = (py + 0.5 - double(cam.cy)) * (2.0 * double(cam.tanfovy) / cam.height);
+    const double norm = sqrt(dx * dx + dy * dy + 1.0);
     Ray r;
     const float* m = cam.c2w;
-    r.dir = make_float3((m[0] * dx + m[1] * dy + m[2]) / norm, (m[4] * dx + m[5] * dy + m[6]) / norm,
-                        (m[8] * dx + m[9] * dy + m[10]) / norm);
+    r.dir = make_float3(float((m[0] * dx + m[1] * dy + m[2]) / norm), float((m[4] * dx + m[5] * dy + m[6]) / norm),
+                        float((m[8] * dx + m[9] * dy + m[10]) / norm));
     r.origin = make_float3(m[3], m[7], m[11]);
-    r.cam_norm = norm;
-    r.t_near = cam.near * norm;
+    r.cam_norm = float(norm);
+    r.t_near = cam.near * r.cam_norm;
     r.quadrant = (r.dir.x < 0.f) * 4 + (r.dir.y < 0.f) * 2 + (r.dir.z < 0.f);
     r.inv_dir = make_float3(r.dir.x != 0.f ? 1.f / r.dir.x : 1e30f, r.dir.y != 0.f ? 1.f / r.dir.y : 1e30f,
                             r.dir.z != 0.f ? 1.f / r.dir.z : 1e30f);

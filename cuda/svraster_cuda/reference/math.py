@@ -21,13 +21,17 @@ def camera_directions(width, height, cx, cy, tanfovx, tanfovy, dtype=torch.float
 
 def pixel_rays(settings, dtype=torch.float32, device="cpu"):
     """Per-pixel `d_cam`, world ray direction (unit) and |d_cam|, as `[H, W, 3]`, `[H, W, 3]`,
-    `[H, W]` (SPEC section 2)."""
-    d_cam = camera_directions(settings.image_width, settings.image_height, settings.cx, settings.cy,
-                              settings.tanfovx, settings.tanfovy, dtype, device)
-    rot = settings.c2w_matrix[:3, :3].to(device=device, dtype=dtype)
+    `[H, W]` (SPEC section 2), as the kernels compute them (math.cuh pixel_ray): from the camera
+    rounded to float32, in float64, rounded once. A small direction component is a difference of
+    larger products; computed in float32 its relative error reached ~1e-6, enough to move a far
+    voxel's opacity by ~1e-4."""
+    f32 = lambda x: float(torch.tensor(float(x), dtype=torch.float32))  # noqa: E731
+    d_cam = camera_directions(settings.image_width, settings.image_height, f32(settings.cx), f32(settings.cy),
+                              f32(settings.tanfovx), f32(settings.tanfovy), torch.float64, device)
+    rot = settings.c2w_matrix[:3, :3].to(device=device, dtype=torch.float32).to(torch.float64)
     norm = d_cam.norm(dim=-1)
     rd = (d_cam @ rot.T) / norm[..., None]
-    return d_cam, rd, norm
+    return d_cam.to(dtype), rd.to(dtype), norm.to(dtype)
 
 
 def ray_quadrant(rd):
