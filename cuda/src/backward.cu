@@ -16,8 +16,8 @@ namespace svr {
 namespace {
 
 // 1024 resident threads per multiprocessor (at most 64 registers, a few spilled to L1):
-// measured faster than 768 without spills where the lists are long (R scenes: fwd+bwd -3%),
-// up to 2% slower on O 6M.
+// measured (16x16 tiles) faster than 768 without spills where the lists are long (R scenes:
+// fwd+bwd -3%), up to 2% slower on O 6M.
 constexpr int BACKWARD_MIN_BLOCKS = 1024 / BLOCK_THREADS;
 
 // A voxel's eight corner gradients (32-byte aligned: geos is [N, 8] float32). Hopper adds a

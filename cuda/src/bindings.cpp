@@ -198,7 +198,8 @@ std::vector<Tensor> rasterize_preprocess(const std::vector<double>& camera, cons
     // Queued last: only vox_fn needs it (the GPU reaches it after the sort, the host at once).
     Tensor in_view = torch::empty({c[svr::COUNT_IN_VIEW]}, opts.dtype(at::kLong));
     Tensor select_scratch = torch::empty({int64_t(svr::in_view_scratch_bytes(int(n)))}, opts.dtype(at::kByte));
-    svr::select_in_view(int(n), ptr<int32_t>(n_duplicates), ptr<int64_t>(in_view), select_scratch.data_ptr(), stream);
+    svr::select_in_view(int(n), ptr<int32_t>(n_duplicates), ptr<int64_t>(in_view), select_scratch.data_ptr(),
+                        size_t(select_scratch.numel()), stream);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     return {in_view, ranges, entries, pixel_rect, tile_order, row_masks};
 }

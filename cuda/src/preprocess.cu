@@ -231,20 +231,17 @@ void preprocess(const Camera& cam, const RequestedPixels& requests, int n_voxels
 
 // CUB's selection of the indices whose count is non-zero, in one pass (ATen's nonzero_static
 // took four kernels). The scratch holds CUB's temporary storage, then the number selected.
-namespace {
-size_t select_temp_bytes(int n_voxels) {
+size_t in_view_scratch_bytes(int n_voxels) {
     size_t bytes = 0;
     cub::DeviceSelect::Flagged(nullptr, bytes, thrust::counting_iterator<int64_t>(0), (const int32_t*)nullptr,
                                (int64_t*)nullptr, (int64_t*)nullptr, n_voxels);
-    return (bytes + sizeof(int64_t) - 1) / sizeof(int64_t) * sizeof(int64_t);
+    return (bytes + sizeof(int64_t) - 1) / sizeof(int64_t) * sizeof(int64_t) + sizeof(int64_t);
 }
-}  // namespace
 
-size_t in_view_scratch_bytes(int n_voxels) { return select_temp_bytes(n_voxels) + sizeof(int64_t); }
-
-void select_in_view(int n_voxels, const int32_t* n_duplicates, int64_t* in_view, void* scratch, cudaStream_t stream) {
+void select_in_view(int n_voxels, const int32_t* n_duplicates, int64_t* in_view, void* scratch, size_t scratch_bytes,
+                    cudaStream_t stream) {
     if (n_voxels == 0) return;
-    size_t temp_bytes = select_temp_bytes(n_voxels);
+    size_t temp_bytes = scratch_bytes - sizeof(int64_t);
     int64_t* n_selected = reinterpret_cast<int64_t*>(static_cast<char*>(scratch) + temp_bytes);
     cub::DeviceSelect::Flagged(scratch, temp_bytes, thrust::counting_iterator<int64_t>(0), n_duplicates, in_view,
                                n_selected, n_voxels, stream);

@@ -85,9 +85,10 @@ void preprocess(const Camera& cam, const RequestedPixels& requests, int n_voxels
                 const float* centers, const float* lengths, short4* pixel_rect, uint8_t* octant_mask,
                 int32_t* n_duplicates, unsigned long long* counts, cudaStream_t stream);
 // The voxels in view (those with entries), in index order, into in_view[COUNT_IN_VIEW]: vox_fn's
-// argument. `scratch` holds in_view_scratch_bytes(n_voxels) bytes.
+// argument. `scratch` holds scratch_bytes = in_view_scratch_bytes(n_voxels) bytes.
 size_t in_view_scratch_bytes(int n_voxels);
-void select_in_view(int n_voxels, const int32_t* n_duplicates, int64_t* in_view, void* scratch, cudaStream_t stream);
+void select_in_view(int n_voxels, const int32_t* n_duplicates, int64_t* in_view, void* scratch, size_t scratch_bytes,
+                    cudaStream_t stream);
 
 // --- binning.cu
 // The sort key is (tile, rank) with the rank reduced to its informative `rank_bits`

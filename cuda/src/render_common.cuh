@@ -15,7 +15,7 @@ namespace svr {
 
 // One block per tile, one thread per pixel. A warp walks every entry of its tile's list, and
 // each costs it a load and a cover test even where the voxel misses the warp's pixels: 8x8
-// tiles (two warps) against 16x16 (eight) bin 27-62% more entries on the benchmark scenes but
+// tiles (two warps) against 16x16 (eight) bin 7-62% more entries on the benchmark scenes but
 // cut the render kernels enough to win (H100, R6M fwd+bwd 5.35-5.44 -> 4.73-4.74 ms). With
 // 16x16 tiles, four 64-thread blocks per tile had been 2-11% slower than one 256-thread block:
 // the blocks shared the list but not its loads.
