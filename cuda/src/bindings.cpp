@@ -167,14 +167,17 @@ std::vector<Tensor> rasterize_preprocess(const std::vector<double>& camera, cons
     Tensor tile_keys = torch::empty({single ? 0 : 2, n_entries}, opts.dtype(at::kInt));
     auto* k = ptr<uint64_t>(keys);
     auto* tk = ptr<uint32_t>(tile_keys);
+    Tensor wide = torch::empty({c[svr::COUNT_WIDE]}, opts.dtype(at::kInt));
     svr::duplicate_with_keys(cam, requests, layout, int(n), ptr<int64_t>(octree_paths), ptr<short4>(pixel_rect),
-                             ptr<uint8_t>(octant_mask), ptr<int32_t>(n_duplicates), ptr<int32_t>(offsets), k, tk,
+                             ptr<uint8_t>(octant_mask), ptr<int32_t>(n_duplicates), ptr<int32_t>(offsets),
+                             int(wide.numel()), ptr<int32_t>(wide), counters + svr::WIDE_CURSOR, k, tk,
                              ptr<uint32_t>(values), stream);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     // Buffers are released as soon as their last kernel is queued: the caching allocator hands
     // their memory on in stream order, and the frame's peak stays lower.
     offsets.reset();
     octant_mask.reset();
+    wide.reset();
     Tensor values_alt = torch::empty({n_entries}, opts.dtype(at::kInt));
     Tensor index_scratch = torch::empty({single ? 0 : 2 * n_entries}, opts.dtype(at::kInt));
     Tensor scratch = torch::empty({int64_t(svr::sort_scratch_bytes(n_entries, layout))}, opts.dtype(at::kByte));
@@ -431,4 +434,5 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
     m.attr("MAX_VOXELS") = MAX_VOXELS;
     m.attr("MAX_EXACT_TILES") = MAX_EXACT_TILES;
     m.attr("MAX_IMAGE_SIZE") = MAX_IMAGE_SIZE;
+    m.attr("WIDE_CANDIDATES") = svr::WIDE_CANDIDATES;  // scheduling only (binning.cu): tests cover both sides
 }

@@ -23,6 +23,9 @@ int bits_for(int n) {
 // (0.130 ms); handing only voxels of many candidates to the warp gained nothing (0.167 ms).
 // The same walk for the whole image was slower than a thread per voxel (0.139 against
 // 0.125 ms): more instructions per entry, and no tests to spread.
+// In both, a voxel of more than WIDE_CANDIDATES candidates (a near voxel spans up to a few
+// thousand 8x8 tiles, and such voxels tend to sit together in the arrays, e.g. a background
+// shell) is only listed, and wide_kernel gives each listed voxel a warp of its own.
 constexpr int DUPLICATE_BLOCK = 256;
 
 struct EntryWriter {
@@ -45,9 +48,26 @@ struct EntryWriter {
     }
 };
 
+// The voxels binned by a warp each (wide_kernel).
+struct WideList {
+    int32_t* ids;
+    unsigned long long* cursor;
+    __device__ __forceinline__ void add(int v) const { ids[atomicAdd(cursor, 1ull)] = v; }
+};
+
+// Candidate j (octant ordinal major, then tile rows) of a voxel with tile rectangle r.
+struct Candidate {
+    int octant_ordinal, tx, ty;
+};
+__device__ __forceinline__ Candidate candidate(int4 r, int j) {
+    const int width = r.z - r.x + 1, area = width * (r.w - r.y + 1);
+    const int octant_ordinal = j / area, t = j - octant_ordinal * area;
+    return {octant_ordinal, r.x + t % width, r.y + t / width};
+}
+
 template <bool SPARSE>
 __global__ void __launch_bounds__(DUPLICATE_BLOCK)
-duplicate_kernel(int n, int tiles_x, RequestedPixels requests, EntryWriter writer,
+duplicate_kernel(int n, int tiles_x, RequestedPixels requests, EntryWriter writer, WideList wide,
                  const int64_t* __restrict__ octpaths, const short4* __restrict__ pixel_rect,
                  const uint8_t* __restrict__ octant_mask, const int32_t* __restrict__ n_duplicates,
                  const int32_t* __restrict__ offsets) {
@@ -56,8 +76,13 @@ duplicate_kernel(int n, int tiles_x, RequestedPixels requests, EntryWriter write
     const int32_t count = v < n ? n_duplicates[v] : 0;
     if (!SPARSE) {
         if (count == 0) return;  // culled
-        const int4 r = tile_rect(widen(pixel_rect[v]));
+        const int4 p = widen(pixel_rect[v]);
         const uint32_t mask = octant_mask[v];
+        if (entry_candidates(p, mask) > WIDE_CANDIDATES) {
+            wide.add(v);
+            return;
+        }
+        const int4 r = tile_rect(p);
         const uint64_t path = uint64_t(octpaths[v]);
         int at = offsets[v] - count;
         for (int q = 0; q < 8; ++q) {
@@ -68,28 +93,37 @@ duplicate_kernel(int n, int tiles_x, RequestedPixels requests, EntryWriter write
         }
         return;
     }
-    // This lane's voxel: its pixel rectangle, octants and candidates (tiles x octants).
+    // This lane's voxel: its pixel rectangle, octants and candidates (tiles x octants); a wide
+    // voxel is listed, and its entries are skipped in this warp's output.
     int4 p = make_int4(0, 0, -1, -1);
     uint32_t mask = 0;
     uint64_t path = 0;
-    int candidates = 0;
+    int candidates = 0, skipped = 0;
     if (count > 0) {  // else culled, or no active tile
         p = widen(pixel_rect[v]);
-        const int4 r = tile_rect(p);
         mask = octant_mask[v];
         path = uint64_t(octpaths[v]);
-        candidates = (r.z - r.x + 1) * (r.w - r.y + 1) * __popc(mask);
+        candidates = entry_candidates(p, mask);
+        if (candidates > WIDE_CANDIDATES) {
+            wide.add(v);
+            candidates = 0;
+            skipped = count;
+        }
     }
     if (!__any_sync(full, candidates > 0)) return;
-    int end = candidates;  // inclusive scan over the lanes
+    int end = candidates;  // inclusive scans over the lanes: candidates, skipped entries
 #pragma unroll
     for (int d = 1; d < 32; d <<= 1) {
-        const int m = __shfl_up_sync(full, end, d);
-        if (lane >= d) end += m;
+        const int m = __shfl_up_sync(full, end, d), k = __shfl_up_sync(full, skipped, d);
+        if (lane >= d) {
+            end += m;
+            skipped += k;
+        }
     }
     const int total = __shfl_sync(full, end, 31);
     // The voxels' entries are contiguous (offsets is their inclusive scan): the warp writes
-    // from its first voxel's on (that voxel is in range, since the warp has candidates).
+    // from its first voxel's on (that voxel is in range, since the warp has candidates), the
+    // kept candidates in order, past the places of the wide voxels before theirs.
     int out = __shfl_sync(full, v < n ? offsets[v] - count : 0, 0);
     const uint32_t lanes_below = (1u << lane) - 1u;
     for (int first = 0; first < total; first += 32) {
@@ -100,21 +134,54 @@ duplicate_kernel(int n, int tiles_x, RequestedPixels requests, EntryWriter write
         for (int step = 16; step > 0; step >>= 1)
             if (__shfl_sync(full, end, k + step - 1) <= j) k += step;
         const int start = __shfl_sync(full, end - candidates, k);
+        const int skipped_before = __shfl_sync(full, skipped, k);  // lane k itself is not wide
         const int4 pk = make_int4(__shfl_sync(full, p.x, k), __shfl_sync(full, p.y, k), __shfl_sync(full, p.z, k),
                                   __shfl_sync(full, p.w, k));
         const uint32_t mask_k = __shfl_sync(full, mask, k);
         const uint64_t path_k = __shfl_sync(full, path, k);
         const int4 r = tile_rect(pk);
-        const int width = r.z - r.x + 1, area = width * (r.w - r.y + 1);
-        const int local = j - start, octant_ordinal = local / area, t = local - octant_ordinal * area;
-        const int ty = r.y + t / width, tx = r.x + t % width;
-        const bool exact = area <= MAX_EXACT_TILES;  // as preprocess counted
-        const bool keep = j < total && bins_into(requests, pk, tx, ty, tiles_x, exact);
+        const Candidate c = candidate(r, j - start);
+        const bool exact = (r.z - r.x + 1) * (r.w - r.y + 1) <= MAX_EXACT_TILES;  // as preprocess counted
+        const bool keep = j < total && bins_into(requests, pk, c.tx, c.ty, tiles_x, exact);
         const uint32_t kept = __ballot_sync(full, keep);
         if (keep) {
-            const int q = nth_set_bit(mask_k, octant_ordinal);
-            writer.write(out + __popc(kept & lanes_below), uint32_t(ty * tiles_x + tx), writer.rank(path_k, q), q,
-                         uint32_t(v - lane + k));
+            const int q = nth_set_bit(mask_k, c.octant_ordinal);
+            writer.write(out + skipped_before + __popc(kept & lanes_below), uint32_t(c.ty * tiles_x + c.tx),
+                         writer.rank(path_k, q), q, uint32_t(v - lane + k));
+        }
+        out += __popc(kept);
+    }
+}
+
+// A warp per listed voxel: its lanes take 32 candidates at a time, in the order a thread
+// would, and keep (for requested pixels) the binned ones by ballot.
+template <bool SPARSE>
+__global__ void __launch_bounds__(DUPLICATE_BLOCK)
+wide_kernel(int n_wide, const int32_t* __restrict__ wide, int tiles_x, RequestedPixels requests, EntryWriter writer,
+            const int64_t* __restrict__ octpaths, const short4* __restrict__ pixel_rect,
+            const uint8_t* __restrict__ octant_mask, const int32_t* __restrict__ n_duplicates,
+            const int32_t* __restrict__ offsets) {
+    const unsigned full = 0xffffffffu;
+    const int w = (blockIdx.x * blockDim.x + threadIdx.x) / 32, lane = int(threadIdx.x & 31);
+    if (w >= n_wide) return;
+    const int v = wide[w];
+    const int4 p = widen(pixel_rect[v]);
+    const uint32_t mask = octant_mask[v];
+    const uint64_t path = uint64_t(octpaths[v]);
+    const int4 r = tile_rect(p);
+    const bool exact = (r.z - r.x + 1) * (r.w - r.y + 1) <= MAX_EXACT_TILES;  // as preprocess counted
+    const int candidates = entry_candidates(p, mask);
+    int out = offsets[v] - n_duplicates[v];
+    const uint32_t lanes_below = (1u << lane) - 1u;
+    for (int first = 0; first < candidates; first += 32) {
+        const int j = first + lane;
+        const Candidate c = candidate(r, j);
+        const bool keep = j < candidates && (!SPARSE || bins_into(requests, p, c.tx, c.ty, tiles_x, exact));
+        const uint32_t kept = __ballot_sync(full, keep);
+        if (keep) {
+            const int q = nth_set_bit(mask, c.octant_ordinal);
+            writer.write(out + __popc(kept & lanes_below), uint32_t(c.ty * tiles_x + c.tx), writer.rank(path, q), q,
+                         uint32_t(v));
         }
         out += __popc(kept);
     }
@@ -200,17 +267,30 @@ size_t sort_scratch_bytes(int64_t n_entries, const KeyLayout& layout) {
 
 void duplicate_with_keys(const Camera& cam, const RequestedPixels& requests, const KeyLayout& layout, int n_voxels,
                          const int64_t* octpaths, const short4* pixel_rect, const uint8_t* octant_mask,
-                         const int32_t* n_duplicates, const int32_t* offsets, uint64_t* keys, uint32_t* tile_keys,
-                         uint32_t* values, cudaStream_t stream) {
+                         const int32_t* n_duplicates, const int32_t* offsets, int n_wide, int32_t* wide,
+                         unsigned long long* wide_cursor, uint64_t* keys, uint32_t* tile_keys, uint32_t* values,
+                         cudaStream_t stream) {
     if (n_voxels == 0) return;
     const EntryWriter writer{layout, keys, tile_keys, values};
-    const dim3 grid(grid_for(n_voxels, DUPLICATE_BLOCK));
-    if (requests.tile_summary)
-        duplicate_kernel<true><<<grid, DUPLICATE_BLOCK, 0, stream>>>(n_voxels, cam.tiles_x(), requests, writer, octpaths,
-                                                                    pixel_rect, octant_mask, n_duplicates, offsets);
-    else
-        duplicate_kernel<false><<<grid, DUPLICATE_BLOCK, 0, stream>>>(n_voxels, cam.tiles_x(), requests, writer, octpaths,
-                                                                     pixel_rect, octant_mask, n_duplicates, offsets);
+    const WideList list{wide, wide_cursor};
+    const dim3 grid(grid_for(n_voxels, DUPLICATE_BLOCK)), wide_grid(grid_for(int64_t(n_wide) * 32, DUPLICATE_BLOCK));
+    if (requests.tile_summary) {
+        duplicate_kernel<true><<<grid, DUPLICATE_BLOCK, 0, stream>>>(n_voxels, cam.tiles_x(), requests, writer, list,
+                                                                    octpaths, pixel_rect, octant_mask, n_duplicates,
+                                                                    offsets);
+        if (n_wide > 0)
+            wide_kernel<true><<<wide_grid, DUPLICATE_BLOCK, 0, stream>>>(n_wide, wide, cam.tiles_x(), requests, writer,
+                                                                        octpaths, pixel_rect, octant_mask,
+                                                                        n_duplicates, offsets);
+    } else {
+        duplicate_kernel<false><<<grid, DUPLICATE_BLOCK, 0, stream>>>(n_voxels, cam.tiles_x(), requests, writer, list,
+                                                                     octpaths, pixel_rect, octant_mask, n_duplicates,
+                                                                     offsets);
+        if (n_wide > 0)
+            wide_kernel<false><<<wide_grid, DUPLICATE_BLOCK, 0, stream>>>(n_wide, wide, cam.tiles_x(), requests,
+                                                                         writer, octpaths, pixel_rect, octant_mask,
+                                                                         n_duplicates, offsets);
+    }
 }
 
 SortedEntries sort_entries(int64_t n_entries, const KeyLayout& layout, uint64_t* keys, uint64_t* keys_alt,

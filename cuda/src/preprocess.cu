@@ -170,7 +170,7 @@ preprocess_kernel(Camera cam, RequestedPixels requests, int n, const int64_t* __
                   short4* __restrict__ pixel_rect, uint8_t* __restrict__ octant_mask,
                   int32_t* __restrict__ n_duplicates, unsigned long long* __restrict__ counts) {
     unsigned long long entries = 0;
-    unsigned in_view = 0, levels = 0;
+    unsigned in_view = 0, levels = 0, wide = 0;
     for (int v = blockIdx.x * blockDim.x + threadIdx.x; v < n; v += gridDim.x * blockDim.x) {
         const VoxelFootprint f = preprocess_voxel(cam, requests, v, centers, lengths);
         n_duplicates[v] = f.entries;
@@ -180,6 +180,7 @@ preprocess_kernel(Camera cam, RequestedPixels requests, int n, const int64_t* __
             entries += unsigned(f.entries);
             ++in_view;
             levels = max(levels, unsigned(used_levels(uint64_t(octpaths[v]))));
+            wide += entry_candidates(f.rect, f.octant_mask) > WIDE_CANDIDATES;
         }
     }
     const unsigned full = 0xffffffffu;
@@ -187,28 +188,33 @@ preprocess_kernel(Camera cam, RequestedPixels requests, int n, const int64_t* __
     for (int d = 16; d > 0; d >>= 1) entries += __shfl_down_sync(full, entries, d);
     in_view = __reduce_add_sync(full, in_view);
     levels = __reduce_max_sync(full, levels);
+    wide = __reduce_add_sync(full, wide);
     __shared__ unsigned long long warp_entries[PREPROCESS_BLOCK / 32];
-    __shared__ unsigned warp_in_view[PREPROCESS_BLOCK / 32], warp_levels[PREPROCESS_BLOCK / 32];
+    __shared__ unsigned warp_in_view[PREPROCESS_BLOCK / 32], warp_levels[PREPROCESS_BLOCK / 32],
+        warp_wide[PREPROCESS_BLOCK / 32];
     const int warp = threadIdx.x / 32;
     if (threadIdx.x % 32 == 0) {
         warp_entries[warp] = entries;
         warp_in_view[warp] = in_view;
         warp_levels[warp] = levels;
+        warp_wide[warp] = wide;
     }
     __syncthreads();
     if (threadIdx.x == 0) {
         unsigned long long sum = 0;
-        unsigned block_in_view = 0, max_levels = 0;
+        unsigned block_in_view = 0, max_levels = 0, block_wide = 0;
         for (int w = 0; w < PREPROCESS_BLOCK / 32; ++w) {
             sum += warp_entries[w];
             block_in_view += warp_in_view[w];
             max_levels = max(max_levels, warp_levels[w]);
+            block_wide += warp_wide[w];
         }
         if (block_in_view > 0) {
             atomicAdd(counts + COUNT_ENTRIES, sum);
             atomicAdd(counts + COUNT_IN_VIEW, (unsigned long long)block_in_view);
             atomicMax(counts + COUNT_USED_LEVELS, (unsigned long long)max_levels);
         }
+        if (block_wide > 0) atomicAdd(counts + COUNT_WIDE, (unsigned long long)block_wide);
     }
 }
 

@@ -49,6 +49,8 @@ enum FrameCount {
     COUNT_USED_LEVELS,       // the most octree levels any voxel in view uses: the rank bits that can differ
     COUNT_IN_VIEW,           // voxels with at least one entry
     COUNT_OUTSIDE_REQUESTS,  // requested pixels outside the image (sparse rendering; an error)
+    COUNT_WIDE,              // voxels with entries and more than WIDE_CANDIDATES candidates
+    WIDE_CURSOR,             // not read: duplicate_with_keys' cursor in its list of wide voxels
     N_FRAME_COUNTS
 };
 
@@ -80,7 +82,7 @@ void camera_position(const Camera& cam, float* out, cudaStream_t stream);
 // Per voxel, conservative pixel rectangle (x0, y0, x1, y1 inclusive; int16, as images are at
 // most MAX_IMAGE_SIZE pixels wide: half the bytes the render kernels read per candidate),
 // octant mask and number of (tile, octant) entries (0 when culled); and the frame counts
-// COUNT_ENTRIES, COUNT_USED_LEVELS and COUNT_IN_VIEW.
+// COUNT_ENTRIES, COUNT_USED_LEVELS, COUNT_IN_VIEW and COUNT_WIDE.
 void preprocess(const Camera& cam, const RequestedPixels& requests, int n_voxels, const int64_t* octpaths,
                 const float* centers, const float* lengths, short4* pixel_rect, uint8_t* octant_mask,
                 int32_t* n_duplicates, unsigned long long* counts, cudaStream_t stream);
@@ -91,6 +93,10 @@ void select_in_view(int n_voxels, const int32_t* n_duplicates, int64_t* in_view,
                     cudaStream_t stream);
 
 // --- binning.cu
+// Voxels with more (tile, octant) candidates than this (see entry_candidates in math.cuh) are
+// binned by a warp each, after the others: a thread (or, for requested pixels, a warp of 32
+// voxels) walking a near voxel's thousand candidates alone made the binning's tail.
+constexpr int WIDE_CANDIDATES = 32;
 // The sort key is (tile, rank) with the rank reduced to its informative `rank_bits`
 // (3 * used_levels: the unused levels at the bottom of the octpaths are zero in every path).
 // Both share one 64-bit key when they fit; otherwise the entries are sorted twice (rank, then
@@ -104,11 +110,13 @@ struct KeyLayout {
 size_t sort_scratch_bytes(int64_t n_entries, const KeyLayout& layout);
 // Writes each voxel's entries at `offsets[v] - n_duplicates[v]` (offsets = inclusive scan;
 // int32, as the caller has checked that the total is below 2^31).
-// `tile_keys` is written only when !layout.single().
+// `tile_keys` is written only when !layout.single(). `wide` holds the frame's COUNT_WIDE voxel
+// ids (listed in any order: each voxel's entries have their place), `wide_cursor` is zero.
 void duplicate_with_keys(const Camera& cam, const RequestedPixels& requests, const KeyLayout& layout, int n_voxels,
                          const int64_t* octpaths, const short4* pixel_rect, const uint8_t* octant_mask,
-                         const int32_t* n_duplicates, const int32_t* offsets, uint64_t* keys, uint32_t* tile_keys,
-                         uint32_t* values, cudaStream_t stream);
+                         const int32_t* n_duplicates, const int32_t* offsets, int n_wide, int32_t* wide,
+                         unsigned long long* wide_cursor, uint64_t* keys, uint32_t* tile_keys, uint32_t* values,
+                         cudaStream_t stream);
 // Sorts entries by (tile, rank). Each array comes with a second buffer of its size; the sort
 // moves the data between the two (so that it needs no third copy in its scratch) and says
 // where the results landed. `index_scratch` holds 2 * n_entries uint32 (used only by the
