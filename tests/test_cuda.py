@@ -257,6 +257,12 @@ def test_culling_matches_reference(cuda, seed):
         assert torch.equal(torch.sort(got.in_view.cpu()).values, torch.sort(ref.in_view).values)
         assert got.state.entries.numel() == len(ref.state.binning.entry_voxel)
         assert_same_lists(got, ref, n_tiles)
+        # The tiles' render order: each tile once, the lengths descending to within a sixteenth
+        # of an octave (the order's buckets).
+        order = got.state.tile_order.cpu().long()
+        assert torch.equal(torch.sort(order).values, torch.arange(n_tiles))
+        list_lengths = (got.state.ranges[:, 1] - got.state.ranges[:, 0]).cpu()[order].double()
+        assert (list_lengths[1:] <= list_lengths[:-1] * 2 ** (1 / 16) * (1 + 1e-5)).all()
         if seed >= 6:
             rect = ref.state.preprocessed.tile_rect
             area = (rect[:, 2] - rect[:, 0] + 1).clamp(min=0) * (rect[:, 3] - rect[:, 1] + 1).clamp(min=0)

@@ -196,7 +196,8 @@ std::vector<Tensor> rasterize_preprocess(const std::vector<double>& camera, cons
     keys.reset();
     tile_keys.reset();
     Tensor tile_order = torch::empty({n_tiles}, opts.dtype(at::kInt));
-    svr::order_tiles(n_tiles, ptr<int2>(ranges), ptr<int32_t>(tile_order), stream);
+    Tensor order_scratch = torch::empty({int64_t(svr::order_tiles_scratch_bytes())}, opts.dtype(at::kByte));
+    svr::order_tiles(n_tiles, ptr<int2>(ranges), order_scratch.data_ptr(), ptr<int32_t>(tile_order), stream);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     // Queued last: only vox_fn needs it (the GPU reaches it after the sort, the host at once).
     Tensor in_view = torch::empty({c[svr::COUNT_IN_VIEW]}, opts.dtype(at::kLong));

@@ -215,33 +215,72 @@ __global__ void ranges_kernel(int64_t n, int rank_bits, const uint64_t* __restri
 int grid_for(int64_t n, int block) { return int((n + block - 1) / block); }
 
 // The render order of the tiles, longest list first, by a counting sort on the list length's
-// logarithm in sixteenths of an octave (lengths within 4.4% share a bucket): one block, one
-// launch (a full argsort was a dozen). The order inside a bucket is left to the atomics: it
-// changes the schedule, never a pixel.
+// logarithm in sixteenths of an octave (lengths within 4.4% share a bucket). The order inside
+// a bucket is left to the atomics: it changes the schedule, never a pixel. Two kernels over
+// blocks of tiles (one block over all 32,400 tiles of 1080p took 0.03 ms, waiting on its
+// loads): a histogram of the buckets, then each block takes its tiles' slots, one atomic per
+// bucket it holds.
 constexpr int ORDER_STEPS_PER_OCTAVE = 16;
 constexpr int ORDER_BUCKETS = 32 * ORDER_STEPS_PER_OCTAVE;
+constexpr int ORDER_THREADS = 1024;
+static_assert(ORDER_BUCKETS <= ORDER_THREADS && ORDER_BUCKETS % 32 == 0, "a thread per bucket in the scan");
 
 __device__ __forceinline__ int order_bucket(int2 range) {
     const int length = range.y - range.x;
     return length > 0 ? min(ORDER_BUCKETS - 1, 1 + int(ORDER_STEPS_PER_OCTAVE * log2f(float(length)))) : 0;
 }
 
-__global__ void tile_order_kernel(int n_tiles, const int2* __restrict__ ranges, int32_t* __restrict__ order) {
-    __shared__ int slot[ORDER_BUCKETS];
-    for (int b = threadIdx.x; b < ORDER_BUCKETS; b += blockDim.x) slot[b] = 0;
+// histogram[b] += the block's tiles in bucket b; returns this thread's tile's bucket (-1: none)
+// and its rank among the block's tiles of that bucket (block_count holds the block's counts).
+__device__ __forceinline__ int2 count_buckets(int n_tiles, const int2* __restrict__ ranges, int* block_count) {
+    for (int b = threadIdx.x; b < ORDER_BUCKETS; b += blockDim.x) block_count[b] = 0;
     __syncthreads();
-    for (int t = threadIdx.x; t < n_tiles; t += blockDim.x) atomicAdd(&slot[order_bucket(ranges[t])], 1);
-    __syncthreads();
-    if (threadIdx.x == 0) {  // the first slot of each bucket, the longest bucket first
-        int sum = 0;
-        for (int b = ORDER_BUCKETS - 1; b >= 0; --b) {
-            const int count = slot[b];
-            slot[b] = sum;
-            sum += count;
-        }
+    const int t = int(blockIdx.x * blockDim.x + threadIdx.x);
+    int2 bucket_rank = make_int2(-1, 0);
+    if (t < n_tiles) {
+        bucket_rank.x = order_bucket(ranges[t]);
+        bucket_rank.y = atomicAdd(&block_count[bucket_rank.x], 1);
     }
     __syncthreads();
-    for (int t = threadIdx.x; t < n_tiles; t += blockDim.x) order[atomicAdd(&slot[order_bucket(ranges[t])], 1)] = t;
+    return bucket_rank;
+}
+
+__global__ void __launch_bounds__(ORDER_THREADS)
+tile_histogram_kernel(int n_tiles, const int2* __restrict__ ranges, int* __restrict__ histogram) {
+    __shared__ int block_count[ORDER_BUCKETS];
+    count_buckets(n_tiles, ranges, block_count);
+    for (int b = threadIdx.x; b < ORDER_BUCKETS; b += blockDim.x)
+        if (block_count[b]) atomicAdd(&histogram[b], block_count[b]);
+}
+
+__global__ void __launch_bounds__(ORDER_THREADS)
+tile_order_kernel(int n_tiles, const int2* __restrict__ ranges, const int* __restrict__ histogram,
+                  int* __restrict__ taken, int32_t* __restrict__ order) {
+    __shared__ int block_count[ORDER_BUCKETS], first_slot[ORDER_BUCKETS], warp_sums[ORDER_BUCKETS / 32];
+    const int2 bucket_rank = count_buckets(n_tiles, ranges, block_count);
+    // Each bucket's first slot, the longest bucket first: thread i scans bucket
+    // ORDER_BUCKETS - 1 - i (warp scans, then the warps' totals).
+    const int i = int(threadIdx.x), lane = i & 31;
+    int count = 0, inclusive = 0;
+    if (i < ORDER_BUCKETS) {
+        count = histogram[ORDER_BUCKETS - 1 - i];
+        inclusive = count;
+#pragma unroll
+        for (int d = 1; d < 32; d <<= 1) {
+            const int m = __shfl_up_sync(0xffffffffu, inclusive, d);
+            if (lane >= d) inclusive += m;
+        }
+        if (lane == 31) warp_sums[i / 32] = inclusive;
+    }
+    __syncthreads();
+    if (i < ORDER_BUCKETS) {
+        const int b = ORDER_BUCKETS - 1 - i;
+        int start = inclusive - count;
+        for (int w = 0; w < i / 32; ++w) start += warp_sums[w];
+        if (block_count[b]) first_slot[b] = start + atomicAdd(&taken[b], block_count[b]);
+    }
+    __syncthreads();
+    if (bucket_rank.x >= 0) order[first_slot[bucket_rank.x] + bucket_rank.y] = int(blockIdx.x * blockDim.x + threadIdx.x);
 }
 
 }  // namespace
@@ -321,8 +360,16 @@ SortedEntries sort_entries(int64_t n_entries, const KeyLayout& layout, uint64_t*
     return {nullptr, sorted_tiles.Current(), sorted_values.Current()};
 }
 
-void order_tiles(int n_tiles, const int2* ranges, int32_t* tile_order, cudaStream_t stream) {
-    tile_order_kernel<<<1, 1024, 0, stream>>>(n_tiles, ranges, tile_order);
+size_t order_tiles_scratch_bytes() { return 2 * sizeof(int) * ORDER_BUCKETS; }
+
+void order_tiles(int n_tiles, const int2* ranges, void* scratch, int32_t* tile_order, cudaStream_t stream) {
+    if (n_tiles == 0) return;
+    int* histogram = static_cast<int*>(scratch);
+    int* taken = histogram + ORDER_BUCKETS;
+    cudaMemsetAsync(scratch, 0, order_tiles_scratch_bytes(), stream);
+    const int blocks = grid_for(n_tiles, ORDER_THREADS);
+    tile_histogram_kernel<<<blocks, ORDER_THREADS, 0, stream>>>(n_tiles, ranges, histogram);
+    tile_order_kernel<<<blocks, ORDER_THREADS, 0, stream>>>(n_tiles, ranges, histogram, taken, tile_order);
 }
 
 void identify_tile_ranges(int64_t n_entries, int n_tiles, const KeyLayout& layout, const SortedEntries& sorted,

@@ -133,8 +133,10 @@ SortedEntries sort_entries(int64_t n_entries, const KeyLayout& layout, uint64_t*
 void identify_tile_ranges(int64_t n_entries, int n_tiles, const KeyLayout& layout, const SortedEntries& sorted,
                           int2* ranges, cudaStream_t stream);
 // The order the render kernels take the tiles in: longest list first (to within 4.4% of
-// length), so that the long lists start early instead of trailing.
-void order_tiles(int n_tiles, const int2* ranges, int32_t* tile_order, cudaStream_t stream);
+// length), so that the long lists start early instead of trailing. `scratch` holds
+// order_tiles_scratch_bytes() bytes.
+size_t order_tiles_scratch_bytes();
+void order_tiles(int n_tiles, const int2* ranges, void* scratch, int32_t* tile_order, cudaStream_t stream);
 
 // --- forward.cu / backward.cu / topk.cu
 // The pixels a render covers: the whole image (one block per tile, outputs [C, H, W]) or a
