@@ -20,12 +20,14 @@ int bits_for(int n) {
 // tile's summary and row masks), and a thread per voxel ran its voxel's tests one after the
 // other (0.160 ms at R6M, 1% of the pixels). There the lanes of a warp walk the candidates of
 // their 32 voxels together, 32 at a time in the same order, and keep the binned ones by ballot
-// (0.130 ms); handing only voxels of many candidates to the warp gained nothing (0.167 ms).
-// The same walk for the whole image was slower than a thread per voxel (0.139 against
-// 0.125 ms): more instructions per entry, and no tests to spread.
-// In both, a voxel of more than WIDE_CANDIDATES candidates (a near voxel spans up to a few
-// thousand 8x8 tiles, and such voxels tend to sit together in the arrays, e.g. a background
-// shell) is only listed, and wide_kernel gives each listed voxel a warp of its own.
+// (0.130 ms). The same walk for the whole image was slower than a thread per voxel (0.139
+// against 0.125 ms): more instructions per entry, and no tests to spread.
+// In both, a voxel of more than WIDE_CANDIDATES candidates is only listed, and wide_kernel
+// gives each listed voxel a warp of its own: a near voxel spans up to a few thousand 8x8 tiles,
+// and such voxels sit together in the arrays (a background shell), so a thread or a warp of 32
+// of them made the kernel's tail (R6M: 0.21 -> 0.12 ms whole image, 0.28 -> 0.09 ms for 1% of
+// the pixels). Letting a warp take over its own voxels of many candidates had gained nothing
+// (0.167 ms): the tail moved with them.
 constexpr int DUPLICATE_BLOCK = 256;
 
 struct EntryWriter {
@@ -56,11 +58,11 @@ struct WideList {
 };
 
 // Candidate j (octant ordinal major, then tile rows) of a voxel with tile rectangle r.
-struct Candidate {
+struct TileCandidate {
     int octant_ordinal, tx, ty;
 };
-__device__ __forceinline__ Candidate candidate(int4 r, int j) {
-    const int width = r.z - r.x + 1, area = width * (r.w - r.y + 1);
+__device__ __forceinline__ TileCandidate candidate(int4 r, int j) {
+    const int width = r.z - r.x + 1, area = tile_area(r);
     const int octant_ordinal = j / area, t = j - octant_ordinal * area;
     return {octant_ordinal, r.x + t % width, r.y + t / width};
 }
@@ -140,8 +142,8 @@ duplicate_kernel(int n, int tiles_x, RequestedPixels requests, EntryWriter write
         const uint32_t mask_k = __shfl_sync(full, mask, k);
         const uint64_t path_k = __shfl_sync(full, path, k);
         const int4 r = tile_rect(pk);
-        const Candidate c = candidate(r, j - start);
-        const bool exact = (r.z - r.x + 1) * (r.w - r.y + 1) <= MAX_EXACT_TILES;  // as preprocess counted
+        const TileCandidate c = candidate(r, j - start);
+        const bool exact = tile_area(r) <= MAX_EXACT_TILES;  // as preprocess counted
         const bool keep = j < total && bins_into(requests, pk, c.tx, c.ty, tiles_x, exact);
         const uint32_t kept = __ballot_sync(full, keep);
         if (keep) {
@@ -169,13 +171,13 @@ wide_kernel(int n_wide, const int32_t* __restrict__ wide, int tiles_x, Requested
     const uint32_t mask = octant_mask[v];
     const uint64_t path = uint64_t(octpaths[v]);
     const int4 r = tile_rect(p);
-    const bool exact = (r.z - r.x + 1) * (r.w - r.y + 1) <= MAX_EXACT_TILES;  // as preprocess counted
+    const bool exact = tile_area(r) <= MAX_EXACT_TILES;  // as preprocess counted
     const int candidates = entry_candidates(p, mask);
     int out = offsets[v] - n_duplicates[v];
     const uint32_t lanes_below = (1u << lane) - 1u;
     for (int first = 0; first < candidates; first += 32) {
         const int j = first + lane;
-        const Candidate c = candidate(r, j);
+        const TileCandidate c = candidate(r, j);
         const bool keep = j < candidates && (!SPARSE || bins_into(requests, p, c.tx, c.ty, tiles_x, exact));
         const uint32_t kept = __ballot_sync(full, keep);
         if (keep) {

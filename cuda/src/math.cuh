@@ -39,11 +39,13 @@ __device__ __forceinline__ int4 tile_rect(int4 p) {
     return make_int4(p.x / TILE_SIZE, p.y / TILE_SIZE, p.z / TILE_SIZE, p.w / TILE_SIZE);
 }
 
+// Tiles in an inclusive tile rectangle.
+__device__ __forceinline__ int tile_area(int4 r) { return (r.z - r.x + 1) * (r.w - r.y + 1); }
+
 // A voxel's (tile, octant) candidates: the entries it gets for the whole image, the pairs
 // binning tests for requested pixels.
 __device__ __forceinline__ int entry_candidates(int4 pixel_rect, uint32_t octant_mask) {
-    const int4 r = tile_rect(pixel_rect);
-    return (r.z - r.x + 1) * (r.w - r.y + 1) * __popc(octant_mask);
+    return tile_area(tile_rect(pixel_rect)) * __popc(octant_mask);
 }
 
 // Sparse rendering bins a voxel into tile (tx, ty) only when its pixel rectangle holds a

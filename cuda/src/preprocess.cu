@@ -27,7 +27,7 @@ __device__ __forceinline__ int active_tiles_in(const RequestedPixels& req, int t
 
 // The tiles of `tile_rect` the voxel is binned into (all of them unless pixels are requested).
 __device__ __forceinline__ int tiles_binned(const RequestedPixels& req, int tiles_x, int4 pixel_rect, int4 tile_rect) {
-    const int area = (tile_rect.z - tile_rect.x + 1) * (tile_rect.w - tile_rect.y + 1);
+    const int area = tile_area(tile_rect);
     if (!req.tile_summary) return area;
     const int active = active_tiles_in(req, tiles_x, tile_rect);
     if (active == 0 || area > MAX_EXACT_TILES) return active;
