@@ -70,6 +70,8 @@ render_backward_kernel(Camera cam, PixelSet pixels, BackwardOptions opt, RenderB
     // Phase B's hand-off to phase C, per pair slot: the transmittance in front of the voxel and
     // dL/dalpha; T < 0 when the voxel does not contribute (faint, or the ray misses it).
     __shared__ float2 pair_grads[BLOCK_THREADS];
+    // One point: each pair's raw density and integral from phase A, which phase C resumes.
+    __shared__ float2 kept[N == 1 ? BLOCK_THREADS : 1];
 
     // Phase B, per pixel back to front: the transmittance and dL/dalpha of each voxel it used.
     auto accumulate = [&](const PairStage& stage, const PairVisit& v) {
@@ -148,8 +150,8 @@ render_backward_kernel(Camera cam, PixelSet pixels, BackwardOptions opt, RenderB
             const float a = stage.result[threadIdx.x].a, b = stage.result[threadIdx.x].b;
             Quadrature<N> quad;
             if constexpr (N == 1) {
-                const float2 kept = stage.kept[threadIdx.x];
-                quad.resume(r, a, b, box_min, inv_len, kept.x, kept.y);
+                const float2 k = kept[threadIdx.x];
+                quad.resume(r, a, b, box_min, inv_len, k.x, k.y);
             } else {
                 quad.evaluate(r, a, b, box_min, inv_len, geo);
             }
@@ -263,7 +265,8 @@ render_backward_kernel(Camera cam, PixelSet pixels, BackwardOptions opt, RenderB
             atomicAdd(out.priority + v, priority);
         }
     };
-    walk_pairs<true, N, DEPTH, true>(in, range, task, pixels.sparse(), ray, unused, last, accumulate, scatter);
+    walk_pairs<true, N, DEPTH, true>(in, range, task, pixels.sparse(), ray, unused, last, N == 1 ? kept : nullptr,
+                                     accumulate, scatter);
 }
 
 }  // namespace

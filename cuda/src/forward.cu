@@ -30,7 +30,7 @@ render_forward_kernel(Camera cam, PixelSet pixels, ForwardOptions opt, RenderBuf
     float median_a = 0.f, median_b = 0.f, median_T = 0.f;
     bool done = !task.active;
 
-    walk_pairs<false, N, DEPTH, true>(in, range, task, pixels.sparse(), ray, done, 0,
+    walk_pairs<false, N, DEPTH, true>(in, range, task, pixels.sparse(), ray, done, 0, nullptr,
                                       [&](const PairStage& stage, const PairVisit& v) {
         float w = 0.f;
         const float alpha = v.result.alpha;

@@ -135,7 +135,6 @@ struct PairStage {
                                       // (rel_max, size), (box_min, r), (g, b, -, -)
     int4 meta[BLOCK_THREADS];       // candidates: (cover: lanes it may meet, first pair, entry, list index)
     PairResult result[BLOCK_THREADS];  // this round's pair results, one per lane
-    float2 kept[BLOCK_THREADS];     // back to front, N = 1: each pair's raw density and integral
 };
 
 __device__ __forceinline__ float3 xyz(float4 v) { return make_float3(v.x, v.y, v.z); }
@@ -249,11 +248,14 @@ struct PairRound {
 // (lane c holds the c-th in walking order), rounds of up to 32 pairs: each lane evaluates one
 // pair, then calls consume(stage, visit) for each of its own pairs of the round in walking
 // order (each pair exactly once; lanes diverge here: no warp collectives), then
-// finish(stage, round) once (all lanes together).
+// finish(stage, round) once (all lanes together). With `kept` (the backward's one-point
+// quadrature, a slot per thread), each lane also keeps there its pair's raw density and
+// integral (Quadrature::resume); the forward and top-K leave that shared memory out, and their
+// blocks fit more per multiprocessor.
 template <bool BACK_TO_FRONT, int N, bool DEPTH, bool WITH_RGB, typename Consume, typename Finish>
 __device__ __forceinline__ void walk_pairs(const RenderBuffers& in, int2 range, const PixelTask& task, bool sparse,
-                                           const Ray& ray, const bool& done, int limit, Consume&& consume,
-                                           Finish&& finish) {
+                                           const Ray& ray, const bool& done, int limit, float2* kept,
+                                           Consume&& consume, Finish&& finish) {
     __shared__ PairStage stage;
     const int lane = int(threadIdx.x & 31), warp_slot = int(threadIdx.x & ~31u);
     stage.ray_dir[threadIdx.x] = make_float4(ray.dir.x, ray.dir.y, ray.dir.z, ray.t_near);
@@ -337,9 +339,8 @@ __device__ __forceinline__ void walk_pairs(const RenderBuffers& in, int2 range, 
                 const int4 meta = stage.meta[round.slot];
                 round.ray_slot = warp_slot + nth_set_bit(uint32_t(meta.x), p - meta.y);
                 round.entry = uint32_t(meta.z);
-                // The backward's phase C resumes from the quadrature kept here.
-                float2* kept = BACK_TO_FRONT && N == 1 ? &stage.kept[threadIdx.x] : nullptr;
-                stage.result[threadIdx.x] = evaluate_pair<N, DEPTH>(stage, ray.origin, round.ray_slot, round.slot, kept);
+                stage.result[threadIdx.x] = evaluate_pair<N, DEPTH>(stage, ray.origin, round.ray_slot, round.slot,
+                                                                    kept ? kept + threadIdx.x : nullptr);
             }
             __syncwarp();
             // This pixel's pairs of the round, in walking order (a pixel's pairs are numbered

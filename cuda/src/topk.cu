@@ -22,7 +22,7 @@ render_topk_kernel(Camera cam, PixelSet pixels, int k, RenderBuffers in, int64_t
     float T = 1.f;
     float kth = 0.f;  // the k-th largest weight kept so far (the padding's 0 until k are kept)
     bool done = !task.active;
-    walk_pairs<false, N, false, false>(in, range, task, pixels.sparse(), ray, done, 0,
+    walk_pairs<false, N, false, false>(in, range, task, pixels.sparse(), ray, done, 0, nullptr,
                                        [&](const PairStage&, const PairVisit& v) {
         const float alpha = v.result.alpha;
         if (done || alpha < MIN_ALPHA) return;
