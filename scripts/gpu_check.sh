@@ -7,7 +7,8 @@
 # large sizes), BENCH_SCENES, BENCH_ROUNDS (baseline and tree alternate that many times; run-to-run
 # spread is 5-10%); PROFILE=1 (torch profiler, PROFILE_SCENES), NCU=1 (Nsight Compute,
 # NCU_SCENES), NCU_SOURCE=1 (stall samples per source line: scripts/ncu_source.py, NCU_KERNELS,
-# NCU_SCENES), STEADY=N (N training steps back to back, camera matrices on CPU and GPU; STEADY_SCENES).
+# NCU_SCENES), STEADY=N (N training steps back to back, camera matrices on CPU and GPU; STEADY_SCENES),
+# HOST=1 (host time of the Python and C++ steps: bench/bench_host.py, HOST_SCENE).
 # The device tool brings back at most 8 files: device.txt, tests.log, bench.log (fit example
 # and benchmarks), bench.json, bench_base.json, profile.txt, ncu.txt, and a build log on failure.
 set -uo pipefail
@@ -86,6 +87,9 @@ if [ "${SKIP_BENCH:-0}" != 1 ]; then
     python3 bench/bench_cuda.py --scenes R1.5M --long 1000 2>&1 | tee -a "$OUT/bench.log" | tail -n 1
     python3 bench/bench_cuda.py --scenes O6M --sizes 2>&1 | tee -a "$OUT/bench.log" | tail -n 6
   fi
+fi
+if [ "${HOST:-0}" = 1 ]; then
+  python3 bench/bench_host.py --scene ${HOST_SCENE:-R1.5M} 2>&1 | tee -a "$OUT/bench.log" | tail -n 14
 fi
 if [ -n "${STEADY:-}" ]; then
   python3 bench/bench_cuda.py --scenes ${STEADY_SCENES:-O6M,R6M} --steady "$STEADY" 2>&1 | tee -a "$OUT/bench.log" | tail -n 12
