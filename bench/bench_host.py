@@ -41,7 +41,6 @@ def main():
     device = scene["vox_centers"].device
     params = {"geos": scene["geos"], "rgbs": scene["rgbs"],
               "subdiv_p": torch.zeros(len(scene["geos"]), 1, device=device)}
-    camera = validation.camera_args(settings)
     gen = torch.Generator().manual_seed(0)
     pixels = torch.stack([torch.randint(0, 1080, (args.pixels,), generator=gen),
                           torch.randint(0, 1920, (args.pixels,), generator=gen)], 1).to(device)
@@ -65,7 +64,7 @@ def main():
         ("validation.check_settings (with camera_args)", lambda: validation.check_settings(settings, device), 1000),
         ("validation.camera_args", lambda: validation.camera_args(settings), 1000),
         ("renderer._check_inputs", lambda: renderer._check_inputs(settings, *voxels), 1000),
-        ("renderer._camera_position (a kernel)", lambda: renderer._camera_position(settings, camera, device), 1000),
+        ("renderer._camera_position", lambda: renderer._camera_position(settings, dense, device), 1000),
         ("validation.check_vox_params", lambda: validation.check_vox_params(params, len(params["geos"]), device), 1000),
         ("pixel_layout + sync", lambda: layout(False), 100),
         ("pixel_layout, pixels checked (one read) + sync", lambda: layout(True), 100),

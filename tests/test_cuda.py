@@ -84,7 +84,8 @@ def test_empty_and_nothing_in_view(cuda):
                                                   ("cpu", torch.float64)])
 def test_vox_fn_camera_position(cuda, matrix_device, dtype):
     """vox_fn gets the camera position on the voxels' device, in the matrices' dtype, whether
-    the matrices live on the host (written by a kernel) or on the device (a view)."""
+    the matrices live on the host (written by preprocess) or on the device (a view), and with
+    intersections reused (also for requested pixels)."""
     octpath, centers, lengths, geos, rgbs = random_scene(4)
     settings = make_settings((0.7, -2.0, 1.3), (0, 0, 0), width=20, height=10)
     settings = settings._replace(w2c_matrix=settings.w2c_matrix.to(matrix_device, dtype),
@@ -95,9 +96,18 @@ def test_vox_fn_camera_position(cuda, matrix_device, dtype):
         seen.append(cam_pos)
         return {"geos": geos.to(cuda), "rgbs": rgbs.to(cuda), "subdiv_p": torch.zeros(len(geos), 1, device=cuda)}
 
-    rasterize_voxels(settings, octpath.to(cuda), centers.to(cuda), lengths.to(cuda), vox_fn)
-    assert seen[0].device == centers.to(cuda).device and seen[0].dtype == dtype
-    assert torch.equal(seen[0].cpu(), settings.c2w_matrix[:3, 3].cpu())
+    from svraster_cuda.renderer import intersect_voxels, rasterize_voxels_sparse
+    voxels = (octpath.to(cuda), centers.to(cuda), lengths.to(cuda))
+    pixels = torch.tensor([[3, 4], [9, 19]], device=cuda)
+    rasterize_voxels(settings, *voxels, vox_fn)
+    rasterize_voxels(settings, *voxels, vox_fn, intersections=intersect_voxels(settings, *voxels))
+    rasterize_voxels_sparse(settings, *voxels, vox_fn, pixels)
+    rasterize_voxels_sparse(settings, *voxels, vox_fn, pixels,
+                            intersections=intersect_voxels(settings, *voxels, pixels=pixels))
+    assert len(seen) == 4
+    for cam_pos in seen:
+        assert cam_pos.device == voxels[1].device and cam_pos.dtype == dtype
+        assert torch.equal(cam_pos.cpu(), settings.c2w_matrix[:3, 3].cpu())
 
 
 def test_camera_inside_voxels(cuda):

@@ -94,9 +94,9 @@ void check_no_outside(const svr::Camera& cam, int64_t n_outside, int64_t n_reque
 }
 
 // Stages 1-4 for the whole image, or (sparse, `pixels` given) for the tiles holding requested
-// pixels. Returns (in_view, ranges, entries, pixel_rect, tile_order, row_masks); row_masks
-// [n_tiles, TILE_SIZE] int32 (bit x of row y: pixel (x, y) of the tile is requested) is empty
-// for the whole image.
+// pixels. Returns (in_view, ranges, entries, pixel_rect, tile_order, row_masks,
+// camera_position); row_masks [n_tiles, TILE_SIZE] int32 (bit x of row y: pixel (x, y) of the
+// tile is requested) is empty for the whole image; camera_position is float32 [3] (vox_fn's).
 std::vector<Tensor> rasterize_preprocess(const std::vector<double>& camera, const Tensor& octree_paths,
                                          const Tensor& vox_centers, const Tensor& vox_lengths,
                                          const std::optional<Tensor>& pixels) {
@@ -136,8 +136,10 @@ std::vector<Tensor> rasterize_preprocess(const std::vector<double>& camera, cons
     Tensor pixel_rect = torch::empty({n, 4}, opts.dtype(at::kShort));
     Tensor octant_mask = torch::empty({n}, opts.dtype(at::kByte));
     Tensor n_duplicates = torch::empty({n}, opts.dtype(at::kInt));
+    Tensor position = torch::empty({3}, opts.dtype(at::kFloat));
     svr::preprocess(cam, requests, int(n), ptr<int64_t>(octree_paths), ptr<float>(vox_centers), ptr<float>(vox_lengths),
-                    ptr<short4>(pixel_rect), ptr<uint8_t>(octant_mask), ptr<int32_t>(n_duplicates), counters, stream);
+                    ptr<short4>(pixel_rect), ptr<uint8_t>(octant_mask), ptr<int32_t>(n_duplicates), counters,
+                    ptr<float>(position), stream);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
 
     // The one device-to-host read of the frame: how many entries to allocate, how many rank
@@ -205,17 +207,7 @@ std::vector<Tensor> rasterize_preprocess(const std::vector<double>& camera, cons
     svr::select_in_view(int(n), ptr<int32_t>(n_duplicates), ptr<int64_t>(in_view), select_scratch.data_ptr(),
                         size_t(select_scratch.numel()), stream);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
-    return {in_view, ranges, entries, pixel_rect, tile_order, row_masks};
-}
-
-// The camera position as a float32 [3] tensor on CUDA device `device_index`, written by a kernel.
-Tensor camera_position(const std::vector<double>& camera, int64_t device_index) {
-    const c10::Device device(c10::DeviceType::CUDA, c10::DeviceIndex(device_index));
-    const c10::cuda::CUDAGuard guard(device);
-    Tensor position = torch::empty({3}, torch::TensorOptions().device(device).dtype(at::kFloat));
-    svr::camera_position(make_camera(camera), ptr<float>(position), c10::cuda::getCurrentCUDAStream());
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-    return position;
+    return {in_view, ranges, entries, pixel_rect, tile_order, row_masks, position};
 }
 
 // Requested pixels grouped into warps of one tile, the tiles in `tile_order` (longest list
@@ -419,8 +411,7 @@ std::vector<Tensor> rasterize_topk(const std::vector<double>& camera, int64_t n_
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
     m.def("rasterize_preprocess", &rasterize_preprocess,
           "preprocess, duplicateWithKeys, sort, identifyTileRanges -> [in_view, ranges, entries, pixel_rect, "
-          "tile_order, row_masks]");
-    m.def("camera_position", &camera_position, "the camera position on the device -> [3] float32");
+          "tile_order, row_masks, camera_position]");
     m.def("pixel_layout", &pixel_layout, "requested pixels grouped into warps -> [requests, warp_tiles, lane_requests]");
     m.def("rasterize_voxels", &rasterize_voxels, "forward render -> [color, depth, normal, T, max_w, aux, last]");
     m.def("rasterize_voxels_backward", &rasterize_voxels_backward, "backward render -> [dL_dgeos, dL_drgbs, priority]");

@@ -168,7 +168,9 @@ __global__ void __launch_bounds__(PREPROCESS_BLOCK)
 preprocess_kernel(Camera cam, RequestedPixels requests, int n, const int64_t* __restrict__ octpaths,
                   const float* __restrict__ centers, const float* __restrict__ lengths,
                   short4* __restrict__ pixel_rect, uint8_t* __restrict__ octant_mask,
-                  int32_t* __restrict__ n_duplicates, unsigned long long* __restrict__ counts) {
+                  int32_t* __restrict__ n_duplicates, unsigned long long* __restrict__ counts,
+                  float* __restrict__ camera_position) {
+    if (blockIdx.x == 0 && threadIdx.x < 3) camera_position[threadIdx.x] = cam.c2w[4 * threadIdx.x + 3];
     unsigned long long entries = 0;
     unsigned in_view = 0, levels = 0, wide = 0;
     for (int v = blockIdx.x * blockDim.x + threadIdx.x; v < n; v += gridDim.x * blockDim.x) {
@@ -218,21 +220,17 @@ preprocess_kernel(Camera cam, RequestedPixels requests, int n, const int64_t* __
     }
 }
 
-__global__ void camera_position_kernel(Camera cam, float* out) { out[threadIdx.x] = cam.c2w[4 * threadIdx.x + 3]; }
-
 }  // namespace
-
-void camera_position(const Camera& cam, float* out, cudaStream_t stream) {
-    camera_position_kernel<<<1, 3, 0, stream>>>(cam, out);
-}
 
 void preprocess(const Camera& cam, const RequestedPixels& requests, int n_voxels, const int64_t* octpaths,
                 const float* centers, const float* lengths, short4* pixel_rect, uint8_t* octant_mask,
-                int32_t* n_duplicates, unsigned long long* counts, cudaStream_t stream) {
-    if (n_voxels == 0) return;
-    const int blocks = std::min((n_voxels + PREPROCESS_BLOCK - 1) / PREPROCESS_BLOCK, PREPROCESS_MAX_BLOCKS);
-    preprocess_kernel<<<blocks, PREPROCESS_BLOCK, 0, stream>>>(
-        cam, requests, n_voxels, octpaths, centers, lengths, pixel_rect, octant_mask, n_duplicates, counts);
+                int32_t* n_duplicates, unsigned long long* counts, float* camera_position, cudaStream_t stream) {
+    // At least one block, which writes the camera position.
+    const int blocks =
+        std::max(1, std::min((n_voxels + PREPROCESS_BLOCK - 1) / PREPROCESS_BLOCK, PREPROCESS_MAX_BLOCKS));
+    preprocess_kernel<<<blocks, PREPROCESS_BLOCK, 0, stream>>>(cam, requests, n_voxels, octpaths, centers, lengths,
+                                                               pixel_rect, octant_mask, n_duplicates, counts,
+                                                               camera_position);
 }
 
 // CUB's selection of the indices whose count is non-zero, in one pass (ATen's nonzero_static

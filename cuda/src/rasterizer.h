@@ -76,16 +76,15 @@ void assign_warps(int n_tiles, int n_requests, const int32_t* tile_order, const 
                   int32_t* warp_tiles, int32_t* lane_requests, cudaStream_t stream);
 
 // --- preprocess.cu
-// The camera position (c2w translation) written to out[3] on the device: vox_fn's argument,
-// without a host-to-device copy (a copy would wait for the GPU's queue or a pinned buffer).
-void camera_position(const Camera& cam, float* out, cudaStream_t stream);
 // Per voxel, conservative pixel rectangle (x0, y0, x1, y1 inclusive; int16, as images are at
 // most MAX_IMAGE_SIZE pixels wide: half the bytes the render kernels read per candidate),
-// octant mask and number of (tile, octant) entries (0 when culled); and the frame counts
-// COUNT_ENTRIES, COUNT_USED_LEVELS, COUNT_IN_VIEW and COUNT_WIDE.
+// octant mask and number of (tile, octant) entries (0 when culled); the frame counts
+// COUNT_ENTRIES, COUNT_USED_LEVELS, COUNT_IN_VIEW and COUNT_WIDE; and camera_position[3], the
+// c2w translation (vox_fn's argument: on the device without a host-to-device copy, which would
+// wait for the GPU's queue, nor a launch of its own).
 void preprocess(const Camera& cam, const RequestedPixels& requests, int n_voxels, const int64_t* octpaths,
                 const float* centers, const float* lengths, short4* pixel_rect, uint8_t* octant_mask,
-                int32_t* n_duplicates, unsigned long long* counts, cudaStream_t stream);
+                int32_t* n_duplicates, unsigned long long* counts, float* camera_position, cudaStream_t stream);
 // The voxels in view (those with entries), in index order, into in_view[COUNT_IN_VIEW]: vox_fn's
 // argument. `scratch` holds scratch_bytes = in_view_scratch_bytes(n_voxels) bytes.
 size_t in_view_scratch_bytes(int n_voxels);

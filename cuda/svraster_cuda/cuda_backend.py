@@ -48,6 +48,7 @@ class CudaState(NamedTuple):
     entries: torch.Tensor   # [M] int32, sorted: octant << 29 | voxel id
     pixel_rect: torch.Tensor  # [N, 4] int16 conservative pixel rectangle per voxel
     tile_order: torch.Tensor  # [n_tiles] int32 render order of the tiles: longest list first
+    camera_position: torch.Tensor  # [3] float32, written by preprocess
     row_masks: torch.Tensor = None  # [n_tiles, TILE_SIZE] int32 requested pixels binned for (None: all)
 
 
@@ -65,22 +66,24 @@ def _pixel_args(state, layout):
     return state.tile_order, True, layout.requests, layout.warp_tiles, layout.lane_requests
 
 
-def camera_position(settings, camera, device):
-    """vox_fn's camera position on `device`, written by a kernel from the camera arguments (a
-    host-to-device copy would wait for the GPU's queue; a pinned one was slower still)."""
+def camera_position(settings, state, device):
+    """vox_fn's camera position on `device`, in the matrices' dtype: the one preprocess wrote
+    (a host-to-device copy would wait for the GPU's queue; a pinned one was slower still)."""
     if settings.c2w_matrix.dtype != torch.float32:
+        camera = state.camera
         return torch.tensor([camera[22], camera[26], camera[30]], dtype=settings.c2w_matrix.dtype, device=device)
-    return _load().camera_position(camera, device.index)
+    return state.camera_position
 
 
 def rasterize_preprocess(settings, camera, octree_paths, vox_centers, vox_lengths, pixels=None):
     """`camera`: validation.camera_args(settings), computed once by the caller. With `pixels`
     (int64 [P, 2]), only the tiles holding them; pixels outside the image raise ValueError
     (checked in the frame's one device read)."""
-    in_view, ranges, entries, pixel_rect, tile_order, row_masks = _load().rasterize_preprocess(
+    in_view, ranges, entries, pixel_rect, tile_order, row_masks, position = _load().rasterize_preprocess(
         camera, octree_paths.contiguous(), vox_centers.contiguous(), vox_lengths.contiguous(),
         None if pixels is None else pixels.contiguous())
-    return in_view, CudaState(camera, ranges, entries, pixel_rect, tile_order, None if pixels is None else row_masks)
+    return in_view, CudaState(camera, ranges, entries, pixel_rect, tile_order, position,
+                              None if pixels is None else row_masks)
 
 
 def pixel_layout(settings, state, pixels, dtype, device, verify=False):

@@ -131,9 +131,8 @@ def rasterize_voxels(raster_settings, octree_paths, vox_centers, vox_lengths, vo
     max_w [N,1]); depth, normal and max_w are empty unless requested in the settings.
     `intersections` (from `intersect_voxels`) skips preprocess and sorting."""
     camera = _check_inputs(raster_settings, octree_paths, vox_centers, vox_lengths)
-    cam_pos = _camera_position(raster_settings, camera, vox_centers.device)
     inter, layout = _reuse(intersections, raster_settings, camera, octree_paths, vox_centers, vox_lengths, None)
-    return _render(raster_settings, inter, layout, cam_pos, vox_centers, vox_lengths, vox_fn)
+    return _render(raster_settings, inter, layout, vox_centers, vox_lengths, vox_fn)
 
 
 def rasterize_voxels_sparse(raster_settings, octree_paths, vox_centers, vox_lengths, vox_fn, pixels,
@@ -145,13 +144,12 @@ def rasterize_voxels_sparse(raster_settings, octree_paths, vox_centers, vox_leng
     the dense case; `gt_color` may be [3,H,W] or [3,P]. Only tiles holding requested pixels
     are processed."""
     camera = _check_inputs(raster_settings, octree_paths, vox_centers, vox_lengths, pixels)
-    cam_pos = _camera_position(raster_settings, camera, vox_centers.device)
     inter, layout = _reuse(intersections, raster_settings, camera, octree_paths, vox_centers, vox_lengths, pixels)
     if raster_settings.lambda_R_concen > 0 and raster_settings.gt_color.dim() == 3:
         # The pixels are known to be inside the image by now.
         gt = raster_settings.gt_color.to(pixels.device)[:, pixels[:, 0], pixels[:, 1]]
         raster_settings = raster_settings._replace(gt_color=gt)
-    return _render(raster_settings, inter, layout, cam_pos, vox_centers, vox_lengths, vox_fn)
+    return _render(raster_settings, inter, layout, vox_centers, vox_lengths, vox_fn)
 
 
 def topk_contributors(raster_settings, octree_paths, vox_centers, vox_lengths, geos, k, pixels=None,
@@ -168,15 +166,17 @@ def topk_contributors(raster_settings, octree_paths, vox_centers, vox_lengths, g
                                          geos.detach(), k)
 
 
-def _camera_position(raster_settings, camera, device):
-    """The camera position for vox_fn, on `device`, queued before the frame's kernels."""
+def _camera_position(raster_settings, inter, device):
+    """The camera position for vox_fn, on `device`, in the matrices' dtype: a view of c2w
+    where it lives there, else the one the intersections' preprocess wrote."""
     c2w = raster_settings.c2w_matrix
     if c2w.device == device:
         return c2w[:3, 3]
-    return backend.for_device(device).camera_position(raster_settings, camera, device)
+    return inter.impl.camera_position(raster_settings, inter.state, device)
 
 
-def _render(raster_settings, inter, layout, cam_pos, vox_centers, vox_lengths, vox_fn):
+def _render(raster_settings, inter, layout, vox_centers, vox_lengths, vox_fn):
+    cam_pos = _camera_position(raster_settings, inter, vox_centers.device)
     params = vox_fn(inter.in_view, cam_pos, raster_settings.color_mode)
     validation.check_vox_params(params, len(vox_centers), vox_centers.device, values=raster_settings.debug)
     return _RasterizeVoxels.apply(inter, layout, raster_settings, vox_centers, vox_lengths,

@@ -54,7 +54,7 @@ def pixel_layout(settings, state, pixels, dtype, device, verify=False):
     return Rays(origin, rd, cam_norm, tile * 8 + ray_quadrant(rd), rows, cols, shape)
 
 
-def camera_position(settings, _camera, device):
+def camera_position(settings, _state, device):
     """vox_fn's camera position on `device`."""
     return settings.c2w_matrix[:3, 3].to(device)
 
