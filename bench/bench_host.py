@@ -55,8 +55,8 @@ def main():
                 renderer.rasterize_voxels(settings, *voxels, lambda *a: params, **kw)
         torch.cuda.synchronize()
 
-    def layout(verify):
-        sparse.impl.pixel_layout(settings, sparse.state, pixels, torch.float32, device, verify=verify)
+    def layout():  # of reused intersections: the pixels are checked (one read) and laid out
+        sparse.impl.pixel_layout(settings, sparse.state, pixels, torch.float32, device, verify=True)
         torch.cuda.synchronize()
 
     rows = [
@@ -66,8 +66,7 @@ def main():
         ("renderer._check_inputs", lambda: renderer._check_inputs(settings, *voxels), 1000),
         ("renderer._camera_position", lambda: renderer._camera_position(settings, dense, device), 1000),
         ("validation.check_vox_params", lambda: validation.check_vox_params(params, len(params["geos"]), device), 1000),
-        ("pixel_layout + sync", lambda: layout(False), 100),
-        ("pixel_layout, pixels checked (one read) + sync", lambda: layout(True), 100),
+        ("pixel_layout of reused intersections + sync", layout, 100),
         ("forward + sync", frame, 50),
         ("forward, reused intersections + sync", lambda: frame(intersections=dense), 50),
         ("sparse forward + sync", lambda: frame(pixels=pixels), 50),
