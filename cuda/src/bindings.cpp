@@ -286,15 +286,25 @@ std::vector<Tensor> pixel_layout(const std::vector<double>& camera, const Tensor
                       ptr<int2>(requests), ptr<int32_t>(tile_of), ptr<int32_t>(rank), ptr<int32_t>(tile_counts),
                       ptr<ULL>(invalid), stream);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
+    // The check's counts are copied to pinned memory and waited for after the warps are queued
+    // (the layout does not depend on them; a request that fails is never rendered).
+    Tensor host_invalid;
+    c10::Event invalid_copied(c10::DeviceType::CUDA);
     if (verify) {
-        const Tensor host_invalid = invalid.cpu();
+        host_invalid = torch::empty({2}, invalid.options().device(at::kCPU).pinned_memory(true));
+        C10_CUDA_CHECK(cudaMemcpyAsync(host_invalid.data_ptr(), invalid.data_ptr(), sizeof(int64_t) * 2,
+                                       cudaMemcpyDeviceToHost, stream));
+        invalid_copied.record(stream);
+    }
+    const auto [warp_tiles, lane_requests] = assign_pixels(cam, tile_order, tile_counts, tile_of, rank);
+    if (verify) {
+        invalid_copied.synchronize();
         const int64_t* bad = host_invalid.data_ptr<int64_t>();
         check_no_outside(cam, bad[0], n_requests);
         TORCH_CHECK_VALUE(bad[1] == 0,
                           "pixels: some requested pixels are not among those `intersections` was built for; build it "
                           "with these pixels (or without pixels)");
     }
-    const auto [warp_tiles, lane_requests] = assign_pixels(cam, tile_order, tile_counts, tile_of, rank);
     return {requests, warp_tiles, lane_requests};
 }
 
