@@ -1,9 +1,12 @@
 """Host time of the CUDA path's steps (CPU wall clock, GPU idle): where a frame's Python and
 C++ time goes, for the frames whose GPU work is short (small scenes, sparse pixels).
 
-    python bench/bench_host.py [--scene R1.5M] [--pixels 20736]
+    python bench/bench_host.py [--scene R1.5M] [--pixels 20736] [--frames] [--label NAME]
 
-Each row is the mean over repeated calls; "+ sync" rows include waiting for the GPU."""
+Each row is the mean over repeated calls; "+ sync" rows include waiting for the GPU.
+`--frames` times whole frames through the public API only (300 sparse, 100 dense), so that
+two builds can be compared in alternating processes (gpu_check.sh HOST_AB=N): the host time
+of one process can differ from another's by 10%, so compare over several rounds."""
 import argparse
 import sys
 import time
@@ -33,6 +36,8 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--scene", default="R1.5M")
     ap.add_argument("--pixels", type=int, default=20736, help="requested pixels of the sparse rows (1%% of 1080p)")
+    ap.add_argument("--frames", action="store_true", help="whole frames only, through the public API")
+    ap.add_argument("--label", default="", help="printed in the table's heading (e.g. base, tree)")
     args = ap.parse_args()
 
     scene = make_scene(args.scene, "cuda")
@@ -42,8 +47,8 @@ def main():
     params = {"geos": scene["geos"], "rgbs": scene["rgbs"],
               "subdiv_p": torch.zeros(len(scene["geos"]), 1, device=device)}
     gen = torch.Generator().manual_seed(0)
-    pixels = torch.stack([torch.randint(0, 1080, (args.pixels,), generator=gen),
-                          torch.randint(0, 1920, (args.pixels,), generator=gen)], 1).to(device)
+    pixels = torch.stack([torch.randint(0, settings.image_height, (args.pixels,), generator=gen),
+                          torch.randint(0, settings.image_width, (args.pixels,), generator=gen)], 1).to(device)
     dense = renderer.intersect_voxels(settings, *voxels)
     sparse = renderer.intersect_voxels(settings, *voxels, pixels=pixels)
 
@@ -59,7 +64,13 @@ def main():
         sparse.impl.pixel_layout(settings, sparse.state, pixels, torch.float32, device, verify=True)
         torch.cuda.synchronize()
 
-    rows = [
+    frames = [
+        ("forward + sync", frame, 100),
+        ("forward, reused intersections + sync", lambda: frame(intersections=dense), 100),
+        ("sparse forward + sync", lambda: frame(pixels=pixels), 300),
+        ("sparse forward, reused intersections + sync", lambda: frame(pixels=pixels, intersections=sparse), 300),
+    ]
+    steps = [
         ("validation.check_voxels", lambda: validation.check_voxels(*voxels), 1000),
         ("validation.check_settings (with camera_args)", lambda: validation.check_settings(settings, device), 1000),
         ("validation.camera_args", lambda: validation.camera_args(settings), 1000),
@@ -67,14 +78,11 @@ def main():
         ("renderer._camera_position", lambda: renderer._camera_position(settings, dense, device), 1000),
         ("validation.check_vox_params", lambda: validation.check_vox_params(params, len(params["geos"]), device), 1000),
         ("pixel_layout of reused intersections + sync", layout, 100),
-        ("forward + sync", frame, 50),
-        ("forward, reused intersections + sync", lambda: frame(intersections=dense), 50),
-        ("sparse forward + sync", lambda: frame(pixels=pixels), 50),
-        ("sparse forward, reused intersections + sync", lambda: frame(pixels=pixels, intersections=sparse), 50),
     ]
-    print(f"| {args.scene} 1920x1080, {args.pixels} sparse pixels | host us |")
+    heading = " ".join(x for x in (args.label, args.scene, f"{settings.image_width}x{settings.image_height},") if x)
+    print(f"| {heading} {args.pixels} sparse pixels | host us |")
     print("|---|---|")
-    for name, fn, repeat in rows:
+    for name, fn, repeat in frames if args.frames else steps + frames:
         print(f"| {name} | {mean_us(fn, repeat):.1f} |")
 
 

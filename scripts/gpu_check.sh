@@ -8,7 +8,8 @@
 # spread is 5-10%); PROFILE=1 (torch profiler, PROFILE_SCENES), NCU=1 (Nsight Compute,
 # NCU_SCENES), NCU_SOURCE=1 (stall samples per source line: scripts/ncu_source.py, NCU_KERNELS,
 # NCU_SCENES), STEADY=N (N training steps back to back, camera matrices on CPU and GPU; STEADY_SCENES),
-# HOST=1 (host time of the Python and C++ steps: bench/bench_host.py, HOST_SCENE).
+# HOST=1 (host time of the Python and C++ steps: bench/bench_host.py, HOST_SCENE), HOST_AB=N (N rounds
+# of whole frames' host time through the public API, baseline and tree in alternating processes).
 # The device tool brings back at most 8 files: device.txt, tests.log, bench.log (fit example
 # and benchmarks), bench.json, bench_base.json, profile.txt, ncu.txt, and a build log on failure.
 set -uo pipefail
@@ -90,6 +91,14 @@ if [ "${SKIP_BENCH:-0}" != 1 ]; then
 fi
 if [ "${HOST:-0}" = 1 ]; then
   python3 bench/bench_host.py --scene ${HOST_SCENE:-R1.5M} 2>&1 | tee -a "$OUT/bench.log" | tail -n 14
+fi
+if [ -n "${HOST_AB:-}" ] && [ -d .device_data/base ]; then
+  wait  # the baseline's build
+  for round in $(seq "$HOST_AB"); do
+    PYTHONPATH=$PWD/.device_data/base/cuda python3 bench/bench_host.py --frames --label base \
+      --scene ${HOST_SCENE:-R1.5M} 2>&1 | tee -a "$OUT/bench.log" | tail -n 6
+    python3 bench/bench_host.py --frames --label tree --scene ${HOST_SCENE:-R1.5M} 2>&1 | tee -a "$OUT/bench.log" | tail -n 6
+  done
 fi
 if [ -n "${STEADY:-}" ]; then
   python3 bench/bench_cuda.py --scenes ${STEADY_SCENES:-O6M,R6M} --steady "$STEADY" 2>&1 | tee -a "$OUT/bench.log" | tail -n 12
