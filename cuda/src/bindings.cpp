@@ -93,36 +93,10 @@ void check_no_outside(const svr::Camera& cam, int64_t n_outside, int64_t n_reque
                                            " are outside"));
 }
 
-// Requested pixels binned by tile (bin_requests) grouped into warps of one tile, the tiles in
-// `tile_order` (longest list first): (warp_tiles [n_warps], lane_requests [32 * n_warps]),
-// sized for the most warps the requests can need (no device read): spare warps have tile -1.
-std::pair<Tensor, Tensor> assign_pixels(const svr::Camera& cam, const Tensor& tile_order, const Tensor& tile_counts,
-                                        const Tensor& tile_of, const Tensor& rank) {
-    const int n_tiles = cam.tiles_x() * cam.tiles_y();
-    const int64_t n_requests = tile_of.size(0);
-    const int64_t max_warps = std::min<int64_t>(n_requests, n_tiles) + n_requests / 32;
-    const auto stream = c10::cuda::getCurrentCUDAStream();
-    const auto opts = tile_of.options();
-    Tensor warp_start = torch::empty({n_tiles}, opts);
-    Tensor warp_tiles = torch::empty({max_warps}, opts);
-    Tensor lane_requests = torch::empty({32 * max_warps}, opts);
-    // -1 fills as memsets (no fill kernels: a frame's host time is most of a small one).
-    C10_CUDA_CHECK(cudaMemsetAsync(warp_tiles.data_ptr(), 0xff, sizeof(int32_t) * warp_tiles.numel(), stream));
-    C10_CUDA_CHECK(cudaMemsetAsync(lane_requests.data_ptr(), 0xff, sizeof(int32_t) * lane_requests.numel(), stream));
-    Tensor scratch = torch::empty({int64_t(svr::assign_warps_scratch_bytes(n_tiles))}, opts.dtype(at::kByte));
-    svr::assign_warps(n_tiles, int(n_requests), ptr<int32_t>(tile_order), ptr<int32_t>(tile_counts),
-                      ptr<int32_t>(tile_of), ptr<int32_t>(rank), scratch.data_ptr(), ptr<int32_t>(warp_start),
-                      ptr<int32_t>(warp_tiles), ptr<int32_t>(lane_requests), stream);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-    return {warp_tiles, lane_requests};
-}
-
 // Stages 1-4 for the whole image, or (sparse, `pixels` given) for the tiles holding requested
 // pixels. Returns (in_view, ranges, entries, pixel_rect, tile_order, row_masks,
-// camera_position, requests, warp_tiles, lane_requests); row_masks [n_tiles, TILE_SIZE] int32
-// (bit x of row y: pixel (x, y) of the tile is requested) is empty for the whole image;
-// camera_position is float32 [3] (vox_fn's); the last three are the pixels' layout (see
-// pixel_layout), empty for the whole image.
+// camera_position); row_masks [n_tiles, TILE_SIZE] int32 (bit x of row y: pixel (x, y) of the
+// tile is requested) is empty for the whole image; camera_position is float32 [3] (vox_fn's).
 std::vector<Tensor> rasterize_preprocess(const std::vector<double>& camera, const Tensor& octree_paths,
                                          const Tensor& vox_centers, const Tensor& vox_lengths,
                                          const std::optional<Tensor>& pixels) {
@@ -179,23 +153,6 @@ std::vector<Tensor> rasterize_preprocess(const std::vector<double>& camera, cons
     counts_copied.record(stream);
     // int32: the check below refuses totals of 2^31 entries or more before any offset is used.
     Tensor offsets = torch::cumsum(n_duplicates, 0, at::kInt);
-    // Requested pixels: their tiles and ranks within them, queued while the host would wait
-    // anyway (the warps are assigned once the tiles' order is known).
-    const int64_t n_requests = pixels ? pixels->size(0) : 0;
-    Tensor requests_rc = torch::empty({n_requests, 2}, opts.dtype(at::kInt));
-    Tensor tile_of, rank, tile_counts;
-    if (pixels) {
-        tile_of = torch::empty({n_requests}, opts.dtype(at::kInt));
-        rank = torch::empty({n_requests}, opts.dtype(at::kInt));
-        tile_counts = torch::empty({n_tiles}, opts.dtype(at::kInt));
-        Tensor invalid = torch::empty({2}, opts.dtype(at::kLong));  // outside: counted by mark_requests too
-        C10_CUDA_CHECK(cudaMemsetAsync(tile_counts.data_ptr(), 0, sizeof(int32_t) * n_tiles, stream));
-        C10_CUDA_CHECK(cudaMemsetAsync(invalid.data_ptr(), 0, sizeof(int64_t) * 2, stream));
-        svr::bin_requests(cam, int(n_requests), ptr<int64_t>(*pixels), nullptr, ptr<int2>(requests_rc),
-                          ptr<int32_t>(tile_of), ptr<int32_t>(rank), ptr<int32_t>(tile_counts), ptr<ULL>(invalid),
-                          stream);
-        C10_CUDA_KERNEL_LAUNCH_CHECK();
-    }
     counts_copied.synchronize();
     const int64_t* c = host_counts.data_ptr<int64_t>();
     if (pixels) check_no_outside(cam, c[svr::COUNT_OUTSIDE_REQUESTS], pixels->size(0));
@@ -250,17 +207,14 @@ std::vector<Tensor> rasterize_preprocess(const std::vector<double>& camera, cons
     svr::select_in_view(int(n), ptr<int32_t>(n_duplicates), ptr<int64_t>(in_view), select_scratch.data_ptr(),
                         size_t(select_scratch.numel()), stream);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
-    Tensor warp_tiles = torch::empty({0}, opts.dtype(at::kInt)), lane_requests = warp_tiles;
-    if (pixels) std::tie(warp_tiles, lane_requests) = assign_pixels(cam, tile_order, tile_counts, tile_of, rank);
-    return {in_view, ranges, entries, pixel_rect, tile_order, row_masks, position, requests_rc, warp_tiles,
-            lane_requests};
+    return {in_view, ranges, entries, pixel_rect, tile_order, row_masks, position};
 }
 
 // Requested pixels grouped into warps of one tile, the tiles in `tile_order` (longest list
-// first): (requests [P, 2] int32, warp_tiles [n_warps], lane_requests [32 * n_warps]), as
-// assign_pixels lays them out. With `verify`, the requests are checked (one device read):
-// inside the image and, when `allowed` row masks are given (those the entries were binned
-// for), among them. (rasterize_preprocess lays out the pixels it bins for by itself.)
+// first): (requests [P, 2] int32, warp_tiles [n_warps], lane_requests [32 * n_warps]). Sized
+// for the most warps P requests can need, so that no device read is needed: spare warps have
+// tile -1. With `verify`, the requests are checked (one device read): inside the image and,
+// when `allowed` row masks are given (those the entries were binned for), among them.
 std::vector<Tensor> pixel_layout(const std::vector<double>& camera, const Tensor& pixels, const Tensor& tile_order,
                                  const std::optional<Tensor>& allowed, bool verify) {
     TORCH_CHECK_VALUE(pixels.is_cuda(), text("pixels: expected a CUDA tensor, got one on ", pixels.device()));
@@ -273,11 +227,12 @@ std::vector<Tensor> pixel_layout(const std::vector<double>& camera, const Tensor
     const auto stream = c10::cuda::getCurrentCUDAStream();
     const auto opts = pixels.options();
     const int64_t n_requests = pixels.size(0);
+    const int64_t max_warps = std::min<int64_t>(n_requests, n_tiles) + n_requests / 32;
 
     Tensor requests = torch::empty({n_requests, 2}, opts.dtype(at::kInt));
     Tensor tile_of = torch::empty({n_requests}, opts.dtype(at::kInt));
     Tensor rank = torch::empty({n_requests}, opts.dtype(at::kInt));
-    // Zeros as memsets (no fill kernels: a frame's host time is most of a small one).
+    // Zeros and -1 fills as memsets (no fill kernels: a frame's host time is most of a small one).
     Tensor tile_counts = torch::empty({n_tiles}, opts.dtype(at::kInt));
     Tensor invalid = torch::empty({2}, opts);
     C10_CUDA_CHECK(cudaMemsetAsync(tile_counts.data_ptr(), 0, sizeof(int32_t) * n_tiles, stream));
@@ -286,25 +241,24 @@ std::vector<Tensor> pixel_layout(const std::vector<double>& camera, const Tensor
                       ptr<int2>(requests), ptr<int32_t>(tile_of), ptr<int32_t>(rank), ptr<int32_t>(tile_counts),
                       ptr<ULL>(invalid), stream);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
-    // The check's counts are copied to pinned memory and waited for after the warps are queued
-    // (the layout does not depend on them; a request that fails is never rendered).
-    Tensor host_invalid;
-    c10::Event invalid_copied(c10::DeviceType::CUDA);
     if (verify) {
-        host_invalid = torch::empty({2}, invalid.options().device(at::kCPU).pinned_memory(true));
-        C10_CUDA_CHECK(cudaMemcpyAsync(host_invalid.data_ptr(), invalid.data_ptr(), sizeof(int64_t) * 2,
-                                       cudaMemcpyDeviceToHost, stream));
-        invalid_copied.record(stream);
-    }
-    const auto [warp_tiles, lane_requests] = assign_pixels(cam, tile_order, tile_counts, tile_of, rank);
-    if (verify) {
-        invalid_copied.synchronize();
+        const Tensor host_invalid = invalid.cpu();
         const int64_t* bad = host_invalid.data_ptr<int64_t>();
         check_no_outside(cam, bad[0], n_requests);
         TORCH_CHECK_VALUE(bad[1] == 0,
                           "pixels: some requested pixels are not among those `intersections` was built for; build it "
                           "with these pixels (or without pixels)");
     }
+    Tensor warp_start = torch::empty({n_tiles}, opts.dtype(at::kInt));
+    Tensor warp_tiles = torch::empty({max_warps}, opts.dtype(at::kInt));
+    Tensor lane_requests = torch::empty({32 * max_warps}, opts.dtype(at::kInt));
+    C10_CUDA_CHECK(cudaMemsetAsync(warp_tiles.data_ptr(), 0xff, sizeof(int32_t) * warp_tiles.numel(), stream));
+    C10_CUDA_CHECK(cudaMemsetAsync(lane_requests.data_ptr(), 0xff, sizeof(int32_t) * lane_requests.numel(), stream));
+    Tensor scratch = torch::empty({int64_t(svr::assign_warps_scratch_bytes(n_tiles))}, opts.dtype(at::kByte));
+    svr::assign_warps(n_tiles, int(n_requests), ptr<int32_t>(tile_order), ptr<int32_t>(tile_counts),
+                      ptr<int32_t>(tile_of), ptr<int32_t>(rank), scratch.data_ptr(), ptr<int32_t>(warp_start),
+                      ptr<int32_t>(warp_tiles), ptr<int32_t>(lane_requests), stream);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
     return {requests, warp_tiles, lane_requests};
 }
 
@@ -457,7 +411,7 @@ std::vector<Tensor> rasterize_topk(const std::vector<double>& camera, int64_t n_
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
     m.def("rasterize_preprocess", &rasterize_preprocess,
           "preprocess, duplicateWithKeys, sort, identifyTileRanges -> [in_view, ranges, entries, pixel_rect, "
-          "tile_order, row_masks, camera_position, requests, warp_tiles, lane_requests]");
+          "tile_order, row_masks, camera_position]");
     m.def("pixel_layout", &pixel_layout, "requested pixels grouped into warps -> [requests, warp_tiles, lane_requests]");
     m.def("rasterize_voxels", &rasterize_voxels, "forward render -> [color, depth, normal, T, max_w, aux, last]");
     m.def("rasterize_voxels_backward", &rasterize_voxels_backward, "backward render -> [dL_dgeos, dL_drgbs, priority]");

@@ -42,13 +42,6 @@ def available():
     return _load() is not None
 
 
-class SparsePixels(NamedTuple):
-    """Requested pixels grouped by tile into warps of at most 32 (rasterizer.h's PixelSet)."""
-    requests: torch.Tensor       # [P, 2] int32 (row, col)
-    warp_tiles: torch.Tensor     # [n_warps] int32, -1 for a spare warp
-    lane_requests: torch.Tensor  # [n_warps * 32] int32, -1 for an idle lane
-
-
 class CudaState(NamedTuple):
     camera: list            # the 31 numbers of rasterizer.h's Camera
     ranges: torch.Tensor    # [n_tiles, 2] int32
@@ -57,7 +50,13 @@ class CudaState(NamedTuple):
     tile_order: torch.Tensor  # [n_tiles] int32 render order of the tiles: longest list first
     camera_position: torch.Tensor  # [3] float32, written by preprocess
     row_masks: torch.Tensor = None  # [n_tiles, TILE_SIZE] int32 requested pixels binned for (None: all)
-    layout: SparsePixels = None     # the layout of those pixels (None: all)
+
+
+class SparsePixels(NamedTuple):
+    """Requested pixels grouped by tile into warps of at most 32 (rasterizer.h's PixelSet)."""
+    requests: torch.Tensor       # [P, 2] int32 (row, col)
+    warp_tiles: torch.Tensor     # [n_warps] int32, -1 for a spare warp
+    lane_requests: torch.Tensor  # [n_warps * 32] int32, -1 for an idle lane
 
 
 def _pixel_args(state, layout):
@@ -80,24 +79,19 @@ def rasterize_preprocess(settings, camera, octree_paths, vox_centers, vox_length
     """`camera`: validation.camera_args(settings), computed once by the caller. With `pixels`
     (int64 [P, 2]), only the tiles holding them; pixels outside the image raise ValueError
     (checked in the frame's one device read)."""
-    in_view, ranges, entries, pixel_rect, tile_order, row_masks, position, *layout = _load().rasterize_preprocess(
+    in_view, ranges, entries, pixel_rect, tile_order, row_masks, position = _load().rasterize_preprocess(
         camera, octree_paths.contiguous(), vox_centers.contiguous(), vox_lengths.contiguous(),
         None if pixels is None else pixels.contiguous())
-    if pixels is None:
-        return in_view, CudaState(camera, ranges, entries, pixel_rect, tile_order, position)
-    return in_view, CudaState(camera, ranges, entries, pixel_rect, tile_order, position, row_masks,
-                              SparsePixels(*layout))
+    return in_view, CudaState(camera, ranges, entries, pixel_rect, tile_order, position,
+                              None if pixels is None else row_masks)
 
 
 def pixel_layout(settings, state, pixels, dtype, device, verify=False):
     """None for the whole image; for requested pixels, their grouping into warps of one tile,
     the tiles of longest list first (no device read). `verify` checks them first (one read):
-    inside the image, and among the pixels `state` was binned for. Without `verify`, `pixels`
-    are the ones `state` was built for: its preprocess laid them out already."""
+    inside the image, and among the pixels `state` was binned for."""
     if pixels is None:
         return None
-    if not verify:
-        return state.layout
     return SparsePixels(*_load().pixel_layout(state.camera, pixels.contiguous(), state.tile_order, state.row_masks,
                                               verify))
 
