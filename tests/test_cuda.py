@@ -119,6 +119,18 @@ def test_camera_inside_voxels(cuda):
     compare(settings, (octpath, centers, lengths, geos * 0.3 - 2.0, rgbs), cuda)
 
 
+@pytest.mark.parametrize("full_rank", [False, True])
+def test_key_layouts(cuda, full_rank):
+    """Tile and rank bits within 48 (each entry's rectangle in its tile rides in the sort key's
+    top bits) and above (the rectangle is gathered after the sort): values and gradients equal
+    the reference's. The two-pass sort is test_large_image_crop's."""
+    octpath, centers, lengths, geos, rgbs = random_scene(14, max_level=4)
+    if full_rank:
+        octpath = octpath | 1  # 48 rank bits; changes no order (distinct leaves differ above it)
+    settings = make_settings((2.2, 1.7, -1.4), (0, 0, 0), width=70, height=45, fov_deg=70, **FULL)
+    compare(settings, (octpath, centers, lengths, geos, rgbs), cuda)
+
+
 @pytest.mark.parametrize("size, full_rank", [((16384, 16384), False), ((16384, 16384), True),
                                              ((7680, 4320), True), ((4097, 2161), True)])
 def test_large_image_crop(cuda, size, full_rank):

@@ -94,7 +94,7 @@ void check_no_outside(const svr::Camera& cam, int64_t n_outside, int64_t n_reque
 }
 
 // Stages 1-4 for the whole image, or (sparse, `pixels` given) for the tiles holding requested
-// pixels. Returns (in_view, ranges, entries, pixel_rect, tile_order, row_masks,
+// pixels. Returns (in_view, ranges, entries, entry_rects, tile_order, row_masks,
 // camera_position); row_masks [n_tiles, TILE_SIZE] int32 (bit x of row y: pixel (x, y) of the
 // tile is requested) is empty for the whole image; camera_position is float32 [3] (vox_fn's).
 std::vector<Tensor> rasterize_preprocess(const std::vector<double>& camera, const Tensor& octree_paths,
@@ -193,10 +193,13 @@ std::vector<Tensor> rasterize_preprocess(const std::vector<double>& camera, cons
     values_alt.reset();
     index_scratch.reset();
     scratch.reset();
-    svr::identify_tile_ranges(n_entries, n_tiles, layout, sorted, ptr<int2>(ranges), stream);
+    Tensor entry_rects = torch::empty({n_entries}, opts.dtype(at::kShort));
+    svr::identify_tile_ranges(n_entries, cam.tiles_x(), n_tiles, layout, sorted, ptr<short4>(pixel_rect),
+                              ptr<uint16_t>(entry_rects), ptr<int2>(ranges), stream);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     keys.reset();
     tile_keys.reset();
+    pixel_rect.reset();
     Tensor tile_order = torch::empty({n_tiles}, opts.dtype(at::kInt));
     Tensor order_scratch = torch::empty({int64_t(svr::order_tiles_scratch_bytes())}, opts.dtype(at::kByte));
     svr::order_tiles(n_tiles, ptr<int2>(ranges), order_scratch.data_ptr(), ptr<int32_t>(tile_order), stream);
@@ -207,7 +210,7 @@ std::vector<Tensor> rasterize_preprocess(const std::vector<double>& camera, cons
     svr::select_in_view(int(n), ptr<int32_t>(n_duplicates), ptr<int64_t>(in_view), select_scratch.data_ptr(),
                         size_t(select_scratch.numel()), stream);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
-    return {in_view, ranges, entries, pixel_rect, tile_order, row_masks, position};
+    return {in_view, ranges, entries, entry_rects, tile_order, row_masks, position};
 }
 
 // Requested pixels grouped into warps of one tile, the tiles in `tile_order` (longest list
@@ -263,19 +266,19 @@ std::vector<Tensor> pixel_layout(const std::vector<double>& camera, const Tensor
 }
 
 // `rgbs` may be undefined where colours are not read (top-K).
-svr::RenderBuffers render_buffers(const Tensor& ranges, const Tensor& entries, const Tensor& pixel_rect,
+svr::RenderBuffers render_buffers(const Tensor& ranges, const Tensor& entries, const Tensor& entry_rects,
                                   const Tensor& vox_centers,
                                   const Tensor& vox_lengths, const Tensor& geos, const Tensor& rgbs, int n_tiles) {
     const int64_t n = vox_centers.size(0);
     check_tensor(ranges, "ranges", at::kInt, {n_tiles, 2}, vox_centers);
     check_tensor(entries, "entries", at::kInt, {-1}, vox_centers);
-    check_tensor(pixel_rect, "pixel_rect", at::kShort, {n, 4}, vox_centers);
+    check_tensor(entry_rects, "entry_rects", at::kShort, {entries.size(0)}, vox_centers);
     check_tensor(vox_centers, "vox_centers", at::kFloat, {n, 3}, vox_centers);
     check_tensor(vox_lengths, "vox_lengths", at::kFloat, {n, 1}, vox_centers);
     check_tensor(geos, "geos", at::kFloat, {n, 8}, vox_centers);
     if (rgbs.defined()) check_tensor(rgbs, "rgbs", at::kFloat, {n, 3}, vox_centers);
-    return {ptr<int2>(ranges), ptr<uint32_t>(entries), ptr<short4>(pixel_rect), ptr<float>(vox_centers), ptr<float>(vox_lengths),
-            ptr<float>(geos), rgbs.defined() ? ptr<float>(rgbs) : nullptr};
+    return {ptr<int2>(ranges), ptr<uint32_t>(entries), ptr<uint16_t>(entry_rects), ptr<float>(vox_centers),
+            ptr<float>(vox_lengths), ptr<float>(geos), rgbs.defined() ? ptr<float>(rgbs) : nullptr};
 }
 
 // The pixels to render: the whole image (blocks in tile_order), or (sparse) requests [P, 2]
@@ -316,7 +319,7 @@ struct RenderCall {
 };
 
 RenderCall render_call(const std::vector<double>& camera, int64_t n_samp, const Tensor& ranges, const Tensor& entries,
-                       const Tensor& pixel_rect, const Tensor& vox_centers, const Tensor& vox_lengths,
+                       const Tensor& entry_rects, const Tensor& vox_centers, const Tensor& vox_lengths,
                        const Tensor& geos, const Tensor& rgbs, const Tensor& tile_order, bool sparse,
                        const Tensor& requests, const Tensor& warp_tiles, const Tensor& lane_requests) {
     TORCH_CHECK_VALUE(vox_centers.is_cuda(),
@@ -326,17 +329,17 @@ RenderCall render_call(const std::vector<double>& camera, int64_t n_samp, const 
     const svr::Camera cam = make_camera(camera);
     const int n_tiles = cam.tiles_x() * cam.tiles_y();
     return {c10::cuda::CUDAGuard(vox_centers.device()), cam,
-            render_buffers(ranges, entries, pixel_rect, vox_centers, vox_lengths, geos, rgbs, n_tiles),
+            render_buffers(ranges, entries, entry_rects, vox_centers, vox_lengths, geos, rgbs, n_tiles),
             pixel_set(tile_order, sparse, requests, warp_tiles, lane_requests, vox_centers, n_tiles)};
 }
 
 std::vector<Tensor> rasterize_voxels(const std::vector<double>& camera, int64_t n_samp, double bg, bool need_depth,
                                      bool need_distortion, bool need_normal, bool track_max_w, const Tensor& ranges,
-                                     const Tensor& entries, const Tensor& pixel_rect, const Tensor& vox_centers,
+                                     const Tensor& entries, const Tensor& entry_rects, const Tensor& vox_centers,
                                      const Tensor& vox_lengths, const Tensor& geos, const Tensor& rgbs,
                                      const Tensor& tile_order, bool sparse,
                                      const Tensor& requests, const Tensor& warp_tiles, const Tensor& lane_requests) {
-    const RenderCall call = render_call(camera, n_samp, ranges, entries, pixel_rect, vox_centers, vox_lengths, geos, rgbs,
+    const RenderCall call = render_call(camera, n_samp, ranges, entries, entry_rects, vox_centers, vox_lengths, geos, rgbs,
                                         tile_order, sparse, requests, warp_tiles, lane_requests);
     const auto opts = geos.options();
     const int64_t n = vox_centers.size(0);
@@ -359,12 +362,12 @@ std::vector<Tensor> rasterize_voxels(const std::vector<double>& camera, int64_t 
 std::vector<Tensor> rasterize_voxels_backward(
     const std::vector<double>& camera, int64_t n_samp, double bg, bool need_depth, bool need_normal,
     double lambda_R_concen, double lambda_ascending, double lambda_dist, const Tensor& gt_color, const Tensor& ranges,
-    const Tensor& entries, const Tensor& pixel_rect, const Tensor& vox_centers, const Tensor& vox_lengths, const Tensor& geos, const Tensor& rgbs,
+    const Tensor& entries, const Tensor& entry_rects, const Tensor& vox_centers, const Tensor& vox_lengths, const Tensor& geos, const Tensor& rgbs,
     const Tensor& T, const Tensor& aux, const Tensor& last,
     const Tensor& dL_dcolor, const Tensor& dL_ddepth, const Tensor& dL_dnormal, const Tensor& dL_dT,
     const Tensor& tile_order, bool sparse,
     const Tensor& requests, const Tensor& warp_tiles, const Tensor& lane_requests) {
-    const RenderCall call = render_call(camera, n_samp, ranges, entries, pixel_rect, vox_centers, vox_lengths, geos, rgbs,
+    const RenderCall call = render_call(camera, n_samp, ranges, entries, entry_rects, vox_centers, vox_lengths, geos, rgbs,
                                         tile_order, sparse, requests, warp_tiles, lane_requests);
     const int64_t n = vox_centers.size(0);
     auto image = [&](const Tensor& t, const char* name, int64_t ch) {
@@ -391,12 +394,12 @@ std::vector<Tensor> rasterize_voxels_backward(
 }
 
 std::vector<Tensor> rasterize_topk(const std::vector<double>& camera, int64_t n_samp, int64_t k, const Tensor& ranges,
-                                   const Tensor& entries, const Tensor& pixel_rect, const Tensor& vox_centers,
+                                   const Tensor& entries, const Tensor& entry_rects, const Tensor& vox_centers,
                                    const Tensor& vox_lengths, const Tensor& geos, const Tensor& tile_order, bool sparse,
                                    const Tensor& requests,
                                    const Tensor& warp_tiles, const Tensor& lane_requests) {
     TORCH_CHECK_VALUE(k >= 1 && k <= (int64_t(1) << 20), text("k: expected 1..2^20, got ", k));
-    const RenderCall call = render_call(camera, n_samp, ranges, entries, pixel_rect, vox_centers, vox_lengths, geos,
+    const RenderCall call = render_call(camera, n_samp, ranges, entries, entry_rects, vox_centers, vox_lengths, geos,
                                         Tensor(), tile_order, sparse, requests, warp_tiles, lane_requests);
     Tensor ids = torch::full(call.shape(k), -1, geos.options().dtype(at::kLong));
     Tensor weights = torch::zeros(call.shape(k), geos.options());
@@ -410,7 +413,7 @@ std::vector<Tensor> rasterize_topk(const std::vector<double>& camera, int64_t n_
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
     m.def("rasterize_preprocess", &rasterize_preprocess,
-          "preprocess, duplicateWithKeys, sort, identifyTileRanges -> [in_view, ranges, entries, pixel_rect, "
+          "preprocess, duplicateWithKeys, sort, identifyTileRanges -> [in_view, ranges, entries, entry_rects, "
           "tile_order, row_masks, camera_position]");
     m.def("pixel_layout", &pixel_layout, "requested pixels grouped into warps -> [requests, warp_tiles, lane_requests]");
     m.def("rasterize_voxels", &rasterize_voxels, "forward render -> [color, depth, normal, T, max_w, aux, last]");

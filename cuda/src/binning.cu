@@ -39,8 +39,14 @@ struct EntryWriter {
     __device__ __forceinline__ uint64_t rank(uint64_t path, int q) const {
         return order_rank(path, q) >> (RANK_BITS - layout.rank_bits);
     }
-    __device__ __forceinline__ void write(int at, uint32_t tile, uint64_t rank, int q, uint32_t voxel) const {
-        if (layout.single()) {
+    // Entry `at`: voxel `voxel` (pixel rectangle p) in tile (tx, ty) for octant q.
+    __device__ __forceinline__ void write(int at, int4 p, int tx, int ty, int tiles_x, uint64_t rank, int q,
+                                          uint32_t voxel) const {
+        const uint32_t tile = uint32_t(ty * tiles_x + tx);
+        if (layout.rect_in_key()) {
+            const uint64_t rect = pack_entry_rect(p, tx * TILE_SIZE, ty * TILE_SIZE);
+            keys[at] = rect << ENTRY_RECT_SHIFT | uint64_t(tile) << layout.rank_bits | rank;
+        } else if (layout.single()) {
             keys[at] = uint64_t(tile) << layout.rank_bits | rank;
         } else {
             keys[at] = rank;
@@ -91,7 +97,7 @@ duplicate_kernel(int n, int tiles_x, RequestedPixels requests, EntryWriter write
             if (!(mask >> q & 1u)) continue;
             const uint64_t rank = writer.rank(path, q);
             for (int ty = r.y; ty <= r.w; ++ty)
-                for (int tx = r.x; tx <= r.z; ++tx) writer.write(at++, uint32_t(ty * tiles_x + tx), rank, q, uint32_t(v));
+                for (int tx = r.x; tx <= r.z; ++tx) writer.write(at++, p, tx, ty, tiles_x, rank, q, uint32_t(v));
         }
         return;
     }
@@ -148,7 +154,7 @@ duplicate_kernel(int n, int tiles_x, RequestedPixels requests, EntryWriter write
         const uint32_t kept = __ballot_sync(full, keep);
         if (keep) {
             const int q = nth_set_bit(mask_k, c.octant_ordinal);
-            writer.write(out + skipped_before + __popc(kept & lanes_below), uint32_t(c.ty * tiles_x + c.tx),
+            writer.write(out + skipped_before + __popc(kept & lanes_below), pk, c.tx, c.ty, tiles_x,
                          writer.rank(path_k, q), q, uint32_t(v - lane + k));
         }
         out += __popc(kept);
@@ -182,7 +188,7 @@ wide_kernel(int n_wide, const int32_t* __restrict__ wide, int tiles_x, Requested
         const uint32_t kept = __ballot_sync(full, keep);
         if (keep) {
             const int q = nth_set_bit(mask, c.octant_ordinal);
-            writer.write(out + __popc(kept & lanes_below), uint32_t(c.ty * tiles_x + c.tx), writer.rank(path, q), q,
+            writer.write(out + __popc(kept & lanes_below), p, c.tx, c.ty, tiles_x, writer.rank(path, q), q,
                          uint32_t(v));
         }
         out += __popc(kept);
@@ -203,15 +209,29 @@ __global__ void gather_kernel(int64_t n, const uint32_t* __restrict__ order, con
     values_out[i] = values[order[i]];
 }
 
-template <bool SingleKey>
-__global__ void ranges_kernel(int64_t n, int rank_bits, const uint64_t* __restrict__ keys,
-                              const uint32_t* __restrict__ tile_keys, int2* __restrict__ ranges) {
+// Each tile's slice of the sorted list, and each entry's pixel rectangle within its tile: from
+// the key's top bits where it rode there, else from the voxel's rectangle (a gather: 0.07 ms
+// for the 9.2M entries of R6M at 1080p, against 0.03 ms for the whole kernel without it).
+template <bool SingleKey, bool RectInKey>
+__global__ void ranges_kernel(int64_t n, KeyLayout layout, int tiles_x, const uint64_t* __restrict__ keys,
+                              const uint32_t* __restrict__ tile_keys, const uint32_t* __restrict__ values,
+                              const short4* __restrict__ pixel_rect, uint16_t* __restrict__ entry_rects,
+                              int2* __restrict__ ranges) {
     const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
     if (i >= n) return;
-    auto tile_of = [&](int64_t j) { return SingleKey ? uint32_t(keys[j] >> rank_bits) : tile_keys[j]; };
+    const uint64_t tile_mask = (uint64_t(1) << layout.tile_bits) - 1;
+    auto tile_of = [&](int64_t j) {
+        return SingleKey ? uint32_t(keys[j] >> layout.rank_bits & tile_mask) : tile_keys[j];
+    };
     const uint32_t tile = tile_of(i);
     if (i == 0 || tile_of(i - 1) != tile) ranges[tile].x = int(i);
     if (i == n - 1 || tile_of(i + 1) != tile) ranges[tile].y = int(i + 1);
+    if (RectInKey) {
+        entry_rects[i] = uint16_t(keys[i] >> ENTRY_RECT_SHIFT);
+    } else {
+        const int4 rect = widen(pixel_rect[values[i] & VOXEL_ID_MASK]);
+        entry_rects[i] = pack_entry_rect(rect, int(tile % tiles_x) * TILE_SIZE, int(tile / tiles_x) * TILE_SIZE);
+    }
 }
 
 int grid_for(int64_t n, int block) { return int((n + block - 1) / block); }
@@ -374,16 +394,21 @@ void order_tiles(int n_tiles, const int2* ranges, void* scratch, int32_t* tile_o
     tile_order_kernel<<<blocks, ORDER_THREADS, 0, stream>>>(n_tiles, ranges, histogram, taken, tile_order);
 }
 
-void identify_tile_ranges(int64_t n_entries, int n_tiles, const KeyLayout& layout, const SortedEntries& sorted,
-                          int2* ranges, cudaStream_t stream) {
+void identify_tile_ranges(int64_t n_entries, int tiles_x, int n_tiles, const KeyLayout& layout,
+                          const SortedEntries& sorted, const short4* pixel_rect, uint16_t* entry_rects, int2* ranges,
+                          cudaStream_t stream) {
     cudaMemsetAsync(ranges, 0, sizeof(int2) * n_tiles, stream);
     if (n_entries == 0) return;
-    if (layout.single())
-        ranges_kernel<true><<<grid_for(n_entries, 256), 256, 0, stream>>>(n_entries, layout.rank_bits, sorted.keys,
-                                                                           nullptr, ranges);
+    const dim3 grid(grid_for(n_entries, 256));
+    if (layout.rect_in_key())
+        ranges_kernel<true, true><<<grid, 256, 0, stream>>>(n_entries, layout, tiles_x, sorted.keys, nullptr, nullptr,
+                                                            nullptr, entry_rects, ranges);
+    else if (layout.single())
+        ranges_kernel<true, false><<<grid, 256, 0, stream>>>(n_entries, layout, tiles_x, sorted.keys, nullptr,
+                                                             sorted.values, pixel_rect, entry_rects, ranges);
     else
-        ranges_kernel<false><<<grid_for(n_entries, 256), 256, 0, stream>>>(n_entries, layout.rank_bits, nullptr,
-                                                                            sorted.tile_keys, ranges);
+        ranges_kernel<false, false><<<grid, 256, 0, stream>>>(n_entries, layout, tiles_x, nullptr, sorted.tile_keys,
+                                                              sorted.values, pixel_rect, entry_rects, ranges);
 }
 
 }  // namespace svr

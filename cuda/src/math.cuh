@@ -39,6 +39,19 @@ __device__ __forceinline__ int4 tile_rect(int4 p) {
     return make_int4(p.x / TILE_SIZE, p.y / TILE_SIZE, p.z / TILE_SIZE, p.w / TILE_SIZE);
 }
 
+// An entry's pixel rectangle within its tile (tile-local pixels, inclusive), four bits a
+// side: written once per entry after the sort, so that the render walk tests its candidates
+// with one coalesced load instead of a load of the voxel's rectangle behind the entry's.
+static_assert(TILE_SIZE <= 16, "a tile-local pixel coordinate takes four bits");
+__device__ __forceinline__ uint16_t pack_entry_rect(int4 p, int tile_x0, int tile_y0) {
+    const int x0 = max(p.x - tile_x0, 0), y0 = max(p.y - tile_y0, 0);
+    const int x1 = min(p.z - tile_x0, TILE_SIZE - 1), y1 = min(p.w - tile_y0, TILE_SIZE - 1);
+    return uint16_t(x0 | y0 << 4 | x1 << 8 | y1 << 12);
+}
+__device__ __forceinline__ int4 unpack_entry_rect(uint16_t r) {
+    return make_int4(r & 15, r >> 4 & 15, r >> 8 & 15, r >> 12);
+}
+
 // Tiles in an inclusive tile rectangle.
 __device__ __forceinline__ int tile_area(int4 r) { return (r.z - r.x + 1) * (r.w - r.y + 1); }
 

@@ -99,11 +99,14 @@ constexpr int WIDE_CANDIDATES = 32;
 // The sort key is (tile, rank) with the rank reduced to its informative `rank_bits`
 // (3 * used_levels: the unused levels at the bottom of the octpaths are zero in every path).
 // Both share one 64-bit key when they fit; otherwise the entries are sorted twice (rank, then
-// stably by tile).
+// stably by tile). Where they leave the key's top 16 bits free, the entry's pixel rectangle in
+// its tile rides there through the sort (which reads only the bits below).
+constexpr int ENTRY_RECT_SHIFT = 48;
 struct KeyLayout {
     int rank_bits, tile_bits;
     KeyLayout(int n_tiles, int used_levels);
     SVR_HOST_DEVICE bool single() const { return rank_bits + tile_bits <= 64; }
+    SVR_HOST_DEVICE bool rect_in_key() const { return rank_bits + tile_bits <= ENTRY_RECT_SHIFT; }
 };
 // Scratch bytes for the sorts of `n_entries` entries.
 size_t sort_scratch_bytes(int64_t n_entries, const KeyLayout& layout);
@@ -128,9 +131,11 @@ struct SortedEntries {
 SortedEntries sort_entries(int64_t n_entries, const KeyLayout& layout, uint64_t* keys, uint64_t* keys_alt,
                            uint32_t* tile_keys, uint32_t* tile_keys_alt, uint32_t* values, uint32_t* values_alt,
                            uint32_t* index_scratch, void* scratch, size_t scratch_bytes, cudaStream_t stream);
-// ranges[tile] = [first, last + 1) of the tile's slice of the sorted list (zeroed first).
-void identify_tile_ranges(int64_t n_entries, int n_tiles, const KeyLayout& layout, const SortedEntries& sorted,
-                          int2* ranges, cudaStream_t stream);
+// ranges[tile] = [first, last + 1) of the tile's slice of the sorted list (zeroed first);
+// entry_rects[i] = entry i's pixel rectangle within its tile (math.cuh: pack_entry_rect).
+void identify_tile_ranges(int64_t n_entries, int tiles_x, int n_tiles, const KeyLayout& layout,
+                          const SortedEntries& sorted, const short4* pixel_rect, uint16_t* entry_rects, int2* ranges,
+                          cudaStream_t stream);
 // The order the render kernels take the tiles in: longest list first (to within 4.4% of
 // length), so that the long lists start early instead of trailing. `scratch` holds
 // order_tiles_scratch_bytes() bytes.
@@ -156,7 +161,7 @@ struct PixelSet {
 struct RenderBuffers {
     const int2* ranges;
     const uint32_t* entries;  // sorted values: octant << 29 | voxel id
-    const short4* pixel_rect;  // [N] from preprocess
+    const uint16_t* entry_rects;  // [M] each entry's pixel rectangle within its tile
     const float* centers;     // [N, 3]
     const float* lengths;     // [N]
     const float* geos;        // [N, 8]

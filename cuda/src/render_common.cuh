@@ -3,7 +3,8 @@
 // to back or back to front), and the compile-time dispatch over kernel variants.
 //
 // Each warp walks its tile's list on its own (no block barriers): lane l loads entry
-// `group + l` and its pixel rectangle (coalesced, and shared through L1 by the tile's warps),
+// `group + l` and its pixel rectangle in the tile (coalesced, and shared through L1 by the
+// tile's warps),
 // the warp keeps the entries that may cover one of its live pixels, their lanes stage the
 // voxel records in shared memory, and the warp evaluates them pair by pair (see walk_pairs).
 #pragma once
@@ -77,20 +78,20 @@ inline bool nothing_to_render(const PixelSet& set) { return set.sparse() && set.
 // One candidate of a tile's list, as a lane holds it while the warp decides.
 struct Candidate {
     uint32_t entry;  // octant << 29 | voxel id
-    int4 rect;       // the voxel's conservative pixel rectangle (x0, y0, x1, y1)
+    int4 rect;       // the voxel's conservative pixel rectangle (x0, y0, x1, y1) in tile pixels
 
     __device__ __forceinline__ int octant() const { return int(entry >> VOXEL_ID_BITS); }
     __device__ __forceinline__ uint32_t voxel() const { return entry & VOXEL_ID_MASK; }
 
-    // The cheap per-pixel test before the ray-box test: same octant, inside the rectangle.
+    // The cheap per-pixel test before the ray-box test: same octant, inside the rectangle
+    // (tile pixel (px, py)).
     __device__ __forceinline__ bool may_cover(int px, int py, int quadrant) const {
         return octant() == quadrant && px >= rect.x && py >= rect.y && px <= rect.z && py <= rect.w;
     }
 };
 
 __device__ __forceinline__ Candidate load_candidate(const RenderBuffers& in, int index) {
-    const uint32_t entry = in.entries[index];
-    return {entry, widen(in.pixel_rect[entry & VOXEL_ID_MASK])};
+    return {in.entries[index], unpack_entry_rect(in.entry_rects[index])};
 }
 
 // A voxel's geometry: what the pair walk stages and the forward's median depth re-reads.
@@ -266,7 +267,9 @@ __device__ __forceinline__ void walk_pairs(const RenderBuffers& in, int2 range, 
         const uint32_t m = __ballot_sync(FULL_MASK, ray.quadrant == q);
         if (lane == q) octant_lanes = m;
     }
-    const int bx = task.px - lane % WARP_W, by = task.py - lane / WARP_W;
+    // The pixel and its warp's block in tile pixels (tiles start at multiples of TILE_SIZE).
+    const int tx = task.px % TILE_SIZE, ty = task.py % TILE_SIZE;
+    const int bx = tx - lane % WARP_W, by = ty - lane / WARP_W;
     const uint32_t lanes_below = (1u << lane) - 1u;
     __syncwarp();
 
@@ -299,7 +302,7 @@ __device__ __forceinline__ void walk_pairs(const RenderBuffers& in, int2 range, 
         if (sparse) {  // any pixels: test each live one
             for (uint32_t m = __reduce_or_sync(FULL_MASK, live); m; m &= m - 1) {
                 const int j = __ffs(m) - 1;
-                const bool meets = mine.may_cover(__shfl_sync(FULL_MASK, task.px, j), __shfl_sync(FULL_MASK, task.py, j),
+                const bool meets = mine.may_cover(__shfl_sync(FULL_MASK, tx, j), __shfl_sync(FULL_MASK, ty, j),
                                                   __shfl_sync(FULL_MASK, ray.quadrant, j));
                 cover |= uint32_t(meets) << j;
             }

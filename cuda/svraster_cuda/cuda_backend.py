@@ -46,7 +46,7 @@ class CudaState(NamedTuple):
     camera: list            # the 31 numbers of rasterizer.h's Camera
     ranges: torch.Tensor    # [n_tiles, 2] int32
     entries: torch.Tensor   # [M] int32, sorted: octant << 29 | voxel id
-    pixel_rect: torch.Tensor  # [N, 4] int16 conservative pixel rectangle per voxel
+    entry_rects: torch.Tensor  # [M] int16 each entry's pixel rectangle within its tile (4 bits a side)
     tile_order: torch.Tensor  # [n_tiles] int32 render order of the tiles: longest list first
     camera_position: torch.Tensor  # [3] float32, written by preprocess
     row_masks: torch.Tensor = None  # [n_tiles, TILE_SIZE] int32 requested pixels binned for (None: all)
@@ -79,10 +79,10 @@ def rasterize_preprocess(settings, camera, octree_paths, vox_centers, vox_length
     """`camera`: validation.camera_args(settings), computed once by the caller. With `pixels`
     (int64 [P, 2]), only the tiles holding them; pixels outside the image raise ValueError
     (checked in the frame's one device read)."""
-    in_view, ranges, entries, pixel_rect, tile_order, row_masks, position = _load().rasterize_preprocess(
+    in_view, ranges, entries, entry_rects, tile_order, row_masks, position = _load().rasterize_preprocess(
         camera, octree_paths.contiguous(), vox_centers.contiguous(), vox_lengths.contiguous(),
         None if pixels is None else pixels.contiguous())
-    return in_view, CudaState(camera, ranges, entries, pixel_rect, tile_order, position,
+    return in_view, CudaState(camera, ranges, entries, entry_rects, tile_order, position,
                               None if pixels is None else row_masks)
 
 
@@ -100,7 +100,7 @@ def rasterize_forward(settings, state, layout, vox_centers, vox_lengths, geos, r
     color, depth, normal, T, max_w, aux, last = _load().rasterize_voxels(
         state.camera, settings.n_samp_per_vox, float(settings.bg_color), bool(settings.need_depth),
         settings.lambda_dist > 0, bool(settings.need_normal), bool(settings.track_max_w),
-        state.ranges, state.entries, state.pixel_rect, vox_centers.contiguous(), vox_lengths.contiguous(),
+        state.ranges, state.entries, state.entry_rects, vox_centers.contiguous(), vox_lengths.contiguous(),
         geos.contiguous(), rgbs.contiguous(), *_pixel_args(state, layout))
     return (color, depth, normal, T, max_w), (T, aux, last)
 
@@ -113,7 +113,7 @@ def rasterize_backward(settings, state, layout, saved, vox_centers, vox_lengths,
     grad_geos, grad_rgbs, priority = _load().rasterize_voxels_backward(
         state.camera, settings.n_samp_per_vox, float(settings.bg_color), bool(settings.need_depth),
         bool(settings.need_normal), float(settings.lambda_R_concen), float(settings.lambda_ascending),
-        float(settings.lambda_dist), gt, state.ranges, state.entries, state.pixel_rect, vox_centers.contiguous(),
+        float(settings.lambda_dist), gt, state.ranges, state.entries, state.entry_rects, vox_centers.contiguous(),
         vox_lengths.contiguous(), geos.contiguous(), rgbs.contiguous(), T, aux, last,
         dL_dcolor, dL_ddepth, dL_dnormal, dL_dT, *_pixel_args(state, layout))
     return grad_geos, grad_rgbs, priority
@@ -121,6 +121,6 @@ def rasterize_backward(settings, state, layout, saved, vox_centers, vox_lengths,
 
 def rasterize_topk(settings, state, layout, vox_centers, vox_lengths, geos, k):
     ids, weights = _load().rasterize_topk(
-        state.camera, settings.n_samp_per_vox, int(k), state.ranges, state.entries, state.pixel_rect,
+        state.camera, settings.n_samp_per_vox, int(k), state.ranges, state.entries, state.entry_rects,
         vox_centers.contiguous(), vox_lengths.contiguous(), geos.contiguous(), *_pixel_args(state, layout))
     return ids, weights
