@@ -79,7 +79,6 @@ duplicate_kernel(int n, int tiles_x, RequestedPixels requests, EntryWriter write
                  const int64_t* __restrict__ octpaths, const short4* __restrict__ pixel_rect,
                  const uint8_t* __restrict__ octant_mask, const int32_t* __restrict__ n_duplicates,
                  const int32_t* __restrict__ offsets) {
-    const unsigned full = 0xffffffffu;
     const int v = blockIdx.x * blockDim.x + threadIdx.x, lane = int(threadIdx.x & 31);
     const int32_t count = v < n ? n_duplicates[v] : 0;
     if (!SPARSE) {
@@ -118,40 +117,30 @@ duplicate_kernel(int n, int tiles_x, RequestedPixels requests, EntryWriter write
             skipped = count;
         }
     }
-    if (!__any_sync(full, candidates > 0)) return;
-    int end = candidates;  // inclusive scans over the lanes: candidates, skipped entries
-#pragma unroll
-    for (int d = 1; d < 32; d <<= 1) {
-        const int m = __shfl_up_sync(full, end, d), k = __shfl_up_sync(full, skipped, d);
-        if (lane >= d) {
-            end += m;
-            skipped += k;
-        }
-    }
-    const int total = __shfl_sync(full, end, 31);
+    if (!__any_sync(FULL_MASK, candidates > 0)) return;
+    // Inclusive sums over the lanes: candidates, skipped entries.
+    const int end = warp_inclusive_sum(candidates);
+    skipped = warp_inclusive_sum(skipped);
+    const int total = __shfl_sync(FULL_MASK, end, 31);
     // The voxels' entries are contiguous (offsets is their inclusive scan): the warp writes
     // from its first voxel's on (that voxel is in range, since the warp has candidates), the
     // kept candidates in order, past the places of the wide voxels before theirs.
-    int out = __shfl_sync(full, v < n ? offsets[v] - count : 0, 0);
+    int out = __shfl_sync(FULL_MASK, v < n ? offsets[v] - count : 0, 0);
     const uint32_t lanes_below = (1u << lane) - 1u;
     for (int first = 0; first < total; first += 32) {
         const int j = first + lane;
-        // The lane whose candidates hold candidate j: the first whose scan passes j.
-        int k = 0;
-#pragma unroll
-        for (int step = 16; step > 0; step >>= 1)
-            if (__shfl_sync(full, end, k + step - 1) <= j) k += step;
-        const int start = __shfl_sync(full, end - candidates, k);
-        const int skipped_before = __shfl_sync(full, skipped, k);  // lane k itself is not wide
-        const int4 pk = make_int4(__shfl_sync(full, p.x, k), __shfl_sync(full, p.y, k), __shfl_sync(full, p.z, k),
-                                  __shfl_sync(full, p.w, k));
-        const uint32_t mask_k = __shfl_sync(full, mask, k);
-        const uint64_t path_k = __shfl_sync(full, path, k);
+        const int k = lane_holding(end, j);  // the lane whose candidates hold candidate j
+        const int start = __shfl_sync(FULL_MASK, end - candidates, k);
+        const int skipped_before = __shfl_sync(FULL_MASK, skipped, k);  // lane k itself is not wide
+        const int4 pk = make_int4(__shfl_sync(FULL_MASK, p.x, k), __shfl_sync(FULL_MASK, p.y, k), __shfl_sync(FULL_MASK, p.z, k),
+                                  __shfl_sync(FULL_MASK, p.w, k));
+        const uint32_t mask_k = __shfl_sync(FULL_MASK, mask, k);
+        const uint64_t path_k = __shfl_sync(FULL_MASK, path, k);
         const int4 r = tile_rect(pk);
         const TileCandidate c = candidate(r, j - start);
         const bool exact = tile_area(r) <= MAX_EXACT_TILES;  // as preprocess counted
         const bool keep = j < total && bins_into(requests, pk, c.tx, c.ty, tiles_x, exact);
-        const uint32_t kept = __ballot_sync(full, keep);
+        const uint32_t kept = __ballot_sync(FULL_MASK, keep);
         if (keep) {
             const int q = nth_set_bit(mask_k, c.octant_ordinal);
             writer.write(out + skipped_before + __popc(kept & lanes_below), pk, c.tx, c.ty, tiles_x,
@@ -169,7 +158,6 @@ wide_kernel(int n_wide, const int32_t* __restrict__ wide, int tiles_x, Requested
             const int64_t* __restrict__ octpaths, const short4* __restrict__ pixel_rect,
             const uint8_t* __restrict__ octant_mask, const int32_t* __restrict__ n_duplicates,
             const int32_t* __restrict__ offsets) {
-    const unsigned full = 0xffffffffu;
     const int w = (blockIdx.x * blockDim.x + threadIdx.x) / 32, lane = int(threadIdx.x & 31);
     if (w >= n_wide) return;
     const int v = wide[w];
@@ -185,7 +173,7 @@ wide_kernel(int n_wide, const int32_t* __restrict__ wide, int tiles_x, Requested
         const int j = first + lane;
         const TileCandidate c = candidate(r, j);
         const bool keep = j < candidates && (!SPARSE || bins_into(requests, p, c.tx, c.ty, tiles_x, exact));
-        const uint32_t kept = __ballot_sync(full, keep);
+        const uint32_t kept = __ballot_sync(FULL_MASK, keep);
         if (keep) {
             const int q = nth_set_bit(mask, c.octant_ordinal);
             writer.write(out + __popc(kept & lanes_below), p, c.tx, c.ty, tiles_x, writer.rank(path, q), q,
@@ -286,12 +274,7 @@ tile_order_kernel(int n_tiles, const int2* __restrict__ ranges, const int* __res
     int count = 0, inclusive = 0;
     if (i < ORDER_BUCKETS) {
         count = histogram[ORDER_BUCKETS - 1 - i];
-        inclusive = count;
-#pragma unroll
-        for (int d = 1; d < 32; d <<= 1) {
-            const int m = __shfl_up_sync(0xffffffffu, inclusive, d);
-            if (lane >= d) inclusive += m;
-        }
+        inclusive = warp_inclusive_sum(count);
         if (lane == 31) warp_sums[i / 32] = inclusive;
     }
     __syncthreads();

@@ -16,6 +16,29 @@ __device__ __forceinline__ uint64_t order_rank(uint64_t octpath, int quadrant) {
     return octpath ^ (uint64_t(quadrant) * OCTANT_REPEAT);
 }
 
+constexpr unsigned FULL_MASK = 0xffffffffu;
+
+// Sum of `value` over the lanes up to this one (a full warp).
+__device__ __forceinline__ int warp_inclusive_sum(int value) {
+    const int lane = int(threadIdx.x & 31);
+#pragma unroll
+    for (int d = 1; d < 32; d <<= 1) {
+        const int n = __shfl_up_sync(FULL_MASK, value, d);
+        if (lane >= d) value += n;
+    }
+    return value;
+}
+
+// Items numbered lane by lane (`inclusive`: warp_inclusive_sum of each lane's count): the lane
+// holding item j (below the warp's total), the first whose inclusive sum passes j.
+__device__ __forceinline__ int lane_holding(int inclusive, int j) {
+    int k = 0;
+#pragma unroll
+    for (int step = 16; step > 0; step >>= 1)
+        if (__shfl_sync(FULL_MASK, inclusive, k + step - 1) <= j) k += step;
+    return k;
+}
+
 // Position of the r-th (from 0) set bit of m.
 __device__ __forceinline__ int nth_set_bit(uint32_t m, int r) {
     int pos = 0;

@@ -188,12 +188,11 @@ preprocess_kernel(Camera cam, RequestedPixels requests, int n, const int64_t* __
             wide += entry_candidates(f.rect, f.octant_mask) > WIDE_CANDIDATES;
         }
     }
-    const unsigned full = 0xffffffffu;
 #pragma unroll
-    for (int d = 16; d > 0; d >>= 1) entries += __shfl_down_sync(full, entries, d);
-    in_view = __reduce_add_sync(full, in_view);
-    levels = __reduce_max_sync(full, levels);
-    wide = __reduce_add_sync(full, wide);
+    for (int d = 16; d > 0; d >>= 1) entries += __shfl_down_sync(FULL_MASK, entries, d);
+    in_view = __reduce_add_sync(FULL_MASK, in_view);
+    levels = __reduce_max_sync(FULL_MASK, levels);
+    wide = __reduce_add_sync(FULL_MASK, wide);
     __shared__ unsigned long long warp_entries[PREPROCESS_BLOCK / 32];
     __shared__ unsigned warp_in_view[PREPROCESS_BLOCK / 32], warp_levels[PREPROCESS_BLOCK / 32],
         warp_wide[PREPROCESS_BLOCK / 32];

@@ -22,7 +22,6 @@ namespace svr {
 // the blocks shared the list but not its loads.
 constexpr int BLOCK_THREADS = TILE_SIZE * TILE_SIZE;
 constexpr int WARPS_PER_BLOCK = BLOCK_THREADS / 32;
-constexpr unsigned FULL_MASK = 0xffffffffu;
 
 // A thread's pixel, the tile whose list its warp walks, and where its outputs go.
 struct PixelTask {
@@ -328,12 +327,7 @@ __device__ __forceinline__ void walk_pairs(const RenderBuffers& in, int2 range, 
         if (!__any_sync(FULL_MASK, cover != 0u)) continue;
         // Pairs are numbered candidate by candidate: an inclusive scan of the counts.
         const int count = __popc(cover);
-        int end = count;
-#pragma unroll
-        for (int d = 1; d < 32; d <<= 1) {
-            const int n = __shfl_up_sync(FULL_MASK, end, d);
-            if (lane >= d) end += n;
-        }
+        const int end = warp_inclusive_sum(count);
         if (cover) {
             stage_record<WITH_RGB>(in, mine.voxel(), ray.origin, stage, threadIdx.x);
             stage.meta[threadIdx.x] = make_int4(int(cover), end - count, int(mine.entry), index);
@@ -347,10 +341,7 @@ __device__ __forceinline__ void walk_pairs(const RenderBuffers& in, int2 range, 
             if (!BACK_TO_FRONT && first > 0 && __all_sync(FULL_MASK, done)) break;
             // Lane l evaluates pair first + l; its candidate is the first whose pairs end past it.
             const int p = first + lane;
-            int k = 0;
-#pragma unroll
-            for (int step = 16; step > 0; step >>= 1)
-                if (__shfl_sync(FULL_MASK, end, k + step - 1) <= p) k += step;
+            const int k = lane_holding(end, p);
             PairRound round{p < total, warp_slot + k, 0, p < total ? k : 32 + lane, 0u};
             if (round.valid) {
                 const int4 meta = stage.meta[round.slot];

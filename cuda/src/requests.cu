@@ -5,7 +5,7 @@
 // among the allowed ones) are counted, never followed: the caller reads the counts and raises.
 #include <cub/device/device_scan.cuh>
 
-#include "rasterizer.h"
+#include "math.cuh"
 
 namespace svr {
 namespace {
@@ -35,16 +35,6 @@ __global__ void mark_kernel(Camera cam, int n, const int64_t* __restrict__ pixel
 // way.
 constexpr int TABLE_THREADS = 256, TABLE_WARPS = TABLE_THREADS / 32;
 
-__device__ __forceinline__ int inclusive_warp_sum(int value) {
-    const int lane = int(threadIdx.x & 31);
-#pragma unroll
-    for (int d = 1; d < 32; d <<= 1) {
-        const int n = __shfl_up_sync(0xffffffffu, value, d);
-        if (lane >= d) value += n;
-    }
-    return value;
-}
-
 __global__ void __launch_bounds__(TABLE_THREADS)
 tile_rows_kernel(int tiles_x, int tiles_y, const uint32_t* __restrict__ row_masks,
                  uint32_t* __restrict__ tile_summary, int32_t* __restrict__ sat) {
@@ -72,9 +62,9 @@ tile_rows_kernel(int tiles_x, int tiles_y, const uint32_t* __restrict__ row_mask
             active = columns != 0;
             tile_summary[tile] = columns | rows << 16;
         }
-        const int sum = inclusive_warp_sum(active);
+        const int sum = warp_inclusive_sum(active);
         if (tx < tiles_x) row[tx + 1] = carry + sum;
-        carry += __shfl_sync(0xffffffffu, sum, 31);
+        carry += __shfl_sync(FULL_MASK, sum, 31);
     }
 }
 
@@ -86,9 +76,9 @@ tile_columns_kernel(int tiles_x, int tiles_y, int32_t* __restrict__ sat) {
     int carry = 0;
     for (int y0 = 1; y0 <= tiles_y; y0 += 32) {
         const int y = y0 + lane;
-        const int sum = inclusive_warp_sum(y <= tiles_y ? sat[y * stride + x] : 0);
+        const int sum = warp_inclusive_sum(y <= tiles_y ? sat[y * stride + x] : 0);
         if (y <= tiles_y) sat[y * stride + x] = carry + sum;
-        carry += __shfl_sync(0xffffffffu, sum, 31);
+        carry += __shfl_sync(FULL_MASK, sum, 31);
     }
 }
 
