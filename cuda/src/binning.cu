@@ -132,8 +132,8 @@ duplicate_kernel(int n, int tiles_x, RequestedPixels requests, EntryWriter write
         const int k = lane_holding(end, j);  // the lane whose candidates hold candidate j
         const int start = __shfl_sync(FULL_MASK, end - candidates, k);
         const int skipped_before = __shfl_sync(FULL_MASK, skipped, k);  // lane k itself is not wide
-        const int4 pk = make_int4(__shfl_sync(FULL_MASK, p.x, k), __shfl_sync(FULL_MASK, p.y, k), __shfl_sync(FULL_MASK, p.z, k),
-                                  __shfl_sync(FULL_MASK, p.w, k));
+        const int4 pk = make_int4(__shfl_sync(FULL_MASK, p.x, k), __shfl_sync(FULL_MASK, p.y, k),
+                                  __shfl_sync(FULL_MASK, p.z, k), __shfl_sync(FULL_MASK, p.w, k));
         const uint32_t mask_k = __shfl_sync(FULL_MASK, mask, k);
         const uint64_t path_k = __shfl_sync(FULL_MASK, path, k);
         const int4 r = tile_rect(pk);

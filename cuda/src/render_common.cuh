@@ -4,9 +4,9 @@
 //
 // Each warp walks its tile's list on its own (no block barriers): lane l loads entry
 // `group + l` and its pixel rectangle in the tile (coalesced, shared through L1 by the tile's
-// warps, and a group ahead),
-// the warp keeps the entries that may cover one of its live pixels, their lanes stage the
-// voxel records in shared memory, and the warp evaluates them pair by pair (see walk_pairs).
+// warps; front to back, a group ahead), the warp keeps the entries that may cover one of its
+// live pixels, their lanes stage the voxel records in shared memory, and the warp evaluates
+// them pair by pair (see walk_pairs).
 #pragma once
 #include <utility>
 
