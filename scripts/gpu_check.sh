@@ -6,8 +6,9 @@
 # Options (environment): SKIP_TESTS=1, SKIP_FIT=1, SKIP_BENCH=1, SKIP_SPARSE=1, SKIP_LONG=1 (no long run and
 # large sizes), BENCH_SCENES, BENCH_ROUNDS (baseline and tree alternate that many times; run-to-run
 # spread is 5-10%); PROFILE=1 (torch profiler, PROFILE_SCENES), NCU=1 (Nsight Compute,
-# NCU_SCENES, NCU_REGEX: kernel names, NCU_COUNT: launches), NCU_SOURCE=1 (stall samples per source line: scripts/ncu_source.py, NCU_KERNELS,
-# NCU_SCENES), STEADY=N (N training steps back to back, camera matrices on CPU and GPU; STEADY_SCENES),
+# NCU_SCENES, NCU_REGEX: kernel names, NCU_COUNT: launches), NCU_SOURCE=1 (stall samples per source
+# line: scripts/ncu_source.py, NCU_KERNELS, NCU_SCENES), STEADY=N (N training steps back to back,
+# camera matrices on CPU and GPU; STEADY_SCENES),
 # HOST=1 (host time of the Python and C++ steps: bench/bench_host.py, HOST_SCENE), HOST_AB=N (N rounds
 # of whole frames' host time through the public API, baseline and tree in alternating processes).
 # The device tool brings back at most 8 files: device.txt, tests.log, bench.log (fit example
@@ -42,7 +43,8 @@ if [ "${PROFILE:-0}" = 1 ]; then
 fi
 if [ "${NCU:-0}" = 1 ]; then
   for scene in ${NCU_SCENES:-O6M R6M}; do
-    ncu --kernel-name regex:"${NCU_REGEX:-render_(forward|backward)}" --launch-skip 2 --launch-count ${NCU_COUNT:-2} --section SpeedOfLight \
+    ncu --kernel-name regex:"${NCU_REGEX:-render_(forward|backward)}" --launch-skip 2 \
+        --launch-count ${NCU_COUNT:-2} --section SpeedOfLight \
         --section WarpStateStats --section Occupancy --section LaunchStats --section MemoryWorkloadAnalysis \
         --section InstructionStats --section SchedulerStats \
         --metrics smsp__thread_inst_executed_per_inst_executed.ratio,smsp__sass_average_branch_targets_threads_uniform.pct \

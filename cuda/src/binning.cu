@@ -208,14 +208,14 @@ __global__ void ranges_kernel(int64_t n, KeyLayout layout, int tiles_x, const ui
     const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
     if (i >= n) return;
     const uint64_t tile_mask = (uint64_t(1) << layout.tile_bits) - 1;
-    auto tile_of = [&](int64_t j) {
-        return SingleKey ? uint32_t(keys[j] >> layout.rank_bits & tile_mask) : tile_keys[j];
-    };
-    const uint32_t tile = tile_of(i);
+    auto tile_in = [&](uint64_t key) { return uint32_t(key >> layout.rank_bits & tile_mask); };
+    auto tile_of = [&](int64_t j) { return SingleKey ? tile_in(keys[j]) : tile_keys[j]; };
+    const uint64_t key = SingleKey ? keys[i] : 0;
+    const uint32_t tile = SingleKey ? tile_in(key) : tile_keys[i];
     if (i == 0 || tile_of(i - 1) != tile) ranges[tile].x = int(i);
     if (i == n - 1 || tile_of(i + 1) != tile) ranges[tile].y = int(i + 1);
     if (RectInKey) {
-        entry_rects[i] = uint16_t(keys[i] >> ENTRY_RECT_SHIFT);
+        entry_rects[i] = uint16_t(key >> ENTRY_RECT_SHIFT);
     } else {
         const int4 rect = widen(pixel_rect[values[i] & VOXEL_ID_MASK]);
         entry_rects[i] = pack_entry_rect(rect, int(tile % tiles_x) * TILE_SIZE, int(tile / tiles_x) * TILE_SIZE);
@@ -285,7 +285,8 @@ tile_order_kernel(int n_tiles, const int2* __restrict__ ranges, const int* __res
         if (block_count[b]) first_slot[b] = start + atomicAdd(&taken[b], block_count[b]);
     }
     __syncthreads();
-    if (bucket_rank.x >= 0) order[first_slot[bucket_rank.x] + bucket_rank.y] = int(blockIdx.x * blockDim.x + threadIdx.x);
+    if (bucket_rank.x >= 0)
+        order[first_slot[bucket_rank.x] + bucket_rank.y] = int(blockIdx.x * blockDim.x + threadIdx.x);
 }
 
 }  // namespace

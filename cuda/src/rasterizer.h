@@ -77,7 +77,8 @@ void assign_warps(int n_tiles, int n_requests, const int32_t* tile_order, const 
 
 // --- preprocess.cu
 // Per voxel, conservative pixel rectangle (x0, y0, x1, y1 inclusive; int16, as images are at
-// most MAX_IMAGE_SIZE pixels wide: half the bytes the render kernels read per candidate),
+// most MAX_IMAGE_SIZE pixels wide), read by binning (the render kernels read each entry's
+// rectangle within its tile, written by identify_tile_ranges),
 // octant mask and number of (tile, octant) entries (0 when culled); the frame counts
 // COUNT_ENTRIES, COUNT_USED_LEVELS, COUNT_IN_VIEW and COUNT_WIDE; and camera_position[3], the
 // c2w translation (vox_fn's argument: on the device without a host-to-device copy, which would

@@ -141,10 +141,10 @@ void mark_requests(const Camera& cam, int n_requests, const int64_t* pixels, uin
     if (n_requests > 0)
         mark_kernel<<<blocks_for(n_requests), 256, 0, stream>>>(cam, n_requests, pixels, row_masks, n_outside);
     const int tiles_x = cam.tiles_x(), tiles_y = cam.tiles_y();
-    tile_rows_kernel<<<(tiles_y + TABLE_WARPS - 1) / TABLE_WARPS, TABLE_THREADS, 0, stream>>>(tiles_x, tiles_y, row_masks,
-                                                                                             tile_summary, tile_sat);
-    tile_columns_kernel<<<(tiles_x + TABLE_WARPS - 1) / TABLE_WARPS, TABLE_THREADS, 0, stream>>>(tiles_x, tiles_y,
-                                                                                                tile_sat);
+    const int row_blocks = (tiles_y + TABLE_WARPS - 1) / TABLE_WARPS;
+    const int column_blocks = (tiles_x + TABLE_WARPS - 1) / TABLE_WARPS;
+    tile_rows_kernel<<<row_blocks, TABLE_THREADS, 0, stream>>>(tiles_x, tiles_y, row_masks, tile_summary, tile_sat);
+    tile_columns_kernel<<<column_blocks, TABLE_THREADS, 0, stream>>>(tiles_x, tiles_y, tile_sat);
 }
 
 void bin_requests(const Camera& cam, int n_requests, const int64_t* pixels, const uint32_t* allowed, int2* requests,
