@@ -215,38 +215,43 @@ def large_images(name, sizes):
 
 
 def sparse_queries(name, width, height, fraction=0.01, k=8, profile=False):
-    """A random `fraction` of the pixels rendered sparsely (fresh, and with reused
-    intersections), against the dense render; and top-K of the whole image."""
+    """Random pixels (`fraction` of the image, and ten times as many) rendered sparsely, fresh
+    and with reused intersections, against the dense render; and top-K of the whole image."""
     from svraster_cuda.renderer import intersect_voxels, rasterize_voxels_sparse, topk_contributors
     scene, params = scene_and_params(name)
     forward, forward_backward = make_step(name, scene, params)
     s = orbit_settings(name, 1, width, height, "cpu")[0]
     gen = torch.Generator().manual_seed(0)
-    n = int(fraction * width * height)
-    pixels = torch.stack([torch.randint(0, height, (n,), generator=gen), torch.randint(0, width, (n,), generator=gen)],
-                         1).cuda()
+
+    def random_pixels(n):
+        return torch.stack([torch.randint(0, height, (n,), generator=gen),
+                            torch.randint(0, width, (n,), generator=gen)], 1).cuda()
+    fractions = (fraction, 10 * fraction)
+    pixel_sets = [random_pixels(int(f * width * height)) for f in fractions]
+    pixels = pixel_sets[0]
     voxels = (scene["octpath"], scene["vox_centers"], scene["vox_lengths"])
     inter = intersect_voxels(s, *voxels)
 
-    def sparse(intersections=None, backward=False):
+    def sparse(intersections=None, backward=False, px=pixels):
         if backward:
             clear_grads(params)
-        color, _, _, T, _ = rasterize_voxels_sparse(s, *voxels, lambda *a: params, pixels, intersections=intersections)
+        color, _, _, T, _ = rasterize_voxels_sparse(s, *voxels, lambda *a: params, px, intersections=intersections)
         if backward:
             (color.sum() + T.sum()).backward()
 
-    rows = [("dense forward", lambda: forward(s)), ("dense fwd+bwd", lambda: forward_backward(s)),
-            (f"sparse {fraction:.0%} forward", lambda: sparse()),
-            (f"sparse {fraction:.0%} fwd+bwd", lambda: sparse(backward=True)),
-            (f"sparse {fraction:.0%} forward, reused intersections", lambda: sparse(inter)),
-            ("intersect_voxels (dense)", lambda: intersect_voxels(s, *voxels)),
-            (f"topk k={k}, whole image, reused intersections",
-             lambda: topk_contributors(s, *voxels, params["geos"], k, intersections=inter))]
+    rows = [("dense forward", lambda: forward(s)), ("dense fwd+bwd", lambda: forward_backward(s))]
+    for f, px in zip(fractions, pixel_sets):
+        rows += [(f"sparse {f:.0%} forward", lambda px=px: sparse(px=px)),
+                 (f"sparse {f:.0%} fwd+bwd", lambda px=px: sparse(backward=True, px=px))]
+    rows += [(f"sparse {fraction:.0%} forward, reused intersections", lambda: sparse(inter)),
+             ("intersect_voxels (dense)", lambda: intersect_voxels(s, *voxels)),
+             (f"topk k={k}, whole image, reused intersections",
+              lambda: topk_contributors(s, *voxels, params["geos"], k, intersections=inter))]
     if profile:
         timeline(f"{name} sparse {fraction:.0%} forward", sparse, 140)
         timeline(f"{name} sparse {fraction:.0%} forward, reused intersections", lambda: sparse(inter), 60)
         return
-    print(f"| {name} {width}x{height}, {n} sparse pixels | ms |")
+    print(f"| {name} {width}x{height}, {len(pixels)} / {len(pixel_sets[1])} sparse pixels | ms |")
     print("|---|---|")
     for label, fn in rows:
         fn()

@@ -77,13 +77,13 @@ if [ "${SKIP_BENCH:-0}" != 1 ]; then
         --json "$OUT/bench_base.json" 2>&1 | tee -a "$OUT/bench.log" | tail -n 6
       if [ "${SKIP_SPARSE:-0}" != 1 ]; then
         PYTHONPATH=$PWD/.device_data/base/cuda python3 bench/bench_cuda.py --scenes O6M,R6M --sparse 2>&1 \
-          | tee -a "$OUT/bench.log" | tail -n 20
+          | tee -a "$OUT/bench.log" | tail -n 24
       fi
       echo "== this tree, round $round"
     fi
     python3 bench/bench_cuda.py --scenes ${BENCH_SCENES:-O1.4M,O6M,R1.5M,R6M} --json "$OUT/bench.json" 2>&1 | tee -a "$OUT/bench.log" | tail -n 6
     if [ "${SKIP_SPARSE:-0}" != 1 ]; then
-      python3 bench/bench_cuda.py --scenes O6M,R6M --sparse 2>&1 | tee -a "$OUT/bench.log" | tail -n 20
+      python3 bench/bench_cuda.py --scenes O6M,R6M --sparse 2>&1 | tee -a "$OUT/bench.log" | tail -n 24
     fi
   done
   if [ "${SKIP_LONG:-0}" != 1 ]; then

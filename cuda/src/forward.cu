@@ -26,7 +26,7 @@ render_forward_kernel(Camera cam, PixelSet pixels, ForwardOptions opt, RenderBuf
     float depth_sum = 0.f, wm_sum = 0.f;
     int last = range.x;
     // The median voxel: the last used one whose incoming T > 0.5 (evaluated after the loop).
-    int median_entry = -1;
+    int median_voxel = -1;
     float median_a = 0.f, median_b = 0.f, median_T = 0.f;
     bool done = !task.active;
 
@@ -41,7 +41,7 @@ render_forward_kernel(Camera cam, PixelSet pixels, ForwardOptions opt, RenderBuf
             if (DEPTH) {
                 depth_sum += T * v.result.depth;
                 if (T > 0.5f) {
-                    median_entry = v.index;
+                    median_voxel = int(v.entry & VOXEL_ID_MASK);
                     median_a = v.result.a; median_b = v.result.b; median_T = T;
                 }
             }
@@ -71,9 +71,9 @@ render_forward_kernel(Camera cam, PixelSet pixels, ForwardOptions opt, RenderBuf
         out.depth[pix] = depth_sum / ray.cam_norm;
         out.depth[hw + pix] = DISTORTION ? wm_sum : 0.f;
         float median = 0.f;
-        if (median_entry >= 0) {
+        if (median_voxel >= 0) {
             VoxelGeometry rec;
-            load_geometry(in, in.entries[median_entry] & VOXEL_ID_MASK, rec);
+            load_geometry(in, uint32_t(median_voxel), rec);
             const float step = (median_b - median_a) * (1.f / MEDIAN_SUBSTEPS);
             float running = median_T, t = median_a;
             for (int s = 0; s < MEDIAN_SUBSTEPS; ++s) {
