@@ -248,6 +248,32 @@ def assert_same_lists(got, ref, n_tiles):
     assert torch.equal(voxel[order], binning.entry_voxel)
 
 
+@pytest.mark.parametrize("size", [(8, 8), (40, 24)])
+@pytest.mark.parametrize("full_rank", [False, True])
+def test_long_tile_lists(cuda, size, full_rank):
+    """A full level-6 grid (262,144 voxels) seen whole by a few tiles: at 8x8 one tile (no tile
+    bits in the key) of 3,548 entries, at 40x24 lists from a hundred entries to 13,821 (hundreds
+    of 32-candidate groups in the render walks). The lists equal the reference's, and so do values
+    and gradients. With 48 rank bits each entry's rectangle is gathered from its voxel instead of
+    riding in the key."""
+    from svraster_cuda import meta
+    from svraster_cuda.renderer import intersect_voxels
+    octpath, _, centers, lengths = random_octree(3, max_level=6, split_prob=1.0, keep_prob=1.0)
+    if full_rank:
+        octpath = octpath | 1  # 48 rank bits; changes no order (distinct leaves differ above it)
+    width, height = size
+    settings = make_settings((3.5, 2.5, 3.0), (0, 0, 0), width=width, height=height, fov_deg=42, **FULL)
+    settings = settings._replace(tanfovy=settings.tanfovx * height / width)
+    n_tiles = math.ceil(width / meta.TILE_SIZE) * math.ceil(height / meta.TILE_SIZE)
+    ref = intersect_voxels(settings, octpath, centers, lengths)
+    got = intersect_voxels(settings, octpath.to(cuda), centers.to(cuda), lengths.to(cuda))
+    assert_same_lists(got, ref, n_tiles)
+    list_lengths = (got.state.ranges[:, 1] - got.state.ranges[:, 0]).cpu()
+    assert list_lengths.max() > {(8, 8): 3000, (40, 24): 12288}[size]
+    geos, rgbs = random_params(len(octpath), 3, density_scale=1.0, offset=-4.0)
+    compare(settings, (octpath, centers, lengths, geos, rgbs), cuda)
+
+
 @pytest.mark.parametrize("seed", range(8))
 def test_culling_matches_reference(cuda, seed):
     """The voxels with entries, their number of entries and the sorted tile lists are the
