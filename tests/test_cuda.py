@@ -253,11 +253,12 @@ def assert_same_lists(got, ref, n_tiles):
 def test_long_tile_lists(cuda, size, full_rank):
     """A full level-6 grid (262,144 voxels) seen whole by a few tiles: at 8x8 one tile (no tile
     bits in the key) of 3,548 entries, at 40x24 lists from a hundred entries to 13,821 (hundreds
-    of 32-candidate groups in the render walks). The lists equal the reference's, and so do values
-    and gradients. With 48 rank bits each entry's rectangle is gathered from its voxel instead of
-    riding in the key."""
+    of 32-candidate groups in the render walks; the longest rendered by four blocks a tile, a
+    row of each warp's pixels each). The lists equal the reference's, and so do values,
+    gradients and the top-K contributors. With 48 rank bits each entry's rectangle is gathered
+    from its voxel instead of riding in the key."""
     from svraster_cuda import meta
-    from svraster_cuda.renderer import intersect_voxels
+    from svraster_cuda.renderer import intersect_voxels, topk_contributors
     octpath, _, centers, lengths = random_octree(3, max_level=6, split_prob=1.0, keep_prob=1.0)
     if full_rank:
         octpath = octpath | 1  # 48 rank bits; changes no order (distinct leaves differ above it)
@@ -272,6 +273,16 @@ def test_long_tile_lists(cuda, size, full_rank):
     assert list_lengths.max() > {(8, 8): 3000, (40, 24): 12288}[size]
     geos, rgbs = random_params(len(octpath), 3, density_scale=1.0, offset=-4.0)
     compare(settings, (octpath, centers, lengths, geos, rgbs), cuda)
+    ids_ref, w_ref = topk_contributors(settings, octpath, centers, lengths, geos, 4)
+    ids, w = topk_contributors(settings, *(t.to(cuda) for t in (octpath, centers, lengths, geos)), 4)
+    assert (w.cpu() - w_ref).abs().max() <= 2e-5
+    # Ids must match where a weight does not nearly tie a neighbour in the ranking.
+    gap = torch.full_like(w_ref, float("inf"))
+    step = (w_ref[1:] - w_ref[:-1]).abs()
+    gap[1:] = step
+    gap[:-1] = torch.minimum(gap[:-1], step)
+    assert torch.equal(ids.cpu()[gap > 1e-4], ids_ref[gap > 1e-4])
+    assert (gap > 1e-4).sum() > w_ref.numel() / 4
 
 
 @pytest.mark.parametrize("seed", range(8))

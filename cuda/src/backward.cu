@@ -39,7 +39,7 @@ render_backward_kernel(Camera cam, PixelSet pixels, BackwardOptions opt, RenderB
                        BackwardOutputs out) {
     constexpr bool DEPTH = VARIANT & WITH_DEPTH, NORMAL = VARIANT & WITH_NORMAL, DISTORTION = VARIANT & WITH_DISTORTION;
     PixelTask task;
-    if (!locate_pixel(cam, pixels, task)) return;
+    if (!locate_pixel(cam, pixels, in.ranges, task)) return;
     const int hw = task.stride, pix = task.index;
     const Ray ray = pixel_ray(cam, task.px, task.py);
     const int2 range = in.ranges[task.tile];

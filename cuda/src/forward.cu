@@ -1,7 +1,7 @@
 // Stage 5, renderCUDA forward (mirrors reference/forward.py): one thread per pixel, one block
-// per tile (or warps of requested pixels of one tile). Each warp walks its tile's list (see
-// render_common.cuh); each thread composites the voxels of its own ray octant front to back
-// and stops early; a warp whose pixels are all saturated stops walking.
+// per tile (four for the longest lists; or warps of requested pixels of one tile). Each warp
+// walks its tile's list (see render_common.cuh); each thread composites the voxels of its own
+// ray octant front to back and stops early; a warp whose pixels are all saturated stops walking.
 #include "render_common.cuh"
 
 namespace svr {
@@ -17,7 +17,7 @@ render_forward_kernel(Camera cam, PixelSet pixels, ForwardOptions opt, RenderBuf
     constexpr bool DEPTH = VARIANT & WITH_DEPTH, NORMAL = VARIANT & WITH_NORMAL;
     constexpr bool DISTORTION = VARIANT & WITH_DISTORTION, MAX_W = VARIANT & WITH_MAX_W;
     PixelTask task;
-    if (!locate_pixel(cam, pixels, task)) return;
+    if (!locate_pixel(cam, pixels, in.ranges, task)) return;
     const int px = task.px, py = task.py;
     const Ray ray = pixel_ray(cam, px, py);
     const int2 range = in.ranges[task.tile];

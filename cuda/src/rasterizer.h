@@ -144,13 +144,13 @@ size_t order_tiles_scratch_bytes();
 void order_tiles(int n_tiles, const int2* ranges, void* scratch, int32_t* tile_order, cudaStream_t stream);
 
 // --- forward.cu / backward.cu / topk.cu
-// The pixels a render covers: the whole image (one block per tile, outputs [C, H, W]) or a
+// The pixels a render covers: the whole image (blocks of a tile, outputs [C, H, W]) or a
 // list of requested pixels (outputs [C, P] in request order), grouped by tile into warps of at
 // most 32 so that a warp still walks one tile's list.
 // Tiles (whole image) or warps (requests) come longest list first: the long lists start early
 // instead of trailing behind the rest of the grid.
 struct PixelSet {
-    const int32_t* tile_order;     // whole image: [n_tiles] the tile of each block
+    const int32_t* tile_order;     // whole image: [n_tiles] the tiles, longest list first
     int n_requests;                // P; 0 for the whole image
     const int2* requests;          // [P] (row, col), or null for the whole image
     int n_warps;

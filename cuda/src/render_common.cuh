@@ -38,18 +38,50 @@ struct PixelTask {
 constexpr int WARP_W = 8, WARP_H = 32 / WARP_W;
 static_assert(TILE_SIZE % WARP_W == 0 && TILE_SIZE % WARP_H == 0, "warp blocks tile the tile");
 
-// Whole image: block b renders tile tile_order[b] (longest list first). Requested pixels: one
-// warp per PixelSet warp, WARPS_PER_BLOCK of them per block. Returns false (for the whole
-// warp) when the warp has nothing to do.
-__device__ __forceinline__ bool locate_pixel(const Camera& cam, const PixelSet& set, PixelTask& task) {
+// Whole image: the tiles in tile_order (longest list first), a block each, except that the
+// first SPLIT_TILES whose lists hold SPLIT_MIN_ENTRIES or more take SPLIT_PARTS blocks each,
+// block part j rendering row j of each warp's 8 x 4 pixels (the other lanes idle as pixels but
+// work in the walk's loads and pair evaluations); the parts after the first of a shorter list's
+// tile return at once. A warp's walk of a long list is the kernel's critical path: O6M's
+// longest list (8,641 entries, at a silhouette, whose rays never saturate) rendered alone took
+// more than the whole image's forward kernel (633 against 508 us, as requested pixels,
+// session 12). With a quarter of the pixels a warp evaluates about a quarter of the pairs, and
+// four warps walk the list side by side. H100, 1080p (session 12, run 8, three rounds against
+// no split): O6M forward 1.45-1.46 -> 1.37-1.38 ms, forward+backward 2.16-2.18 -> 1.95-1.99;
+// R1.5M and R6M within 1% (no R1.5M list reaches SPLIT_MIN_ENTRIES). Splitting every list of
+// the first tiles, lists from 2,048 entries, or into eight parts (half rows) made R6M's
+// forward+backward slower (4.5 -> 4.6-4.8 ms): its long lists are of large voxels that cover a
+// whole warp, and more warps repeat more of the walk for fewer saved pairs. SPLIT_TILES = 1024
+// measured like 256, with more blocks that return at once.
+// Requested pixels: one warp per PixelSet warp, WARPS_PER_BLOCK of them per block. Returns false
+// (for the whole warp) when the warp has nothing to do.
+constexpr int SPLIT_TILES = 256;
+constexpr int SPLIT_MIN_ENTRIES = 3072;
+constexpr int SPLIT_PARTS = WARP_H;
+SVR_HOST_DEVICE inline int split_tiles(const Camera& cam) {
+    const int n_tiles = cam.tiles_x() * cam.tiles_y();
+    return n_tiles < SPLIT_TILES ? n_tiles : SPLIT_TILES;
+}
+
+__device__ __forceinline__ bool locate_pixel(const Camera& cam, const PixelSet& set, const int2* ranges,
+                                             PixelTask& task) {
     if (!set.sparse()) {
-        task.tile = set.tile_order[blockIdx.x];
+        const int block = int(blockIdx.x), split_blocks = SPLIT_PARTS * split_tiles(cam);
+        bool split = block < split_blocks;
+        task.tile = set.tile_order[split ? block / SPLIT_PARTS : block - split_blocks + split_tiles(cam)];
+        if (split) {
+            const int2 range = ranges[task.tile];
+            if (range.y - range.x < SPLIT_MIN_ENTRIES) {
+                if (block % SPLIT_PARTS != 0) return false;
+                split = false;
+            }
+        }
         const int tiles_x = cam.tiles_x();
         const int warp = int(threadIdx.x / 32), lane = int(threadIdx.x & 31);
         constexpr int WARPS_X = TILE_SIZE / WARP_W;
         task.px = (task.tile % tiles_x) * TILE_SIZE + (warp % WARPS_X) * WARP_W + lane % WARP_W;
         task.py = (task.tile / tiles_x) * TILE_SIZE + (warp / WARPS_X) * WARP_H + lane / WARP_W;
-        task.active = task.px < cam.width && task.py < cam.height;
+        task.active = task.px < cam.width && task.py < cam.height && (!split || lane / WARP_W == block % SPLIT_PARTS);
         task.index = task.active ? task.py * cam.width + task.px : 0;
         task.stride = cam.width * cam.height;
         return true;
@@ -70,7 +102,7 @@ __device__ __forceinline__ bool locate_pixel(const Camera& cam, const PixelSet& 
 
 inline dim3 render_grid(const Camera& cam, const PixelSet& set) {
     if (set.sparse()) return dim3((set.n_warps + WARPS_PER_BLOCK - 1) / WARPS_PER_BLOCK);
-    return dim3(cam.tiles_x() * cam.tiles_y());
+    return dim3(cam.tiles_x() * cam.tiles_y() + (SPLIT_PARTS - 1) * split_tiles(cam));
 }
 inline bool nothing_to_render(const PixelSet& set) { return set.sparse() && set.n_warps == 0; }
 
