@@ -38,14 +38,14 @@ struct PixelTask {
 constexpr int WARP_W = 8, WARP_H = 32 / WARP_W;
 static_assert(TILE_SIZE % WARP_W == 0 && TILE_SIZE % WARP_H == 0, "warp blocks tile the tile");
 
-// Whole image: the tiles in tile_order (longest list first), a block each, except that the
-// first SPLIT_TILES whose lists hold SPLIT_MIN_ENTRIES or more take SPLIT_PARTS blocks each,
+// Whole image: the tiles in tile_order (longest list first), a block each, except that those
+// among the first SPLIT_TILES whose lists hold SPLIT_MIN_ENTRIES or more take SPLIT_PARTS blocks,
 // block part j rendering row j of each warp's 8 x 4 pixels (the other lanes idle as pixels but
 // work in the walk's loads and pair evaluations); the parts after the first of a shorter list's
 // tile return at once. A warp's walk of a long list is the kernel's critical path: O6M's
 // longest list (8,641 entries, at a silhouette, whose rays never saturate) rendered alone took
-// more than the whole image's forward kernel (633 against 508 us, as requested pixels,
-// session 12). With a quarter of the pixels a warp evaluates about a quarter of the pairs, and
+// more than the whole image's forward kernel (bench/bench_tail.py: 633 against 508 us, as
+// requested pixels). With a quarter of the pixels a warp evaluates about a quarter of the pairs, and
 // four warps walk the list side by side. H100, 1080p (session 12, run 8, three rounds against
 // no split): O6M forward 1.45-1.46 -> 1.37-1.38 ms, forward+backward 2.16-2.18 -> 1.95-1.99;
 // R1.5M and R6M within 1% (no R1.5M list reaches SPLIT_MIN_ENTRIES). Splitting every list of
