@@ -1,7 +1,9 @@
 """How much of the forward render kernel is the walk of the longest tile lists: its GPU time
-(torch profiler) for the whole image, and for the pixels of the k longest tiles only (rendered
-as requested pixels on the dense intersections), view 0 at 1080p. A k of one taking about the
-whole image's time means the kernel waits on one list's walk (docs/design.md, session 12).
+(torch profiler) for the whole image, then with every list but the k longest emptied (the
+dense path, split tiles and all), and for the pixels of the k longest tiles rendered as
+requested pixels (a path without the split, whose walk is slower), view 0 at 1080p. A k of one
+taking about the whole image's time means the kernel waits on one list's walk (docs/design.md,
+session 12).
 
     python bench/bench_tail.py [O6M R6M]
 """
@@ -42,14 +44,22 @@ for scene_name in sys.argv[1:] or ["O6M", "R6M"]:
     with torch.no_grad():
         whole = kernel_us(lambda: renderer.rasterize_voxels(s, *vox, lambda *a: params, intersections=inter))
         print(f"{scene_name}: whole image render_forward {whole:.1f} us; longest lists {lengths[order[:8]].tolist()}")
+        ranges_int = inter.state.ranges
         for k in (1, 4, 32, 256, 2048):
             tiles = order[:k]
+            keep = torch.zeros(len(lengths), dtype=torch.bool)
+            keep[tiles] = True
+            only_k = renderer.TileIntersections(
+                inter.impl, inter.state._replace(ranges=torch.where(keep[:, None].cuda(), ranges_int, 0)),
+                inter.in_view, inter.camera, inter.voxels)
+            dense = kernel_us(lambda: renderer.rasterize_voxels(s, *vox, lambda *a: params, intersections=only_k))
             ty, tx = tiles // tiles_x, tiles % tiles_x
             yy, xx = torch.meshgrid(torch.arange(meta.TILE_SIZE), torch.arange(meta.TILE_SIZE), indexing="ij")
             rows = (ty[:, None] * meta.TILE_SIZE + yy.reshape(1, -1)).reshape(-1)
             cols = (tx[:, None] * meta.TILE_SIZE + xx.reshape(1, -1)).reshape(-1)
-            keep = (rows < s.image_height) & (cols < s.image_width)
-            pixels = torch.stack([rows[keep], cols[keep]], 1).cuda()
-            us = kernel_us(lambda: renderer.rasterize_voxels_sparse(s, *vox, lambda *a: params, pixels,
-                                                                     intersections=inter))
-            print(f"  {k} longest tiles ({lengths[tiles].sum().item()} entries): render_forward {us:.1f} us")
+            inside = (rows < s.image_height) & (cols < s.image_width)
+            pixels = torch.stack([rows[inside], cols[inside]], 1).cuda()
+            sparse = kernel_us(lambda: renderer.rasterize_voxels_sparse(s, *vox, lambda *a: params, pixels,
+                                                                         intersections=inter))
+            print(f"  {k} longest tiles ({lengths[tiles].sum().item()} entries): render_forward {dense:.1f} us "
+                  f"(other lists emptied), {sparse:.1f} us (their pixels requested)")
