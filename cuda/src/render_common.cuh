@@ -30,6 +30,7 @@ struct PixelTask {
     bool active;  // a pixel of the image (whole image) or a request (sparse)
     int index;    // into per-pixel arrays: py * W + px, or the request's row
     int stride;   // between channels of per-pixel arrays: W * H, or P
+    bool split;   // one of SPLIT_PARTS blocks of a long list's tile
 };
 
 // In a whole-image block, each warp renders a WARP_W x WARP_H block of the tile: squarer than
@@ -82,6 +83,7 @@ __device__ __forceinline__ bool locate_pixel(const Camera& cam, const PixelSet& 
         task.px = (task.tile % tiles_x) * TILE_SIZE + (warp % WARPS_X) * WARP_W + lane % WARP_W;
         task.py = (task.tile / tiles_x) * TILE_SIZE + (warp / WARPS_X) * WARP_H + lane / WARP_W;
         task.active = task.px < cam.width && task.py < cam.height && (!split || lane / WARP_W == block % SPLIT_PARTS);
+        task.split = split;
         task.index = task.active ? task.py * cam.width + task.px : 0;
         task.stride = cam.width * cam.height;
         return true;
@@ -97,6 +99,7 @@ __device__ __forceinline__ bool locate_pixel(const Camera& cam, const PixelSet& 
     task.py = rc.x;
     task.index = task.active ? request : 0;
     task.stride = set.n_requests;
+    task.split = false;
     return true;
 }
 
@@ -166,6 +169,16 @@ struct PairStage {
 };
 
 __device__ __forceinline__ float3 xyz(float4 v) { return make_float3(v.x, v.y, v.z); }
+
+__device__ __forceinline__ void prefetch_l2(const void* p) { asm volatile("prefetch.global.L2 [%0];" ::"l"(p)); }
+// Voxel v's record towards L2 (what stage_record will load).
+template <bool WITH_RGB>
+__device__ __forceinline__ void prefetch_record(const RenderBuffers& in, uint32_t v) {
+    prefetch_l2(in.centers + 3 * size_t(v));
+    prefetch_l2(in.lengths + v);
+    prefetch_l2(in.geos + 8 * size_t(v));
+    if (WITH_RGB) prefetch_l2(in.rgbs + 3 * size_t(v));
+}
 
 template <bool WITH_RGB>
 __device__ __forceinline__ void stage_record(const RenderBuffers& in, uint32_t v, float3 origin, PairStage& s,
@@ -367,6 +380,10 @@ __device__ __forceinline__ void walk_pairs(const RenderBuffers& in, int2 range, 
         const int total = __shfl_sync(FULL_MASK, end, 31);
         // The candidates whose pairs this lane's pixel is in: the cover bits, transposed.
         uint32_t my_candidates = transpose_bits(cover);
+        // A split tile's warps wait on their list's walk: the next group's records head for L2
+        // while this group's pairs are evaluated.
+        if (!BACK_TO_FRONT && task.split && range.x + 32 * (g + 1) + lane < range.y)
+            prefetch_record<WITH_RGB>(in, next_entry & VOXEL_ID_MASK);
         __syncwarp();
 
         for (int first = 0; first < total; first += 32) {
