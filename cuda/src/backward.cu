@@ -52,13 +52,13 @@ render_backward_kernel(Camera cam, PixelSet pixels, BackwardOptions opt, RenderB
     float g_color[3], g_normal[3] = {0.f, 0.f, 0.f}, gt[3] = {0.f, 0.f, 0.f};
 #pragma unroll
     for (int c = 0; c < 3; ++c) {
-        g_color[c] = g.dL_dcolor[c * hw + pix];
-        if (NORMAL) g_normal[c] = g.dL_dnormal[c * hw + pix];
+        g_color[c] = g.dL_dcolor.at(c, task.row, task.col);
+        if (NORMAL) g_normal[c] = g.dL_dnormal.at(c, task.row, task.col);
         if (opt.lambda_R_concen > 0.f) gt[c] = g.gt_color[c * hw + pix];
     }
     const float T_final = g.T[pix];
-    const float g_T = g.dL_dT[pix];
-    const float g_depth = DEPTH ? g.dL_ddepth[pix] / ray.cam_norm : 0.f;  // the output is divided by |d_cam|
+    const float g_T = g.dL_dT.at(0, task.row, task.col);
+    const float g_depth = DEPTH ? g.dL_ddepth.at(0, task.row, task.col) / ray.cam_norm : 0.f;  // the output is divided by |d_cam|
     const float dist_scale = opt.lambda_dist * inv_hw;
     const float wm_total = DISTORTION ? g.aux[pix] : 0.f;
     // Behind the current voxel: colour (the background included), normal, depth, distortion.

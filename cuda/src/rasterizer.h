@@ -196,19 +196,30 @@ struct BackwardOptions {
     float lambda_R_concen, lambda_ascending, lambda_dist;
 };
 
+// An incoming gradient image [C, H, W] (or [C, P] for requested pixels, read as row 0) with
+// any strides: gradients often arrive as views (expanded from a sum, permuted from an HWC
+// loss), and each element is read once, so copying them contiguous first costs a pass.
+struct PixelImage {
+    const float* data = nullptr;  // null when the option that reads it is off
+    int64_t channel_stride = 0, row_stride = 0, col_stride = 0;
+    SVR_HOST_DEVICE float at(int channel, int row, int col) const {
+        return data[channel * channel_stride + row * row_stride + col * col_stride];
+    }
+};
+
 struct BackwardInputs {
     const float* T;          // forward outputs
     const float* aux;        // or null (lambda_dist == 0)
     const int32_t* last;
-    const float* dL_dcolor;  // [3, ...]
-    const float* dL_ddepth;  // [3, ...] or null
-    const float* dL_dnormal; // [3, ...] or null
-    const float* dL_dT;      // [...]
+    PixelImage dL_dcolor;    // [3, ...]
+    PixelImage dL_ddepth;    // [1 or 3, ...] (channel 0 is read) or null
+    PixelImage dL_dnormal;   // [3, ...] or null
+    PixelImage dL_dT;        // [1, ...]
     const float* gt_color;   // [3, ...] or null
 };
 
 struct BackwardOutputs {
-    float* dL_dgeos;   // [N, 8], zeroed by the caller
+    float* dL_dgeos;   // [N, 8], all three zeroed by the caller
     float* dL_drgbs;   // [N, 3]
     float* priority;   // [N]: sum over pixels |dL/dalpha * alpha|
 };

@@ -30,6 +30,7 @@ struct PixelTask {
     bool active;  // a pixel of the image (whole image) or a request (sparse)
     int index;    // into per-pixel arrays: py * W + px, or the request's row
     int stride;   // between channels of per-pixel arrays: W * H, or P
+    int row, col; // the same place in arrays [C, H, W] or [C, P] of any strides: (py, px) or (0, request)
     bool split;   // one of SPLIT_PARTS blocks of a long list's tile
 };
 
@@ -67,9 +68,9 @@ SVR_HOST_DEVICE inline int split_tiles(const Camera& cam) {
 __device__ __forceinline__ bool locate_pixel(const Camera& cam, const PixelSet& set, const int2* ranges,
                                              PixelTask& task) {
     if (!set.sparse()) {
-        const int block = int(blockIdx.x), split_blocks = SPLIT_PARTS * split_tiles(cam);
+        const int block = int(blockIdx.x), n_split = split_tiles(cam), split_blocks = SPLIT_PARTS * n_split;
         bool split = block < split_blocks;
-        task.tile = set.tile_order[split ? block / SPLIT_PARTS : block - split_blocks + split_tiles(cam)];
+        task.tile = set.tile_order[split ? block / SPLIT_PARTS : block - split_blocks + n_split];
         if (split) {
             const int2 range = ranges[task.tile];
             if (range.y - range.x < SPLIT_MIN_ENTRIES) {
@@ -86,6 +87,8 @@ __device__ __forceinline__ bool locate_pixel(const Camera& cam, const PixelSet& 
         task.split = split;
         task.index = task.active ? task.py * cam.width + task.px : 0;
         task.stride = cam.width * cam.height;
+        task.row = task.active ? task.py : 0;
+        task.col = task.active ? task.px : 0;
         return true;
     }
     const int warp = int(blockIdx.x) * WARPS_PER_BLOCK + int(threadIdx.x / 32);
@@ -99,6 +102,8 @@ __device__ __forceinline__ bool locate_pixel(const Camera& cam, const PixelSet& 
     task.py = rc.x;
     task.index = task.active ? request : 0;
     task.stride = set.n_requests;
+    task.row = 0;
+    task.col = task.index;
     task.split = false;
     return true;
 }

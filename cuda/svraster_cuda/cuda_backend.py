@@ -96,17 +96,21 @@ def pixel_layout(settings, state, pixels, dtype, device, verify=False):
                                               verify))
 
 
-def rasterize_forward(settings, state, layout, vox_centers, vox_lengths, geos, rgbs):
-    color, depth, normal, T, max_w, aux, last = _load().rasterize_voxels(
+def rasterize_forward(settings, state, layout, vox_centers, vox_lengths, geos, rgbs, zero_gradients=False):
+    """The outputs, what the backward needs of the forward, and (`zero_gradients`) the
+    backward's gradient buffers, zeroed on a side stream while the render kernel runs."""
+    color, depth, normal, T, max_w, aux, last, *zeroed = _load().rasterize_voxels(
         state.camera, settings.n_samp_per_vox, float(settings.bg_color), bool(settings.need_depth),
         settings.lambda_dist > 0, bool(settings.need_normal), bool(settings.track_max_w),
         state.ranges, state.entries, state.entry_rects, vox_centers.contiguous(), vox_lengths.contiguous(),
-        geos.contiguous(), rgbs.contiguous(), *_pixel_args(state, layout))
-    return (color, depth, normal, T, max_w), (T, aux, last)
+        geos.contiguous(), rgbs.contiguous(), *_pixel_args(state, layout), bool(zero_gradients))
+    return (color, depth, normal, T, max_w), (T, aux, last), (zeroed or None)
 
 
 def rasterize_backward(settings, state, layout, saved, vox_centers, vox_lengths, geos, rgbs, dL_dcolor, dL_ddepth,
-                       dL_dnormal, dL_dT):
+                       dL_dnormal, dL_dT, zeroed=None):
+    """Gradients; the incoming ones in any strides. `zeroed`: rasterize_forward's buffers,
+    written in place (each may serve one backward only)."""
     T, aux, last = saved
     gt = settings.gt_color
     gt = gt.to(device=geos.device, dtype=torch.float32).contiguous() if settings.lambda_R_concen > 0 else geos.new_empty(0)
@@ -115,7 +119,7 @@ def rasterize_backward(settings, state, layout, saved, vox_centers, vox_lengths,
         bool(settings.need_normal), float(settings.lambda_R_concen), float(settings.lambda_ascending),
         float(settings.lambda_dist), gt, state.ranges, state.entries, state.entry_rects, vox_centers.contiguous(),
         vox_lengths.contiguous(), geos.contiguous(), rgbs.contiguous(), T, aux, last,
-        dL_dcolor, dL_ddepth, dL_dnormal, dL_dT, *_pixel_args(state, layout))
+        dL_dcolor, dL_ddepth, dL_dnormal, dL_dT, *_pixel_args(state, layout), zeroed)
     return grad_geos, grad_rgbs, priority
 
 

@@ -179,20 +179,30 @@ def _render(raster_settings, inter, layout, vox_centers, vox_lengths, vox_fn):
     cam_pos = _camera_position(raster_settings, inter, vox_centers.device)
     params = vox_fn(inter.in_view, cam_pos, raster_settings.color_mode)
     validation.check_vox_params(params, len(vox_centers), vox_centers.device, values=raster_settings.debug)
+    # Inside forward, needs_input_grad also holds under torch.no_grad(): whether a backward can
+    # follow is known only here.
+    backward_follows = torch.is_grad_enabled() and any(
+        params[name].requires_grad for name in ("geos", "rgbs", "subdiv_p"))
     return _RasterizeVoxels.apply(inter, layout, raster_settings, vox_centers, vox_lengths,
-                                  params["geos"], params["rgbs"], params["subdiv_p"])
+                                  params["geos"], params["rgbs"], params["subdiv_p"], backward_follows)
 
 
 class _RasterizeVoxels(torch.autograd.Function):
     """Differentiable in geos and rgbs; the gradient written to `subdiv_p` is the subdivision
-    priority sum_pixels |dL/dalpha * alpha| (SPEC section 4), not a true gradient."""
+    priority sum_pixels |dL/dalpha * alpha| (SPEC section 4), not a true gradient.
+    `backward_follows`: grad mode is on and a backward may come, so the forward prepares its
+    gradient buffers (the CUDA path zeroes them while the render kernel runs)."""
 
     @staticmethod
-    def forward(ctx, intersections, layout, raster_settings, vox_centers, vox_lengths, geos, rgbs, subdiv_p):
+    def forward(ctx, intersections, layout, raster_settings, vox_centers, vox_lengths, geos, rgbs, subdiv_p,
+                backward_follows=False):
         impl, state = intersections.impl, intersections.state
-        (color, depth, normal, T, max_w), saved = impl.rasterize_forward(
-            raster_settings, state, layout, vox_centers, vox_lengths, geos, rgbs)
+        (color, depth, normal, T, max_w), saved, zeroed = impl.rasterize_forward(
+            raster_settings, state, layout, vox_centers, vox_lengths, geos, rgbs, zero_gradients=backward_follows)
         ctx.impl, ctx.state, ctx.layout, ctx.raster_settings = impl, state, layout, raster_settings
+        # Gradient buffers the backward writes into (not outputs: no reference cycle); a second
+        # backward (retain_graph) finds them taken and allocates its own.
+        ctx.zeroed = zeroed
         # Outputs kept for backward go through save_for_backward: as plain ctx attributes they
         # would form a reference cycle (output -> grad_fn -> ctx -> output) that keeps every
         # frame's buffers alive until Python's garbage collector runs.
@@ -205,7 +215,8 @@ class _RasterizeVoxels(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dL_dcolor, dL_ddepth, dL_dnormal, dL_dT, _dL_dmax_w):
         vox_centers, vox_lengths, geos, rgbs, *saved = ctx.saved_tensors
+        zeroed, ctx.zeroed = ctx.zeroed, None
         grad_geos, grad_rgbs, priority = ctx.impl.rasterize_backward(
             ctx.raster_settings, ctx.state, ctx.layout, saved, vox_centers, vox_lengths, geos, rgbs,
-            dL_dcolor.contiguous(), dL_ddepth.contiguous(), dL_dnormal.contiguous(), dL_dT.contiguous())
-        return None, None, None, None, None, grad_geos, grad_rgbs, priority
+            dL_dcolor, dL_ddepth, dL_dnormal, dL_dT, zeroed)
+        return None, None, None, None, None, grad_geos, grad_rgbs, priority, None
