@@ -173,7 +173,13 @@ preprocess_kernel(Camera cam, RequestedPixels requests, int n, const int64_t* __
                   short4* __restrict__ pixel_rect, uint8_t* __restrict__ octant_mask,
                   int32_t* __restrict__ n_duplicates, unsigned long long* __restrict__ counts,
                   float* __restrict__ camera_position) {
-    if (blockIdx.x == 0 && threadIdx.x < 3) camera_position[threadIdx.x] = cam.c2w[4 * threadIdx.x + 3];
+    // Constant indices: one indexed by the thread had every thread copy the camera (124 bytes) to
+    // its stack first.
+    if (blockIdx.x == 0 && threadIdx.x == 0) {
+        camera_position[0] = cam.c2w[3];
+        camera_position[1] = cam.c2w[7];
+        camera_position[2] = cam.c2w[11];
+    }
     unsigned long long entries = 0;
     unsigned in_view = 0, levels = 0, wide = 0;
     for (int v = blockIdx.x * blockDim.x + threadIdx.x; v < n; v += gridDim.x * blockDim.x) {
