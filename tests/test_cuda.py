@@ -171,9 +171,10 @@ def test_gradient_views_and_repeated_backward(cuda):
 
 @pytest.mark.parametrize("full_rank", [False, True])
 def test_key_layouts(cuda, full_rank):
-    """Tile and rank bits within 48 (each entry's rectangle in its tile rides in the sort key's
-    top bits) and above (the rectangle is gathered after the sort): values and gradients equal
-    the reference's. The two-pass sort is test_large_image_crop's."""
+    """Few and all 48 rank bits (binning.cu's items pack rank, octant and voxel id in one sort
+    key either way here): values and gradients equal the reference's. Items too wide to pack
+    (48 rank bits and 262,144 voxels) are test_long_tile_lists'; tiles too many for the entry's
+    rectangle to ride in its key (gathered after the sort), test_large_image_crop's."""
     octpath, centers, lengths, geos, rgbs = random_scene(14, max_level=4)
     if full_rank:
         octpath = octpath | 1  # 48 rank bits; changes no order (distinct leaves differ above it)
@@ -184,9 +185,10 @@ def test_key_layouts(cuda, full_rank):
 @pytest.mark.parametrize("size, full_rank", [((16384, 16384), False), ((16384, 16384), True),
                                              ((7680, 4320), True), ((4097, 2161), True)])
 def test_large_image_crop(cuda, size, full_rank):
-    """Large images against the reference on crops. With octpaths that use all 16 levels the
-    tile bits and 48 rank bits do not fit one key (the two-pass sort); setting the finest bit
-    of every path changes no order (distinct leaves differ above it)."""
+    """Large images against the reference on crops: more tiles than the entry key holds beside
+    the entry's rectangle (gathered after the sort), with few and with all 48 rank bits
+    (octpaths using all 16 levels: setting the finest bit of every path changes no order, as
+    distinct leaves differ above it)."""
     octpath, centers, lengths, geos, rgbs = random_scene(12, max_level=5)
     if full_rank:
         octpath = octpath | 1
@@ -305,8 +307,8 @@ def test_long_tile_lists(cuda, size, full_rank):
     bits in the key) of 3,548 entries, at 40x24 lists from a hundred entries to 13,821 (hundreds
     of 32-candidate groups in the render walks; the longest rendered by four blocks a tile, a
     row of each warp's pixels each). The lists equal the reference's, and so do values,
-    gradients and the top-K contributors. With 48 rank bits each entry's rectangle is gathered
-    from its voxel instead of riding in the key."""
+    gradients and the top-K contributors. With 48 rank bits the items' rank, octant and voxel
+    id (18 bits) do not fit one key: they are sorted as key and value."""
     from svraster_cuda import meta
     from svraster_cuda.renderer import intersect_voxels, topk_contributors
     octpath, _, centers, lengths = random_octree(3, max_level=6, split_prob=1.0, keep_prob=1.0)

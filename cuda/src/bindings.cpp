@@ -135,70 +135,93 @@ std::vector<Tensor> rasterize_preprocess(const std::vector<double>& camera, cons
 
     Tensor pixel_rect = torch::empty({n, 4}, opts.dtype(at::kShort));
     Tensor octant_mask = torch::empty({n}, opts.dtype(at::kByte));
-    Tensor n_duplicates = torch::empty({n}, opts.dtype(at::kInt));
+    Tensor item_tiles = torch::empty({n}, opts.dtype(at::kInt));
     Tensor position = torch::empty({3}, opts.dtype(at::kFloat));
     svr::preprocess(cam, requests, int(n), ptr<int64_t>(octree_paths), ptr<float>(vox_centers), ptr<float>(vox_lengths),
-                    ptr<short4>(pixel_rect), ptr<uint8_t>(octant_mask), ptr<int32_t>(n_duplicates), counters,
+                    ptr<short4>(pixel_rect), ptr<uint8_t>(octant_mask), ptr<int32_t>(item_tiles), counters,
                     ptr<float>(position), stream);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
 
-    // The one device-to-host read of the frame: how many entries to allocate, how many rank
-    // bits carry information, how many voxels are in view (and whether the requests are valid).
-    // The copy is queued before the offsets scan and waited for after it: the host learns the
-    // counts while the GPU scans.
+    // The one device-to-host read of the frame: how many items and entries to allocate, how
+    // many rank bits carry information, how many voxels are in view (and whether the requests
+    // are valid). The copy is queued before the items' offsets scan and waited for after it:
+    // the host learns the counts while the GPU scans.
     const Tensor host_counts = torch::empty({svr::N_FRAME_COUNTS}, counts.options().device(at::kCPU).pinned_memory(true));
     C10_CUDA_CHECK(cudaMemcpyAsync(host_counts.data_ptr(), counts.data_ptr(), sizeof(ULL) * svr::N_FRAME_COUNTS,
                                    cudaMemcpyDeviceToHost, stream));
     c10::Event counts_copied(c10::DeviceType::CUDA);
     counts_copied.record(stream);
-    // int32: the check below refuses totals of 2^31 entries or more before any offset is used.
-    Tensor offsets = torch::cumsum(n_duplicates, 0, at::kInt);
+    // int32: the items are at most the entries, which the check below keeps below 2^31 before
+    // any offset is used.
+    Tensor item_offsets = torch::empty({n}, opts.dtype(at::kInt));
+    Tensor scan_scratch = torch::empty({int64_t(svr::item_offsets_scratch_bytes(int(n)))}, opts.dtype(at::kByte));
+    svr::item_offsets(int(n), ptr<uint8_t>(octant_mask), ptr<int32_t>(item_offsets), scan_scratch.data_ptr(),
+                      size_t(scan_scratch.numel()), stream);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    scan_scratch.reset();
     counts_copied.synchronize();
     const int64_t* c = host_counts.data_ptr<int64_t>();
     if (pixels) check_no_outside(cam, c[svr::COUNT_OUTSIDE_REQUESTS], pixels->size(0));
-    const int64_t n_entries = c[svr::COUNT_ENTRIES];
+    const int64_t n_entries = c[svr::COUNT_ENTRIES], n_items = c[svr::COUNT_ITEMS];
     TORCH_CHECK_VALUE(n_entries < (int64_t(1) << 31),
                       text("vox_centers: this view needs ", n_entries, " tile-voxel entries; at most 2^31 - 1 are "
                            "supported (fewer voxels or a smaller image)"));
-    const svr::KeyLayout layout(n_tiles, int(c[svr::COUNT_USED_LEVELS]));
-    const bool single = layout.single();
-    // The GPU waits from the read until the duplicate kernel is queued: only its buffers are
-    // allocated before it.
-    Tensor keys = torch::empty({2, n_entries}, opts.dtype(at::kLong));
-    Tensor values = torch::empty({n_entries}, opts.dtype(at::kInt));
-    Tensor tile_keys = torch::empty({single ? 0 : 2, n_entries}, opts.dtype(at::kInt));
-    auto* k = ptr<uint64_t>(keys);
-    auto* tk = ptr<uint32_t>(tile_keys);
-    Tensor wide = torch::empty({c[svr::COUNT_WIDE]}, opts.dtype(at::kInt));
-    svr::duplicate_with_keys(cam, requests, layout, int(n), ptr<int64_t>(octree_paths), ptr<short4>(pixel_rect),
-                             ptr<uint8_t>(octant_mask), ptr<int32_t>(n_duplicates), ptr<int32_t>(offsets),
-                             int(wide.numel()), ptr<int32_t>(wide), counters + svr::WIDE_CURSOR, k, tk,
-                             ptr<uint32_t>(values), stream);
+    const svr::KeyLayout layout(n_tiles, int(c[svr::COUNT_USED_LEVELS]), int(n));
+    const bool packed = layout.packed_items();
+    // The GPU waits from the read until the items' kernel is queued: only its buffers are
+    // allocated before it. Each sorted array and its second buffer are separate tensors, so
+    // that the one the results did not land in is released at once.
+    Tensor item_keys = torch::empty({n_items}, opts.dtype(at::kLong));
+    Tensor item_keys_alt = torch::empty({n_items}, opts.dtype(at::kLong));
+    Tensor item_values = torch::empty({packed ? 0 : n_items}, opts.dtype(at::kInt));
+    Tensor item_values_alt = torch::empty({packed ? 0 : n_items}, opts.dtype(at::kInt));
+    Tensor scratch = torch::empty({int64_t(svr::sort_scratch_bytes(n_items, n_entries, layout))}, opts.dtype(at::kByte));
+    const svr::SortedItems items = svr::sort_items(
+        layout, int(n), ptr<int64_t>(octree_paths), ptr<uint8_t>(octant_mask), ptr<int32_t>(item_offsets), n_items,
+        ptr<uint64_t>(item_keys), ptr<uint64_t>(item_keys_alt), ptr<uint32_t>(item_values),
+        ptr<uint32_t>(item_values_alt), scratch.data_ptr(), size_t(scratch.numel()), stream);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     // Buffers are released as soon as their last kernel is queued: the caching allocator hands
     // their memory on in stream order, and the frame's peak stays lower.
-    offsets.reset();
+    item_offsets.reset();
     octant_mask.reset();
-    wide.reset();
-    Tensor values_alt = torch::empty({n_entries}, opts.dtype(at::kInt));
-    Tensor index_scratch = torch::empty({single ? 0 : 2 * n_entries}, opts.dtype(at::kInt));
-    Tensor scratch = torch::empty({int64_t(svr::sort_scratch_bytes(n_entries, layout))}, opts.dtype(at::kByte));
-    Tensor ranges = torch::empty({n_tiles, 2}, opts.dtype(at::kInt));
-    const svr::SortedEntries sorted = svr::sort_entries(
-        n_entries, layout, k, k ? k + n_entries : nullptr, tk, tk ? tk + n_entries : nullptr, ptr<uint32_t>(values),
-        ptr<uint32_t>(values_alt), ptr<uint32_t>(index_scratch), scratch.data_ptr(), size_t(scratch.numel()), stream);
+    (items.keys == ptr<uint64_t>(item_keys) ? item_keys_alt : item_keys).reset();
+    (items.values == ptr<uint32_t>(item_values) ? item_values_alt : item_values).reset();
+
+    Tensor entry_offsets = torch::empty({n_items}, opts.dtype(at::kInt));
+    Tensor keys = torch::empty({n_entries}, opts.dtype(at::kInt));
+    Tensor values = torch::empty({n_entries}, opts.dtype(at::kInt));
+    Tensor wide = torch::empty({c[svr::COUNT_WIDE]}, opts.dtype(at::kInt));
+    svr::duplicate_with_keys(cam, requests, layout, n_items, items, ptr<short4>(pixel_rect), ptr<int32_t>(item_tiles),
+                             ptr<int32_t>(entry_offsets), int(wide.numel()), ptr<int32_t>(wide),
+                             counters + svr::WIDE_CURSOR, ptr<uint32_t>(keys), ptr<uint32_t>(values),
+                             scratch.data_ptr(), size_t(scratch.numel()), stream);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
+    item_keys.reset();
+    item_keys_alt.reset();
+    item_values.reset();
+    item_values_alt.reset();
+    entry_offsets.reset();
+    wide.reset();
+    Tensor keys_alt = torch::empty({n_entries}, opts.dtype(at::kInt));
+    Tensor values_alt = torch::empty({n_entries}, opts.dtype(at::kInt));
+    Tensor ranges = torch::empty({n_tiles, 2}, opts.dtype(at::kInt));
+    const svr::SortedEntries sorted =
+        svr::sort_entries(n_entries, layout, ptr<uint32_t>(keys), ptr<uint32_t>(keys_alt), ptr<uint32_t>(values),
+                          ptr<uint32_t>(values_alt), scratch.data_ptr(), size_t(scratch.numel()), stream);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    scratch.reset();
     Tensor entries = sorted.values == ptr<uint32_t>(values) ? values : values_alt;
+    Tensor sorted_keys = sorted.keys == ptr<uint32_t>(keys) ? keys : keys_alt;
     values.reset();
     values_alt.reset();
-    index_scratch.reset();
-    scratch.reset();
+    keys.reset();
+    keys_alt.reset();
     Tensor entry_rects = torch::empty({n_entries}, opts.dtype(at::kShort));
     svr::identify_tile_ranges(n_entries, cam.tiles_x(), n_tiles, layout, sorted, ptr<short4>(pixel_rect),
                               ptr<uint16_t>(entry_rects), ptr<int2>(ranges), stream);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
-    keys.reset();
-    tile_keys.reset();
+    sorted_keys.reset();
     pixel_rect.reset();
     Tensor tile_order = torch::empty({n_tiles}, opts.dtype(at::kInt));
     Tensor order_scratch = torch::empty({int64_t(svr::order_tiles_scratch_bytes())}, opts.dtype(at::kByte));
@@ -207,7 +230,7 @@ std::vector<Tensor> rasterize_preprocess(const std::vector<double>& camera, cons
     // Queued last: only vox_fn needs it (the GPU reaches it after the sort, the host at once).
     Tensor in_view = torch::empty({c[svr::COUNT_IN_VIEW]}, opts.dtype(at::kLong));
     Tensor select_scratch = torch::empty({int64_t(svr::in_view_scratch_bytes(int(n)))}, opts.dtype(at::kByte));
-    svr::select_in_view(int(n), ptr<int32_t>(n_duplicates), ptr<int64_t>(in_view), select_scratch.data_ptr(),
+    svr::select_in_view(int(n), ptr<int32_t>(item_tiles), ptr<int64_t>(in_view), select_scratch.data_ptr(),
                         size_t(select_scratch.numel()), stream);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     return {in_view, ranges, entries, entry_rects, tile_order, row_masks, position};

@@ -1,8 +1,15 @@
-// Stages 2-4 (mirror reference/binning.py): duplicate each voxel into one entry per
-// (tile, octant), radix-sort the entries by (tile, front-to-back rank), and find each tile's
-// slice. A tile's list interleaves its octants; each pixel reads only entries of its own
-// octant, which are in exact front-to-back order for it (SPEC 3.2).
+// Stages 2-4 (mirror reference/binning.py): one entry per (voxel, tile, octant), sorted by
+// (tile, front-to-back rank), and each tile's slice. A tile's list interleaves its octants;
+// each pixel reads only entries of its own octant, which are in exact front-to-back order for
+// it (SPEC 3.2). The reference sorts the entries by (tile, rank) at once; here the (voxel,
+// octant) items are sorted by rank first and their entries then stably by tile, which gives
+// the same lists (rasterizer.h says why).
+#include <algorithm>
+
 #include <cub/device/device_radix_sort.cuh>
+#include <cub/device/device_scan.cuh>
+#include <thrust/iterator/counting_iterator.h>
+#include <thrust/iterator/transform_iterator.h>
 
 #include "math.cuh"
 
@@ -15,117 +22,146 @@ int bits_for(int n) {
     return bits;
 }
 
-// Whole image: a thread per voxel writes its entries, octant by octant, tile rows in order.
-// Requested pixels: each candidate (octant, tile) costs a bins_into test (dependent loads of the
-// tile's summary and row masks), and a thread per voxel ran its voxel's tests one after the
-// other (0.160 ms at R6M, 1% of the pixels). There the lanes of a warp walk the candidates of
-// their 32 voxels together, 32 at a time in the same order, and keep the binned ones by ballot
-// (0.130 ms). The same walk for the whole image was slower than a thread per voxel (0.139
-// against 0.125 ms): more instructions per entry, and no tests to spread.
-// In both, a voxel of more than WIDE_CANDIDATES candidates is only listed, and wide_kernel
-// gives each listed voxel a warp of its own: a near voxel spans up to a few thousand 8x8 tiles,
-// and such voxels sit together in the arrays (a background shell), so a thread or a warp of 32
-// of them made the kernel's tail (R6M: 0.21 -> 0.12 ms whole image, 0.28 -> 0.09 ms for 1% of
-// the pixels). Letting a warp take over its own voxels of many candidates had gained nothing
-// (0.167 ms): the tail moved with them.
+// Stage 2b: a thread per voxel writes its items (voxel order, octants ascending: the ties of
+// the stable rank sort stay in that order, as with one sort of all entries).
+__global__ void list_items_kernel(int n, KeyLayout layout, const int64_t* __restrict__ octpaths,
+                                  const uint8_t* __restrict__ octant_mask, const int32_t* __restrict__ offsets,
+                                  uint64_t* __restrict__ keys, uint32_t* __restrict__ values) {
+    const int v = blockIdx.x * blockDim.x + threadIdx.x;
+    if (v >= n) return;
+    const uint32_t mask = octant_mask[v];
+    if (!mask) return;  // culled
+    const uint64_t path = uint64_t(octpaths[v]);
+    int at = offsets[v] - __popc(mask);
+    for (int q = 0; q < 8; ++q) {
+        if (!(mask >> q & 1u)) continue;
+        const uint64_t rank = order_rank(path, q) >> (RANK_BITS - layout.rank_bits);
+        if (layout.packed_items()) {
+            keys[at] = (rank << 3 | uint64_t(q)) << layout.voxel_bits | uint64_t(v);
+        } else {
+            keys[at] = rank;
+            values[at] = uint32_t(q) << VOXEL_ID_BITS | uint32_t(v);
+        }
+        ++at;
+    }
+}
+
+// The sorted items as the duplicate kernels read them.
+struct ItemReader {
+    KeyLayout layout;
+    SortedItems items;
+    // Item i's entry value: octant << 29 | voxel id.
+    __device__ __forceinline__ uint32_t value(int64_t i) const {
+        if (!layout.packed_items()) return items.values[i];
+        const uint64_t key = items.keys[i];
+        const uint32_t voxel = uint32_t(key) & ((1u << layout.voxel_bits) - 1u);
+        return uint32_t(key >> layout.voxel_bits & 7u) << VOXEL_ID_BITS | voxel;
+    }
+};
+
+// The number of entries of item i (the tiles its voxel is binned into): scanned into offsets.
+struct ItemEntries {
+    ItemReader reader;
+    const int32_t* item_tiles;
+    __host__ __device__ int operator()(int64_t i) const {
+#ifdef __CUDA_ARCH__
+        return item_tiles[reader.value(i) & VOXEL_ID_MASK];
+#else
+        return 0;  // never called on the host
+#endif
+    }
+};
+
+struct OctantCount {
+    __host__ __device__ int operator()(uint8_t mask) const {
+#ifdef __CUDA_ARCH__
+        return __popc(mask);
+#else
+        return __builtin_popcount(mask);
+#endif
+    }
+};
+
+// Stage 2c, whole image: a thread per item writes its entries, tile rows in order. Requested
+// pixels: each candidate tile costs a bins_into test (dependent loads of the tile's summary
+// and row masks), and a thread per voxel ran its tests one after the other (0.160 ms at R6M,
+// 1% of the pixels). There the lanes of a warp walk the candidates of their 32 items
+// together, 32 at a time in the same order, and keep the binned ones by ballot (0.130 ms). The
+// same walk for the whole image was slower than a thread each (0.139 against 0.125 ms): more
+// instructions per entry, and no tests to spread.
+// In both, an item of more than WIDE_CANDIDATES tiles is only listed, and wide_kernel gives
+// each listed item a warp of its own (R6M: 0.21 -> 0.12 ms whole image, 0.28 -> 0.09 ms for 1%
+// of the pixels, measured per voxel). Letting a warp take over its own wide voxels had gained
+// nothing (0.167 ms): the tail moved with them.
 constexpr int DUPLICATE_BLOCK = 256;
 
 struct EntryWriter {
     KeyLayout layout;
-    uint64_t* keys;
-    uint32_t* tile_keys;
+    uint32_t* keys;
     uint32_t* values;
-
-    __device__ __forceinline__ uint64_t rank(uint64_t path, int q) const {
-        return order_rank(path, q) >> (RANK_BITS - layout.rank_bits);
-    }
-    // Entry `at`: voxel `voxel` (pixel rectangle p) in tile (tx, ty) for octant q.
-    __device__ __forceinline__ void write(int at, int4 p, int tx, int ty, int tiles_x, uint64_t rank, int q,
-                                          uint32_t voxel) const {
+    // Entry `at`: the item of entry value `value` (pixel rectangle p) in tile (tx, ty).
+    __device__ __forceinline__ void write(int at, int4 p, int tx, int ty, int tiles_x, uint32_t value) const {
         const uint32_t tile = uint32_t(ty * tiles_x + tx);
-        if (layout.rect_in_key()) {
-            const uint64_t rect = pack_entry_rect(p, tx * TILE_SIZE, ty * TILE_SIZE);
-            keys[at] = rect << ENTRY_RECT_SHIFT | uint64_t(tile) << layout.rank_bits | rank;
-        } else if (layout.single()) {
-            keys[at] = uint64_t(tile) << layout.rank_bits | rank;
-        } else {
-            keys[at] = rank;
-            tile_keys[at] = tile;
-        }
-        values[at] = uint32_t(q) << VOXEL_ID_BITS | voxel;
+        keys[at] = layout.rect_in_key()
+                       ? uint32_t(pack_entry_rect(p, tx * TILE_SIZE, ty * TILE_SIZE)) << ENTRY_RECT_SHIFT | tile
+                       : tile;
+        values[at] = value;
     }
 };
 
-// The voxels binned by a warp each (wide_kernel).
+// The items binned by a warp each (wide_kernel).
 struct WideList {
     int32_t* ids;
     unsigned long long* cursor;
-    __device__ __forceinline__ void add(int v) const { ids[atomicAdd(cursor, 1ull)] = v; }
+    __device__ __forceinline__ void add(int i) const { ids[atomicAdd(cursor, 1ull)] = i; }
 };
 
-// Candidate j (octant ordinal major, then tile rows) of a voxel with tile rectangle r.
-struct TileCandidate {
-    int octant_ordinal, tx, ty;
-};
-__device__ __forceinline__ TileCandidate candidate(int4 r, int j) {
-    const int width = r.z - r.x + 1, area = tile_area(r);
-    const int octant_ordinal = j / area, t = j - octant_ordinal * area;
-    return {octant_ordinal, r.x + t % width, r.y + t / width};
+// Candidate tile j (rows in order) of tile rectangle r.
+__device__ __forceinline__ int2 candidate(int4 r, int j) {
+    const int width = r.z - r.x + 1;
+    return make_int2(r.x + j % width, r.y + j / width);
 }
 
 template <bool SPARSE>
 __global__ void __launch_bounds__(DUPLICATE_BLOCK)
-duplicate_kernel(int n, int tiles_x, RequestedPixels requests, EntryWriter writer, WideList wide,
-                 const int64_t* __restrict__ octpaths, const short4* __restrict__ pixel_rect,
-                 const uint8_t* __restrict__ octant_mask, const int32_t* __restrict__ n_duplicates,
+duplicate_kernel(int n, int tiles_x, RequestedPixels requests, EntryWriter writer, WideList wide, ItemReader items,
+                 const short4* __restrict__ pixel_rect, const int32_t* __restrict__ item_tiles,
                  const int32_t* __restrict__ offsets) {
-    const int v = blockIdx.x * blockDim.x + threadIdx.x, lane = int(threadIdx.x & 31);
-    const int32_t count = v < n ? n_duplicates[v] : 0;
+    const int i = blockIdx.x * blockDim.x + threadIdx.x, lane = int(threadIdx.x & 31);
+    // This lane's item: its entry value, pixel rectangle and candidate tiles; a wide item is
+    // listed, and its entries are skipped in this warp's output.
+    uint32_t value = 0;
+    int4 p = make_int4(0, 0, -1, -1);
+    int count = 0, candidates = 0;
+    if (i < n) {
+        value = items.value(i);
+        const int v = int(value & VOXEL_ID_MASK);
+        p = widen(pixel_rect[v]);
+        count = item_tiles[v];
+        candidates = tile_area(tile_rect(p));
+        if (candidates > WIDE_CANDIDATES) {
+            wide.add(i);
+            candidates = 0;
+        }
+    }
     if (!SPARSE) {
-        if (count == 0) return;  // culled
-        const int4 p = widen(pixel_rect[v]);
-        const uint32_t mask = octant_mask[v];
-        if (entry_candidates(p, mask) > WIDE_CANDIDATES) {
-            wide.add(v);
-            return;
-        }
+        if (candidates == 0) return;
         const int4 r = tile_rect(p);
-        const uint64_t path = uint64_t(octpaths[v]);
-        int at = offsets[v] - count;
-        for (int q = 0; q < 8; ++q) {
-            if (!(mask >> q & 1u)) continue;
-            const uint64_t rank = writer.rank(path, q);
-            for (int ty = r.y; ty <= r.w; ++ty)
-                for (int tx = r.x; tx <= r.z; ++tx) writer.write(at++, p, tx, ty, tiles_x, rank, q, uint32_t(v));
-        }
+        int at = offsets[i] - count;
+        for (int ty = r.y; ty <= r.w; ++ty)
+            for (int tx = r.x; tx <= r.z; ++tx) writer.write(at++, p, tx, ty, tiles_x, value);
         return;
     }
-    // This lane's voxel: its pixel rectangle, octants and candidates (tiles x octants); a wide
-    // voxel is listed, and its entries are skipped in this warp's output.
-    int4 p = make_int4(0, 0, -1, -1);
-    uint32_t mask = 0;
-    uint64_t path = 0;
-    int candidates = 0, skipped = 0;
-    if (count > 0) {  // else culled, or no active tile
-        p = widen(pixel_rect[v]);
-        mask = octant_mask[v];
-        path = uint64_t(octpaths[v]);
-        candidates = entry_candidates(p, mask);
-        if (candidates > WIDE_CANDIDATES) {
-            wide.add(v);
-            candidates = 0;
-            skipped = count;
-        }
-    }
+    int skipped = candidates == 0 ? count : 0;
     if (!__any_sync(FULL_MASK, candidates > 0)) return;
     // Inclusive sums over the lanes: candidates, skipped entries.
     const int end = warp_inclusive_sum(candidates);
     skipped = warp_inclusive_sum(skipped);
     const int total = __shfl_sync(FULL_MASK, end, 31);
-    // The voxels' entries are contiguous (offsets is their inclusive scan): the warp writes
-    // from its first voxel's on (that voxel is in range, since the warp has candidates), the
-    // kept candidates in order, past the places of the wide voxels before theirs.
-    int out = __shfl_sync(FULL_MASK, v < n ? offsets[v] - count : 0, 0);
+    // The items' entries are contiguous (offsets is their inclusive scan): the warp writes from
+    // its first item's on (that item is in range, since the warp has candidates), the kept
+    // candidates in order, past the places of the wide items before theirs.
+    int out = __shfl_sync(FULL_MASK, i < n ? offsets[i] - count : 0, 0);
     const uint32_t lanes_below = (1u << lane) - 1u;
     for (int first = 0; first < total; first += 32) {
         const int j = first + lane;
@@ -134,84 +170,57 @@ duplicate_kernel(int n, int tiles_x, RequestedPixels requests, EntryWriter write
         const int skipped_before = __shfl_sync(FULL_MASK, skipped, k);  // lane k itself is not wide
         const int4 pk = make_int4(__shfl_sync(FULL_MASK, p.x, k), __shfl_sync(FULL_MASK, p.y, k),
                                   __shfl_sync(FULL_MASK, p.z, k), __shfl_sync(FULL_MASK, p.w, k));
-        const uint32_t mask_k = __shfl_sync(FULL_MASK, mask, k);
-        const uint64_t path_k = __shfl_sync(FULL_MASK, path, k);
+        const uint32_t value_k = __shfl_sync(FULL_MASK, value, k);
         const int4 r = tile_rect(pk);
-        const TileCandidate c = candidate(r, j - start);
+        const int2 t = candidate(r, j - start);
         const bool exact = tile_area(r) <= MAX_EXACT_TILES;  // as preprocess counted
-        const bool keep = j < total && bins_into(requests, pk, c.tx, c.ty, tiles_x, exact);
+        const bool keep = j < total && bins_into(requests, pk, t.x, t.y, tiles_x, exact);
         const uint32_t kept = __ballot_sync(FULL_MASK, keep);
-        if (keep) {
-            const int q = nth_set_bit(mask_k, c.octant_ordinal);
-            writer.write(out + skipped_before + __popc(kept & lanes_below), pk, c.tx, c.ty, tiles_x,
-                         writer.rank(path_k, q), q, uint32_t(v - lane + k));
-        }
+        if (keep) writer.write(out + skipped_before + __popc(kept & lanes_below), pk, t.x, t.y, tiles_x, value_k);
         out += __popc(kept);
     }
 }
 
-// A warp per listed voxel: its lanes take 32 candidates at a time, in the order a thread
+// A warp per listed item: its lanes take 32 candidate tiles at a time, in the order a thread
 // would, and keep (for requested pixels) the binned ones by ballot.
 template <bool SPARSE>
 __global__ void __launch_bounds__(DUPLICATE_BLOCK)
 wide_kernel(int n_wide, const int32_t* __restrict__ wide, int tiles_x, RequestedPixels requests, EntryWriter writer,
-            const int64_t* __restrict__ octpaths, const short4* __restrict__ pixel_rect,
-            const uint8_t* __restrict__ octant_mask, const int32_t* __restrict__ n_duplicates,
+            ItemReader items, const short4* __restrict__ pixel_rect, const int32_t* __restrict__ item_tiles,
             const int32_t* __restrict__ offsets) {
     const int w = (blockIdx.x * blockDim.x + threadIdx.x) / 32, lane = int(threadIdx.x & 31);
     if (w >= n_wide) return;
-    const int v = wide[w];
+    const int i = wide[w];
+    const uint32_t value = items.value(i);
+    const int v = int(value & VOXEL_ID_MASK);
     const int4 p = widen(pixel_rect[v]);
-    const uint32_t mask = octant_mask[v];
-    const uint64_t path = uint64_t(octpaths[v]);
     const int4 r = tile_rect(p);
     const bool exact = tile_area(r) <= MAX_EXACT_TILES;  // as preprocess counted
-    const int candidates = entry_candidates(p, mask);
-    int out = offsets[v] - n_duplicates[v];
+    const int candidates = tile_area(r);
+    int out = offsets[i] - item_tiles[v];
     const uint32_t lanes_below = (1u << lane) - 1u;
     for (int first = 0; first < candidates; first += 32) {
         const int j = first + lane;
-        const TileCandidate c = candidate(r, j);
-        const bool keep = j < candidates && (!SPARSE || bins_into(requests, p, c.tx, c.ty, tiles_x, exact));
+        const int2 t = candidate(r, j);
+        const bool keep = j < candidates && (!SPARSE || bins_into(requests, p, t.x, t.y, tiles_x, exact));
         const uint32_t kept = __ballot_sync(FULL_MASK, keep);
-        if (keep) {
-            const int q = nth_set_bit(mask, c.octant_ordinal);
-            writer.write(out + __popc(kept & lanes_below), p, c.tx, c.ty, tiles_x, writer.rank(path, q), q,
-                         uint32_t(v));
-        }
+        if (keep) writer.write(out + __popc(kept & lanes_below), p, t.x, t.y, tiles_x, value);
         out += __popc(kept);
     }
-}
-
-__global__ void iota_kernel(int64_t n, uint32_t* out) {
-    const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
-    if (i < n) out[i] = uint32_t(i);
-}
-
-__global__ void gather_kernel(int64_t n, const uint32_t* __restrict__ order, const uint32_t* __restrict__ tile_keys,
-                              const uint32_t* __restrict__ values, uint32_t* __restrict__ tile_out,
-                              uint32_t* __restrict__ values_out) {
-    const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
-    if (i >= n) return;
-    tile_out[i] = tile_keys[order[i]];
-    values_out[i] = values[order[i]];
 }
 
 // Each tile's slice of the sorted list, and each entry's pixel rectangle within its tile: from
 // the key's top bits where it rode there, else from the voxel's rectangle (a gather: 0.07 ms
 // for the 9.2M entries of R6M at 1080p, against 0.03 ms for the whole kernel without it).
-template <bool SingleKey, bool RectInKey>
-__global__ void ranges_kernel(int64_t n, KeyLayout layout, int tiles_x, const uint64_t* __restrict__ keys,
-                              const uint32_t* __restrict__ tile_keys, const uint32_t* __restrict__ values,
-                              const short4* __restrict__ pixel_rect, uint16_t* __restrict__ entry_rects,
-                              int2* __restrict__ ranges) {
+template <bool RectInKey>
+__global__ void ranges_kernel(int64_t n, int tiles_x, const uint32_t* __restrict__ keys,
+                              const uint32_t* __restrict__ values, const short4* __restrict__ pixel_rect,
+                              uint16_t* __restrict__ entry_rects, int2* __restrict__ ranges) {
     const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
     if (i >= n) return;
-    const uint64_t tile_mask = (uint64_t(1) << layout.tile_bits) - 1;
-    auto tile_in = [&](uint64_t key) { return uint32_t(key >> layout.rank_bits & tile_mask); };
-    auto tile_of = [&](int64_t j) { return SingleKey ? tile_in(keys[j]) : tile_keys[j]; };
-    const uint64_t key = SingleKey ? keys[i] : 0;
-    const uint32_t tile = SingleKey ? tile_in(key) : tile_keys[i];
+    auto tile_of = [&](int64_t j) { return RectInKey ? keys[j] & ((1u << ENTRY_RECT_SHIFT) - 1u) : keys[j]; };
+    const uint32_t key = keys[i];
+    const uint32_t tile = tile_of(i);
     if (i == 0 || tile_of(i - 1) != tile) ranges[tile].x = int(i);
     if (i == n - 1 || tile_of(i + 1) != tile) ranges[tile].y = int(i + 1);
     if (RectInKey) {
@@ -291,79 +300,101 @@ tile_order_kernel(int n_tiles, const int2* __restrict__ ranges, const int* __res
 
 }  // namespace
 
-KeyLayout::KeyLayout(int n_tiles, int used_levels) : rank_bits(3 * used_levels), tile_bits(bits_for(n_tiles)) {}
+KeyLayout::KeyLayout(int n_tiles, int used_levels, int n_voxels)
+    : rank_bits(3 * used_levels), tile_bits(bits_for(n_tiles)), voxel_bits(bits_for(n_voxels)) {}
 
 // CUB is always given at least one bit to sort (a layout can have zero).
 int sort_bits(int bits) { return bits > 0 ? bits : 1; }
+// The packed items' rank bits sit above the octant and voxel id.
+int item_begin_bit(const KeyLayout& layout) { return layout.packed_items() ? 3 + layout.voxel_bits : 0; }
 
-size_t sort_scratch_bytes(int64_t n_entries, const KeyLayout& layout) {
-    size_t a = 0, b = 0;
-    const int n = int(n_entries);
-    cub::DoubleBuffer<uint64_t> keys(nullptr, nullptr);
-    cub::DoubleBuffer<uint32_t> words(nullptr, nullptr), values(nullptr, nullptr);
-    if (layout.single()) {
-        cub::DeviceRadixSort::SortPairs(nullptr, a, keys, values, n, 0, sort_bits(layout.rank_bits + layout.tile_bits));
-    } else {
-        cub::DeviceRadixSort::SortPairs(nullptr, a, keys, values, n, 0, sort_bits(layout.rank_bits));
-        cub::DeviceRadixSort::SortPairs(nullptr, b, words, values, n, 0, sort_bits(layout.tile_bits));
-    }
-    return a > b ? a : b;
+auto octant_counts(const uint8_t* octant_mask) { return thrust::make_transform_iterator(octant_mask, OctantCount{}); }
+auto item_entries(const KeyLayout& layout, const SortedItems& items, const int32_t* item_tiles) {
+    return thrust::make_transform_iterator(thrust::counting_iterator<int64_t>(0),
+                                           ItemEntries{ItemReader{layout, items}, item_tiles});
 }
 
-void duplicate_with_keys(const Camera& cam, const RequestedPixels& requests, const KeyLayout& layout, int n_voxels,
-                         const int64_t* octpaths, const short4* pixel_rect, const uint8_t* octant_mask,
-                         const int32_t* n_duplicates, const int32_t* offsets, int n_wide, int32_t* wide,
-                         unsigned long long* wide_cursor, uint64_t* keys, uint32_t* tile_keys, uint32_t* values,
-                         cudaStream_t stream) {
-    if (n_voxels == 0) return;
-    const EntryWriter writer{layout, keys, tile_keys, values};
+size_t item_offsets_scratch_bytes(int n_voxels) {
+    size_t bytes = 0;
+    cub::DeviceScan::InclusiveSum(nullptr, bytes, octant_counts(nullptr), (int32_t*)nullptr, n_voxels);
+    return bytes;
+}
+
+void item_offsets(int n_voxels, const uint8_t* octant_mask, int32_t* offsets, void* scratch, size_t scratch_bytes,
+                  cudaStream_t stream) {
+    if (n_voxels > 0)
+        cub::DeviceScan::InclusiveSum(scratch, scratch_bytes, octant_counts(octant_mask), offsets, n_voxels, stream);
+}
+
+size_t sort_scratch_bytes(int64_t n_items, int64_t n_entries, const KeyLayout& layout) {
+    size_t items = 0, scan = 0, entries = 0;
+    const int bits = sort_bits(layout.rank_bits), begin = item_begin_bit(layout);
+    cub::DoubleBuffer<uint64_t> item_keys(nullptr, nullptr);
+    cub::DoubleBuffer<uint32_t> words(nullptr, nullptr), values(nullptr, nullptr);
+    if (layout.packed_items())
+        cub::DeviceRadixSort::SortKeys(nullptr, items, item_keys, int(n_items), begin, begin + bits);
+    else
+        cub::DeviceRadixSort::SortPairs(nullptr, items, item_keys, values, int(n_items), 0, bits);
+    cub::DeviceScan::InclusiveSum(nullptr, scan, item_entries(layout, {}, nullptr), (int32_t*)nullptr, int(n_items));
+    cub::DeviceRadixSort::SortPairs(nullptr, entries, words, values, int(n_entries), 0, sort_bits(layout.tile_bits));
+    return std::max({items, scan, entries});
+}
+
+SortedItems sort_items(const KeyLayout& layout, int n_voxels, const int64_t* octpaths, const uint8_t* octant_mask,
+                       const int32_t* item_offsets, int64_t n_items, uint64_t* keys, uint64_t* keys_alt,
+                       uint32_t* values, uint32_t* values_alt, void* scratch, size_t scratch_bytes,
+                       cudaStream_t stream) {
+    cub::DoubleBuffer<uint64_t> sorted_keys(keys, keys_alt);
+    cub::DoubleBuffer<uint32_t> sorted_values(values, values_alt);
+    if (n_items == 0) return {keys, values};
+    list_items_kernel<<<grid_for(n_voxels, 256), 256, 0, stream>>>(n_voxels, layout, octpaths, octant_mask,
+                                                                    item_offsets, keys, values);
+    const int bits = sort_bits(layout.rank_bits), begin = item_begin_bit(layout);
+    if (layout.packed_items()) {
+        cub::DeviceRadixSort::SortKeys(scratch, scratch_bytes, sorted_keys, int(n_items), begin, begin + bits, stream);
+        return {sorted_keys.Current(), nullptr};
+    }
+    cub::DeviceRadixSort::SortPairs(scratch, scratch_bytes, sorted_keys, sorted_values, int(n_items), 0, bits, stream);
+    return {sorted_keys.Current(), sorted_values.Current()};
+}
+
+void duplicate_with_keys(const Camera& cam, const RequestedPixels& requests, const KeyLayout& layout,
+                         int64_t n_items, const SortedItems& items, const short4* pixel_rect,
+                         const int32_t* item_tiles, int32_t* entry_offsets, int n_wide, int32_t* wide,
+                         unsigned long long* wide_cursor, uint32_t* keys, uint32_t* values, void* scratch,
+                         size_t scratch_bytes, cudaStream_t stream) {
+    if (n_items == 0) return;
+    cub::DeviceScan::InclusiveSum(scratch, scratch_bytes, item_entries(layout, items, item_tiles), entry_offsets,
+                                  int(n_items), stream);
+    const EntryWriter writer{layout, keys, values};
     const WideList list{wide, wide_cursor};
-    const dim3 grid(grid_for(n_voxels, DUPLICATE_BLOCK)), wide_grid(grid_for(int64_t(n_wide) * 32, DUPLICATE_BLOCK));
+    const ItemReader reader{layout, items};
+    const int n = int(n_items);
+    const dim3 grid(grid_for(n, DUPLICATE_BLOCK)), wide_grid(grid_for(int64_t(n_wide) * 32, DUPLICATE_BLOCK));
     if (requests.tile_summary) {
-        duplicate_kernel<true><<<grid, DUPLICATE_BLOCK, 0, stream>>>(n_voxels, cam.tiles_x(), requests, writer, list,
-                                                                    octpaths, pixel_rect, octant_mask, n_duplicates,
-                                                                    offsets);
+        duplicate_kernel<true><<<grid, DUPLICATE_BLOCK, 0, stream>>>(n, cam.tiles_x(), requests, writer, list, reader,
+                                                                    pixel_rect, item_tiles, entry_offsets);
         if (n_wide > 0)
             wide_kernel<true><<<wide_grid, DUPLICATE_BLOCK, 0, stream>>>(n_wide, wide, cam.tiles_x(), requests, writer,
-                                                                        octpaths, pixel_rect, octant_mask,
-                                                                        n_duplicates, offsets);
+                                                                        reader, pixel_rect, item_tiles, entry_offsets);
     } else {
-        duplicate_kernel<false><<<grid, DUPLICATE_BLOCK, 0, stream>>>(n_voxels, cam.tiles_x(), requests, writer, list,
-                                                                     octpaths, pixel_rect, octant_mask, n_duplicates,
-                                                                     offsets);
+        duplicate_kernel<false><<<grid, DUPLICATE_BLOCK, 0, stream>>>(n, cam.tiles_x(), requests, writer, list,
+                                                                     reader, pixel_rect, item_tiles, entry_offsets);
         if (n_wide > 0)
             wide_kernel<false><<<wide_grid, DUPLICATE_BLOCK, 0, stream>>>(n_wide, wide, cam.tiles_x(), requests,
-                                                                         writer, octpaths, pixel_rect, octant_mask,
-                                                                         n_duplicates, offsets);
+                                                                         writer, reader, pixel_rect, item_tiles,
+                                                                         entry_offsets);
     }
 }
 
-SortedEntries sort_entries(int64_t n_entries, const KeyLayout& layout, uint64_t* keys, uint64_t* keys_alt,
-                           uint32_t* tile_keys, uint32_t* tile_keys_alt, uint32_t* values, uint32_t* values_alt,
-                           uint32_t* index_scratch, void* scratch, size_t scratch_bytes, cudaStream_t stream) {
-    const int n = int(n_entries);
-    cub::DoubleBuffer<uint64_t> sorted_keys(keys, keys_alt);
-    if (layout.single()) {
-        cub::DoubleBuffer<uint32_t> sorted_values(values, values_alt);
-        if (n > 0)
-            cub::DeviceRadixSort::SortPairs(scratch, scratch_bytes, sorted_keys, sorted_values, n, 0,
-                                            sort_bits(layout.rank_bits + layout.tile_bits), stream);
-        return {sorted_keys.Current(), nullptr, sorted_values.Current()};
-    }
-    // Two stable passes: by rank (carrying the entry index), then by tile.
-    cub::DoubleBuffer<uint32_t> order(index_scratch, index_scratch + n_entries);
-    cub::DoubleBuffer<uint32_t> sorted_tiles(tile_keys_alt, tile_keys), sorted_values(values_alt, values);
-    if (n > 0) {
-        iota_kernel<<<grid_for(n_entries, 256), 256, 0, stream>>>(n_entries, order.Current());
-        cub::DeviceRadixSort::SortPairs(scratch, scratch_bytes, sorted_keys, order, n, 0, sort_bits(layout.rank_bits),
-                                        stream);
-        // The tiles and values in rank order, into the second buffers.
-        gather_kernel<<<grid_for(n_entries, 256), 256, 0, stream>>>(n_entries, order.Current(), tile_keys, values,
-                                                                    tile_keys_alt, values_alt);
-        cub::DeviceRadixSort::SortPairs(scratch, scratch_bytes, sorted_tiles, sorted_values, n, 0,
+SortedEntries sort_entries(int64_t n_entries, const KeyLayout& layout, uint32_t* keys, uint32_t* keys_alt,
+                           uint32_t* values, uint32_t* values_alt, void* scratch, size_t scratch_bytes,
+                           cudaStream_t stream) {
+    cub::DoubleBuffer<uint32_t> sorted_keys(keys, keys_alt), sorted_values(values, values_alt);
+    if (n_entries > 0)
+        cub::DeviceRadixSort::SortPairs(scratch, scratch_bytes, sorted_keys, sorted_values, int(n_entries), 0,
                                         sort_bits(layout.tile_bits), stream);
-    }
-    return {nullptr, sorted_tiles.Current(), sorted_values.Current()};
+    return {sorted_keys.Current(), sorted_values.Current()};
 }
 
 size_t order_tiles_scratch_bytes() { return 2 * sizeof(int) * ORDER_BUCKETS; }
@@ -385,14 +416,11 @@ void identify_tile_ranges(int64_t n_entries, int tiles_x, int n_tiles, const Key
     if (n_entries == 0) return;
     const dim3 grid(grid_for(n_entries, 256));
     if (layout.rect_in_key())
-        ranges_kernel<true, true><<<grid, 256, 0, stream>>>(n_entries, layout, tiles_x, sorted.keys, nullptr, nullptr,
-                                                            nullptr, entry_rects, ranges);
-    else if (layout.single())
-        ranges_kernel<true, false><<<grid, 256, 0, stream>>>(n_entries, layout, tiles_x, sorted.keys, nullptr,
-                                                             sorted.values, pixel_rect, entry_rects, ranges);
+        ranges_kernel<true><<<grid, 256, 0, stream>>>(n_entries, tiles_x, sorted.keys, nullptr, nullptr, entry_rects,
+                                                      ranges);
     else
-        ranges_kernel<false, false><<<grid, 256, 0, stream>>>(n_entries, layout, tiles_x, nullptr, sorted.tile_keys,
-                                                              sorted.values, pixel_rect, entry_rects, ranges);
+        ranges_kernel<false><<<grid, 256, 0, stream>>>(n_entries, tiles_x, sorted.keys, sorted.values, pixel_rect,
+                                                       entry_rects, ranges);
 }
 
 }  // namespace svr

@@ -1,6 +1,7 @@
 // Stage 1 (mirrors reference/preprocess.py): per voxel, the conservative tile rectangle of
-// its part in front of the near plane, the octants of rays that can reach it, and its number
-// of (tile, octant) entries (only tiles where it may cover a requested pixel, when sparse).
+// its part in front of the near plane, the octants of rays that can reach it, and the number
+// of tiles each octant gets an entry in (only tiles where it may cover a requested pixel, when
+// sparse).
 #include <algorithm>
 
 #include <cub/device/device_select.cuh>
@@ -72,7 +73,7 @@ __device__ __forceinline__ bool surely_culled(const Camera& cam, const Requested
 struct VoxelFootprint {
     int4 rect = make_int4(0, 0, -1, -1);  // empty unless the voxel has entries
     uint32_t octant_mask = 0;
-    int entries = 0;
+    int tiles = 0;  // of each octant's entries
 };
 
 // Voxel v's footprint: nothing when culled.
@@ -148,7 +149,7 @@ __device__ __forceinline__ VoxelFootprint preprocess_voxel(const Camera& cam, co
     if (n_tiles == 0) return out;
     out.rect = rect;
     out.octant_mask = mask;
-    out.entries = n_tiles * __popc(mask);
+    out.tiles = n_tiles;
     return out;
 }
 
@@ -171,7 +172,7 @@ __global__ void __launch_bounds__(PREPROCESS_BLOCK)
 preprocess_kernel(Camera cam, RequestedPixels requests, int n, const int64_t* __restrict__ octpaths,
                   const float* __restrict__ centers, const float* __restrict__ lengths,
                   short4* __restrict__ pixel_rect, uint8_t* __restrict__ octant_mask,
-                  int32_t* __restrict__ n_duplicates, unsigned long long* __restrict__ counts,
+                  int32_t* __restrict__ item_tiles, unsigned long long* __restrict__ counts,
                   float* __restrict__ camera_position) {
     // Constant indices: one indexed by the thread had every thread copy the camera (124 bytes) to
     // its stack first.
@@ -181,48 +182,54 @@ preprocess_kernel(Camera cam, RequestedPixels requests, int n, const int64_t* __
         camera_position[2] = cam.c2w[11];
     }
     unsigned long long entries = 0;
-    unsigned in_view = 0, levels = 0, wide = 0;
+    unsigned in_view = 0, levels = 0, items = 0, wide = 0;
     for (int v = blockIdx.x * blockDim.x + threadIdx.x; v < n; v += gridDim.x * blockDim.x) {
         const VoxelFootprint f = preprocess_voxel(cam, requests, v, centers, lengths);
-        n_duplicates[v] = f.entries;
-        if (f.entries > 0) {  // nothing reads the rectangle or octants of a voxel without entries
+        item_tiles[v] = f.tiles;
+        octant_mask[v] = uint8_t(f.octant_mask);  // 0 when culled: the items' scan reads every voxel's
+        if (f.tiles > 0) {  // nothing reads the rectangle of a voxel without entries
             pixel_rect[v] = make_short4(short(f.rect.x), short(f.rect.y), short(f.rect.z), short(f.rect.w));
-            octant_mask[v] = uint8_t(f.octant_mask);
-            entries += unsigned(f.entries);
+            const unsigned octants = __popc(f.octant_mask);
+            entries += unsigned(f.tiles) * octants;
             ++in_view;
+            items += octants;
             levels = max(levels, unsigned(used_levels(uint64_t(octpaths[v]))));
-            wide += entry_candidates(f.rect, f.octant_mask) > WIDE_CANDIDATES;
+            if (tile_area(tile_rect(f.rect)) > WIDE_CANDIDATES) wide += octants;
         }
     }
 #pragma unroll
     for (int d = 16; d > 0; d >>= 1) entries += __shfl_down_sync(FULL_MASK, entries, d);
     in_view = __reduce_add_sync(FULL_MASK, in_view);
     levels = __reduce_max_sync(FULL_MASK, levels);
+    items = __reduce_add_sync(FULL_MASK, items);
     wide = __reduce_add_sync(FULL_MASK, wide);
     __shared__ unsigned long long warp_entries[PREPROCESS_BLOCK / 32];
     __shared__ unsigned warp_in_view[PREPROCESS_BLOCK / 32], warp_levels[PREPROCESS_BLOCK / 32],
-        warp_wide[PREPROCESS_BLOCK / 32];
+        warp_items[PREPROCESS_BLOCK / 32], warp_wide[PREPROCESS_BLOCK / 32];
     const int warp = threadIdx.x / 32;
     if (threadIdx.x % 32 == 0) {
         warp_entries[warp] = entries;
         warp_in_view[warp] = in_view;
         warp_levels[warp] = levels;
+        warp_items[warp] = items;
         warp_wide[warp] = wide;
     }
     __syncthreads();
     if (threadIdx.x == 0) {
         unsigned long long sum = 0;
-        unsigned block_in_view = 0, max_levels = 0, block_wide = 0;
+        unsigned block_in_view = 0, max_levels = 0, block_items = 0, block_wide = 0;
         for (int w = 0; w < PREPROCESS_BLOCK / 32; ++w) {
             sum += warp_entries[w];
             block_in_view += warp_in_view[w];
             max_levels = max(max_levels, warp_levels[w]);
+            block_items += warp_items[w];
             block_wide += warp_wide[w];
         }
         if (block_in_view > 0) {
             atomicAdd(counts + COUNT_ENTRIES, sum);
             atomicAdd(counts + COUNT_IN_VIEW, (unsigned long long)block_in_view);
             atomicMax(counts + COUNT_USED_LEVELS, (unsigned long long)max_levels);
+            atomicAdd(counts + COUNT_ITEMS, (unsigned long long)block_items);
         }
         if (block_wide > 0) atomicAdd(counts + COUNT_WIDE, (unsigned long long)block_wide);
     }
@@ -232,12 +239,12 @@ preprocess_kernel(Camera cam, RequestedPixels requests, int n, const int64_t* __
 
 void preprocess(const Camera& cam, const RequestedPixels& requests, int n_voxels, const int64_t* octpaths,
                 const float* centers, const float* lengths, short4* pixel_rect, uint8_t* octant_mask,
-                int32_t* n_duplicates, unsigned long long* counts, float* camera_position, cudaStream_t stream) {
+                int32_t* item_tiles, unsigned long long* counts, float* camera_position, cudaStream_t stream) {
     // At least one block, which writes the camera position.
     const int blocks =
         std::max(1, std::min((n_voxels + PREPROCESS_BLOCK - 1) / PREPROCESS_BLOCK, PREPROCESS_MAX_BLOCKS));
     preprocess_kernel<<<blocks, PREPROCESS_BLOCK, 0, stream>>>(cam, requests, n_voxels, octpaths, centers, lengths,
-                                                               pixel_rect, octant_mask, n_duplicates, counts,
+                                                               pixel_rect, octant_mask, item_tiles, counts,
                                                                camera_position);
 }
 
@@ -250,12 +257,12 @@ size_t in_view_scratch_bytes(int n_voxels) {
     return (bytes + sizeof(int64_t) - 1) / sizeof(int64_t) * sizeof(int64_t) + sizeof(int64_t);
 }
 
-void select_in_view(int n_voxels, const int32_t* n_duplicates, int64_t* in_view, void* scratch, size_t scratch_bytes,
+void select_in_view(int n_voxels, const int32_t* item_tiles, int64_t* in_view, void* scratch, size_t scratch_bytes,
                     cudaStream_t stream) {
     if (n_voxels == 0) return;
     size_t temp_bytes = scratch_bytes - sizeof(int64_t);
     int64_t* n_selected = reinterpret_cast<int64_t*>(static_cast<char*>(scratch) + temp_bytes);
-    cub::DeviceSelect::Flagged(scratch, temp_bytes, thrust::counting_iterator<int64_t>(0), n_duplicates, in_view,
+    cub::DeviceSelect::Flagged(scratch, temp_bytes, thrust::counting_iterator<int64_t>(0), item_tiles, in_view,
                                n_selected, n_voxels, stream);
 }
 

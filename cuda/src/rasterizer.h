@@ -49,7 +49,8 @@ enum FrameCount {
     COUNT_USED_LEVELS,       // the most octree levels any voxel in view uses: the rank bits that can differ
     COUNT_IN_VIEW,           // voxels with at least one entry
     COUNT_OUTSIDE_REQUESTS,  // requested pixels outside the image (sparse rendering; an error)
-    COUNT_WIDE,              // voxels with entries and more than WIDE_CANDIDATES candidates
+    COUNT_ITEMS,             // (voxel, octant) items of the voxels with entries
+    COUNT_WIDE,              // items whose voxel spans more than WIDE_CANDIDATES tiles
     WIDE_CURSOR,             // not read: duplicate_with_keys' cursor in its list of wide voxels
     N_FRAME_COUNTS
 };
@@ -78,62 +79,85 @@ void assign_warps(int n_tiles, int n_requests, const int32_t* tile_order, const 
 // --- preprocess.cu
 // Per voxel, conservative pixel rectangle (x0, y0, x1, y1 inclusive; int16, as images are at
 // most MAX_IMAGE_SIZE pixels wide), read by binning (the render kernels read each entry's
-// rectangle within its tile, written by identify_tile_ranges),
-// octant mask and number of (tile, octant) entries (0 when culled); the frame counts
-// COUNT_ENTRIES, COUNT_USED_LEVELS, COUNT_IN_VIEW and COUNT_WIDE; and camera_position[3], the
-// c2w translation (vox_fn's argument: on the device without a host-to-device copy, which would
-// wait for the GPU's queue, nor a launch of its own).
+// rectangle within its tile, written by identify_tile_ranges), octant mask (of the octants
+// its entries are for; 0 when culled) and number of tiles each of its octants gets an entry
+// in (0 when culled); the frame counts COUNT_ENTRIES, COUNT_USED_LEVELS, COUNT_IN_VIEW,
+// COUNT_ITEMS and COUNT_WIDE; and camera_position[3], the c2w translation (vox_fn's argument: on
+// the device without a host-to-device copy, which would wait for the GPU's queue, nor a
+// launch of its own).
 void preprocess(const Camera& cam, const RequestedPixels& requests, int n_voxels, const int64_t* octpaths,
                 const float* centers, const float* lengths, short4* pixel_rect, uint8_t* octant_mask,
-                int32_t* n_duplicates, unsigned long long* counts, float* camera_position, cudaStream_t stream);
+                int32_t* item_tiles, unsigned long long* counts, float* camera_position, cudaStream_t stream);
 // The voxels in view (those with entries), in index order, into in_view[COUNT_IN_VIEW]: vox_fn's
 // argument. `scratch` holds scratch_bytes = in_view_scratch_bytes(n_voxels) bytes.
 size_t in_view_scratch_bytes(int n_voxels);
-void select_in_view(int n_voxels, const int32_t* n_duplicates, int64_t* in_view, void* scratch, size_t scratch_bytes,
+void select_in_view(int n_voxels, const int32_t* item_tiles, int64_t* in_view, void* scratch, size_t scratch_bytes,
                     cudaStream_t stream);
 
 // --- binning.cu
-// Voxels with more (tile, octant) candidates than this (see entry_candidates in math.cuh) are
-// binned by a warp each, after the others: a thread (or, for requested pixels, a warp of 32
-// voxels) walking a near voxel's thousand candidates alone made the binning's tail.
+// A tile's list must be in front-to-back rank order for each octant. Sorting the entries by
+// (tile, rank) took six radix passes over 48-bit keys (1080p, level 11) with 32-bit values.
+// The order is built in two stable stages instead: the items, one per (voxel in view, octant
+// it can be reached in), are sorted by rank (ties in voxel order, as before), then written out
+// item by item as entries, one per tile (whole image) or binned tile (sparse), and the entries
+// are sorted stably by tile alone: a tile's entries keep their items' order. The items are
+// fewer than the entries (R6M 4.6M for 9.2M) and pack rank, octant and voxel id in one 64-bit
+// key sorted without values; the entries' keys are the tile (and their pixel rectangle in the
+// tile, riding above it where the tile fits 16 bits), two passes.
+// Items whose voxel spans more than WIDE_CANDIDATES tiles are only listed by the first kernel,
+// and a second one (wide_kernel) gives each listed item a warp of its own: a near voxel spans up
+// to a few thousand 8x8 tiles, and such voxels sit together (a background shell).
 constexpr int WIDE_CANDIDATES = 32;
-// The sort key is (tile, rank) with the rank reduced to its informative `rank_bits`
-// (3 * used_levels: the unused levels at the bottom of the octpaths are zero in every path).
-// Both share one 64-bit key when they fit; otherwise the entries are sorted twice (rank, then
-// stably by tile). Where they leave the key's top 16 bits free, the entry's pixel rectangle in
-// its tile rides there through the sort (which reads only the bits below).
-constexpr int ENTRY_RECT_SHIFT = 48;
+// The entry's pixel rectangle in its tile (math.cuh: pack_entry_rect) rides above this bit of
+// the entry key when the tile index fits below it (images of up to 65,536 tiles: 2048x2048).
+constexpr int ENTRY_RECT_SHIFT = 16;
 struct KeyLayout {
-    int rank_bits, tile_bits;
-    KeyLayout(int n_tiles, int used_levels);
-    SVR_HOST_DEVICE bool single() const { return rank_bits + tile_bits <= 64; }
-    SVR_HOST_DEVICE bool rect_in_key() const { return rank_bits + tile_bits <= ENTRY_RECT_SHIFT; }
+    int rank_bits;   // 3 * used_levels: the unused levels at the bottom of the octpaths are zero in every path
+    int tile_bits;
+    int voxel_bits;  // of the largest voxel id
+    KeyLayout(int n_tiles, int used_levels, int n_voxels);
+    // Rank, octant and voxel id in one item key (else the rank alone, with the entry value beside).
+    SVR_HOST_DEVICE bool packed_items() const { return rank_bits + 3 + voxel_bits <= 64; }
+    SVR_HOST_DEVICE bool rect_in_key() const { return tile_bits <= ENTRY_RECT_SHIFT; }
 };
-// Scratch bytes for the sorts of `n_entries` entries.
-size_t sort_scratch_bytes(int64_t n_entries, const KeyLayout& layout);
-// Writes each voxel's entries at `offsets[v] - n_duplicates[v]` (offsets = inclusive scan;
-// int32, as the caller has checked that the total is below 2^31).
-// `tile_keys` is written only when !layout.single(). `wide` holds the frame's COUNT_WIDE voxel
-// ids (listed in any order: each voxel's entries have their place), `wide_cursor` is zero.
-void duplicate_with_keys(const Camera& cam, const RequestedPixels& requests, const KeyLayout& layout, int n_voxels,
-                         const int64_t* octpaths, const short4* pixel_rect, const uint8_t* octant_mask,
-                         const int32_t* n_duplicates, const int32_t* offsets, int n_wide, int32_t* wide,
-                         unsigned long long* wide_cursor, uint64_t* keys, uint32_t* tile_keys, uint32_t* values,
-                         cudaStream_t stream);
-// Sorts entries by (tile, rank). Each array comes with a second buffer of its size; the sort
-// moves the data between the two (so that it needs no third copy in its scratch) and says
-// where the results landed. `index_scratch` holds 2 * n_entries uint32 (used only by the
-// two-pass sort).
+// Stage 2a: offsets[v] = the items of voxels 0..v (an inclusive scan of the octant counts;
+// `scratch` holds item_offsets_scratch_bytes(n_voxels) bytes).
+size_t item_offsets_scratch_bytes(int n_voxels);
+void item_offsets(int n_voxels, const uint8_t* octant_mask, int32_t* offsets, void* scratch, size_t scratch_bytes,
+                  cudaStream_t stream);
+// The items sorted by rank: `keys` (packed) or `keys` and `values` (octant << 29 | voxel id).
+struct SortedItems {
+    const uint64_t* keys;
+    const uint32_t* values;  // null when packed
+};
+// Scratch bytes for the sorts and scans of stages 2b-3.
+size_t sort_scratch_bytes(int64_t n_items, int64_t n_entries, const KeyLayout& layout);
+// Stage 2b: the items, written in voxel order and sorted by rank. Each array comes with a second
+// buffer of its size (`values` null when packed): the sort moves the data between the two, so
+// that it needs no third copy in its scratch, and says where the results landed.
+SortedItems sort_items(const KeyLayout& layout, int n_voxels, const int64_t* octpaths, const uint8_t* octant_mask,
+                       const int32_t* item_offsets, int64_t n_items, uint64_t* keys, uint64_t* keys_alt,
+                       uint32_t* values, uint32_t* values_alt, void* scratch, size_t scratch_bytes,
+                       cudaStream_t stream);
+// Stage 2c (duplicateWithKeys): item i's entries, one per tile of item_tiles[its voxel], at
+// entry_offsets[i] - that count (entry_offsets: [n_items] scratch, filled here by a scan).
+// `wide` holds the frame's COUNT_WIDE item indices (listed in any order: each item's entries
+// have their place), `wide_cursor` is zero.
+void duplicate_with_keys(const Camera& cam, const RequestedPixels& requests, const KeyLayout& layout,
+                         int64_t n_items, const SortedItems& items, const short4* pixel_rect,
+                         const int32_t* item_tiles, int32_t* entry_offsets, int n_wide, int32_t* wide,
+                         unsigned long long* wide_cursor, uint32_t* keys, uint32_t* values, void* scratch,
+                         size_t scratch_bytes, cudaStream_t stream);
+// Stage 3: the entries sorted stably by tile (the second buffers as for the items).
 struct SortedEntries {
-    const uint64_t* keys;       // single-key layout: sorted keys (else null)
-    const uint32_t* tile_keys;  // two-pass layout: sorted tiles (else null)
-    uint32_t* values;           // sorted values
+    const uint32_t* keys;  // tile (and, rect_in_key, the entry's rectangle above ENTRY_RECT_SHIFT)
+    uint32_t* values;      // octant << 29 | voxel id
 };
-SortedEntries sort_entries(int64_t n_entries, const KeyLayout& layout, uint64_t* keys, uint64_t* keys_alt,
-                           uint32_t* tile_keys, uint32_t* tile_keys_alt, uint32_t* values, uint32_t* values_alt,
-                           uint32_t* index_scratch, void* scratch, size_t scratch_bytes, cudaStream_t stream);
-// ranges[tile] = [first, last + 1) of the tile's slice of the sorted list (zeroed first);
-// entry_rects[i] = entry i's pixel rectangle within its tile (math.cuh: pack_entry_rect).
+SortedEntries sort_entries(int64_t n_entries, const KeyLayout& layout, uint32_t* keys, uint32_t* keys_alt,
+                           uint32_t* values, uint32_t* values_alt, void* scratch, size_t scratch_bytes,
+                           cudaStream_t stream);
+// Stage 4: ranges[tile] = [first, last + 1) of the tile's slice of the sorted list (zeroed
+// first); entry_rects[i] = entry i's pixel rectangle within its tile (math.cuh: pack_entry_rect).
 void identify_tile_ranges(int64_t n_entries, int tiles_x, int n_tiles, const KeyLayout& layout,
                           const SortedEntries& sorted, const short4* pixel_rect, uint16_t* entry_rects, int2* ranges,
                           cudaStream_t stream);
