@@ -169,16 +169,19 @@ def test_gradient_views_and_repeated_backward(cuda):
     assert sparse[0].abs().max() > 0 and close(sparse[1], sparse[0])
 
 
-@pytest.mark.parametrize("full_rank", [False, True])
-def test_key_layouts(cuda, full_rank):
+@pytest.mark.parametrize("ranks", ["few", "all", "coarse"])
+def test_key_layouts(cuda, ranks):
     """Few and all 48 rank bits (binning.cu's items pack rank, octant and voxel id in one sort
-    key either way here): values and gradients equal the reference's. Items too wide to pack
+    key either way here; at 70x45 the rank's top two bits are sorted with the 6 tile bits), and
+    a level-1 octree at 40x30, whose 3 rank bits all go to the entry key (5 tile bits) and whose
+    items are not sorted: values and gradients equal the reference's. Items too wide to pack
     (48 rank bits and 262,144 voxels) are test_long_tile_lists'; tiles too many for the entry's
     rectangle to ride in its key (gathered after the sort), test_large_image_crop's."""
-    octpath, centers, lengths, geos, rgbs = random_scene(14, max_level=4)
-    if full_rank:
+    octpath, centers, lengths, geos, rgbs = random_scene(14, max_level=1 if ranks == "coarse" else 4)
+    if ranks == "all":
         octpath = octpath | 1  # 48 rank bits; changes no order (distinct leaves differ above it)
-    settings = make_settings((2.2, 1.7, -1.4), (0, 0, 0), width=70, height=45, fov_deg=70, **FULL)
+    width, height = (40, 30) if ranks == "coarse" else (70, 45)
+    settings = make_settings((2.2, 1.7, -1.4), (0, 0, 0), width=width, height=height, fov_deg=70, **FULL)
     compare(settings, (octpath, centers, lengths, geos, rgbs), cuda)
 
 

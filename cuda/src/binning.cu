@@ -57,6 +57,12 @@ struct ItemReader {
         const uint32_t voxel = uint32_t(key) & ((1u << layout.voxel_bits) - 1u);
         return uint32_t(key >> layout.voxel_bits & 7u) << VOXEL_ID_BITS | voxel;
     }
+    // Item i's rank's top split_bits (nothing lies above the rank in a packed key).
+    __device__ __forceinline__ uint32_t split_rank(int64_t i) const {
+        if (layout.split_bits == 0) return 0u;
+        const int shift = layout.item_bits() + (layout.packed_items() ? 3 + layout.voxel_bits : 0);
+        return uint32_t(items.keys[i] >> shift);
+    }
 };
 
 // The number of entries of item i (the tiles its voxel is binned into): scanned into offsets.
@@ -99,12 +105,14 @@ struct EntryWriter {
     KeyLayout layout;
     uint32_t* keys;
     uint32_t* values;
-    // Entry `at`: the item of entry value `value` (pixel rectangle p) in tile (tx, ty).
-    __device__ __forceinline__ void write(int at, int4 p, int tx, int ty, int tiles_x, uint32_t value) const {
-        const uint32_t tile = uint32_t(ty * tiles_x + tx);
+    // Entry `at`: in tile (tx, ty), the item of entry value `value`, rank top bits `split_rank`
+    // and pixel rectangle p.
+    __device__ __forceinline__ void write(int at, int4 p, int tx, int ty, int tiles_x, uint32_t value,
+                                          uint32_t split_rank) const {
+        const uint32_t key = uint32_t(ty * tiles_x + tx) << layout.split_bits | split_rank;
         keys[at] = layout.rect_in_key()
-                       ? uint32_t(pack_entry_rect(p, tx * TILE_SIZE, ty * TILE_SIZE)) << ENTRY_RECT_SHIFT | tile
-                       : tile;
+                       ? uint32_t(pack_entry_rect(p, tx * TILE_SIZE, ty * TILE_SIZE)) << ENTRY_RECT_SHIFT | key
+                       : key;
         values[at] = value;
     }
 };
@@ -130,11 +138,12 @@ duplicate_kernel(int n, int tiles_x, RequestedPixels requests, EntryWriter write
     const int i = blockIdx.x * blockDim.x + threadIdx.x, lane = int(threadIdx.x & 31);
     // This lane's item: its entry value, pixel rectangle and candidate tiles; a wide item is
     // listed, and its entries are skipped in this warp's output.
-    uint32_t value = 0;
+    uint32_t value = 0, split = 0;
     int4 p = make_int4(0, 0, -1, -1);
     int count = 0, candidates = 0;
     if (i < n) {
         value = items.value(i);
+        split = items.split_rank(i);
         const int v = int(value & VOXEL_ID_MASK);
         p = widen(pixel_rect[v]);
         count = item_tiles[v];
@@ -149,7 +158,7 @@ duplicate_kernel(int n, int tiles_x, RequestedPixels requests, EntryWriter write
         const int4 r = tile_rect(p);
         int at = offsets[i] - count;
         for (int ty = r.y; ty <= r.w; ++ty)
-            for (int tx = r.x; tx <= r.z; ++tx) writer.write(at++, p, tx, ty, tiles_x, value);
+            for (int tx = r.x; tx <= r.z; ++tx) writer.write(at++, p, tx, ty, tiles_x, value, split);
         return;
     }
     int skipped = candidates == 0 ? count : 0;
@@ -170,13 +179,14 @@ duplicate_kernel(int n, int tiles_x, RequestedPixels requests, EntryWriter write
         const int skipped_before = __shfl_sync(FULL_MASK, skipped, k);  // lane k itself is not wide
         const int4 pk = make_int4(__shfl_sync(FULL_MASK, p.x, k), __shfl_sync(FULL_MASK, p.y, k),
                                   __shfl_sync(FULL_MASK, p.z, k), __shfl_sync(FULL_MASK, p.w, k));
-        const uint32_t value_k = __shfl_sync(FULL_MASK, value, k);
+        const uint32_t value_k = __shfl_sync(FULL_MASK, value, k), split_k = __shfl_sync(FULL_MASK, split, k);
         const int4 r = tile_rect(pk);
         const int2 t = candidate(r, j - start);
         const bool exact = tile_area(r) <= MAX_EXACT_TILES;  // as preprocess counted
         const bool keep = j < total && bins_into(requests, pk, t.x, t.y, tiles_x, exact);
         const uint32_t kept = __ballot_sync(FULL_MASK, keep);
-        if (keep) writer.write(out + skipped_before + __popc(kept & lanes_below), pk, t.x, t.y, tiles_x, value_k);
+        if (keep)
+            writer.write(out + skipped_before + __popc(kept & lanes_below), pk, t.x, t.y, tiles_x, value_k, split_k);
         out += __popc(kept);
     }
 }
@@ -191,7 +201,7 @@ wide_kernel(int n_wide, const int32_t* __restrict__ wide, int tiles_x, Requested
     const int w = (blockIdx.x * blockDim.x + threadIdx.x) / 32, lane = int(threadIdx.x & 31);
     if (w >= n_wide) return;
     const int i = wide[w];
-    const uint32_t value = items.value(i);
+    const uint32_t value = items.value(i), split = items.split_rank(i);
     const int v = int(value & VOXEL_ID_MASK);
     const int4 p = widen(pixel_rect[v]);
     const int4 r = tile_rect(p);
@@ -204,7 +214,7 @@ wide_kernel(int n_wide, const int32_t* __restrict__ wide, int tiles_x, Requested
         const int2 t = candidate(r, j);
         const bool keep = j < candidates && (!SPARSE || bins_into(requests, p, t.x, t.y, tiles_x, exact));
         const uint32_t kept = __ballot_sync(FULL_MASK, keep);
-        if (keep) writer.write(out + __popc(kept & lanes_below), p, t.x, t.y, tiles_x, value);
+        if (keep) writer.write(out + __popc(kept & lanes_below), p, t.x, t.y, tiles_x, value, split);
         out += __popc(kept);
     }
 }
@@ -213,12 +223,13 @@ wide_kernel(int n_wide, const int32_t* __restrict__ wide, int tiles_x, Requested
 // the key's top bits where it rode there, else from the voxel's rectangle (a gather: 0.07 ms
 // for the 9.2M entries of R6M at 1080p, against 0.03 ms for the whole kernel without it).
 template <bool RectInKey>
-__global__ void ranges_kernel(int64_t n, int tiles_x, const uint32_t* __restrict__ keys,
+__global__ void ranges_kernel(int64_t n, int tiles_x, KeyLayout layout, const uint32_t* __restrict__ keys,
                               const uint32_t* __restrict__ values, const short4* __restrict__ pixel_rect,
                               uint16_t* __restrict__ entry_rects, int2* __restrict__ ranges) {
     const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
     if (i >= n) return;
-    auto tile_of = [&](int64_t j) { return RectInKey ? keys[j] & ((1u << ENTRY_RECT_SHIFT) - 1u) : keys[j]; };
+    const uint32_t tile_mask = (1u << layout.tile_bits) - 1u;
+    auto tile_of = [&](int64_t j) { return keys[j] >> layout.split_bits & tile_mask; };
     const uint32_t key = keys[i];
     const uint32_t tile = tile_of(i);
     if (i == 0 || tile_of(i - 1) != tile) ranges[tile].x = int(i);
@@ -301,7 +312,11 @@ tile_order_kernel(int n_tiles, const int2* __restrict__ ranges, const int* __res
 }  // namespace
 
 KeyLayout::KeyLayout(int n_tiles, int used_levels, int n_voxels)
-    : rank_bits(3 * used_levels), tile_bits(bits_for(n_tiles)), voxel_bits(bits_for(n_voxels)) {}
+    : rank_bits(3 * used_levels), tile_bits(bits_for(n_tiles)), voxel_bits(bits_for(n_voxels)) {
+    // The bits the entry sort's 8-bit digits cover anyway, within the key's room for the order.
+    const int covered = std::min((tile_bits + 7) / 8 * 8, rect_in_key() ? ENTRY_RECT_SHIFT : 32);
+    split_bits = std::min(rank_bits, covered - tile_bits);
+}
 
 // CUB is always given at least one bit to sort (a layout can have zero).
 int sort_bits(int bits) { return bits > 0 ? bits : 1; }
@@ -328,7 +343,7 @@ void item_offsets(int n_voxels, const uint8_t* octant_mask, int32_t* offsets, vo
 
 size_t sort_scratch_bytes(int64_t n_items, int64_t n_entries, const KeyLayout& layout) {
     size_t items = 0, scan = 0, entries = 0;
-    const int bits = sort_bits(layout.rank_bits), begin = item_begin_bit(layout);
+    const int bits = sort_bits(layout.item_bits()), begin = item_begin_bit(layout);
     cub::DoubleBuffer<uint64_t> item_keys(nullptr, nullptr);
     cub::DoubleBuffer<uint32_t> words(nullptr, nullptr), values(nullptr, nullptr);
     if (layout.packed_items())
@@ -336,7 +351,7 @@ size_t sort_scratch_bytes(int64_t n_items, int64_t n_entries, const KeyLayout& l
     else
         cub::DeviceRadixSort::SortPairs(nullptr, items, item_keys, values, int(n_items), 0, bits);
     cub::DeviceScan::InclusiveSum(nullptr, scan, item_entries(layout, {}, nullptr), (int32_t*)nullptr, int(n_items));
-    cub::DeviceRadixSort::SortPairs(nullptr, entries, words, values, int(n_entries), 0, sort_bits(layout.tile_bits));
+    cub::DeviceRadixSort::SortPairs(nullptr, entries, words, values, int(n_entries), 0, sort_bits(layout.entry_bits()));
     return std::max({items, scan, entries});
 }
 
@@ -349,7 +364,9 @@ SortedItems sort_items(const KeyLayout& layout, int n_voxels, const int64_t* oct
     if (n_items == 0) return {keys, values};
     list_items_kernel<<<grid_for(n_voxels, 256), 256, 0, stream>>>(n_voxels, layout, octpaths, octant_mask,
                                                                     item_offsets, keys, values);
-    const int bits = sort_bits(layout.rank_bits), begin = item_begin_bit(layout);
+    // With no bits left to them (all in the entry key), the items stay in voxel order.
+    if (layout.item_bits() == 0) return {keys, values};
+    const int bits = layout.item_bits(), begin = item_begin_bit(layout);
     if (layout.packed_items()) {
         cub::DeviceRadixSort::SortKeys(scratch, scratch_bytes, sorted_keys, int(n_items), begin, begin + bits, stream);
         return {sorted_keys.Current(), nullptr};
@@ -393,7 +410,7 @@ SortedEntries sort_entries(int64_t n_entries, const KeyLayout& layout, uint32_t*
     cub::DoubleBuffer<uint32_t> sorted_keys(keys, keys_alt), sorted_values(values, values_alt);
     if (n_entries > 0)
         cub::DeviceRadixSort::SortPairs(scratch, scratch_bytes, sorted_keys, sorted_values, int(n_entries), 0,
-                                        sort_bits(layout.tile_bits), stream);
+                                        sort_bits(layout.entry_bits()), stream);
     return {sorted_keys.Current(), sorted_values.Current()};
 }
 
@@ -416,11 +433,11 @@ void identify_tile_ranges(int64_t n_entries, int tiles_x, int n_tiles, const Key
     if (n_entries == 0) return;
     const dim3 grid(grid_for(n_entries, 256));
     if (layout.rect_in_key())
-        ranges_kernel<true><<<grid, 256, 0, stream>>>(n_entries, tiles_x, sorted.keys, nullptr, nullptr, entry_rects,
-                                                      ranges);
+        ranges_kernel<true><<<grid, 256, 0, stream>>>(n_entries, tiles_x, layout, sorted.keys, nullptr, nullptr,
+                                                      entry_rects, ranges);
     else
-        ranges_kernel<false><<<grid, 256, 0, stream>>>(n_entries, tiles_x, sorted.keys, sorted.values, pixel_rect,
-                                                       entry_rects, ranges);
+        ranges_kernel<false><<<grid, 256, 0, stream>>>(n_entries, tiles_x, layout, sorted.keys, sorted.values,
+                                                       pixel_rect, entry_rects, ranges);
 }
 
 }  // namespace svr

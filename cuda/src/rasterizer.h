@@ -103,7 +103,11 @@ void select_in_view(int n_voxels, const int32_t* item_tiles, int64_t* in_view, v
 // are sorted stably by tile alone: a tile's entries keep their items' order. The items are
 // fewer than the entries (R6M 4.6M for 9.2M) and pack rank, octant and voxel id in one 64-bit
 // key sorted without values; the entries' keys are the tile (and their pixel rectangle in the
-// tile, riding above it where the tile fits 16 bits), two passes.
+// tile, riding above it where the tile fits 16 bits), two passes at 1080p. The rank's top
+// `split_bits` go to the entry key instead, into the last radix digit the tile leaves partly
+// empty (1080p: 15 tile bits, one rank bit): the entries sorted stably by (tile, top bits) over
+// items sorted by the rest are in rank order, and the item sort is a pass shorter where that
+// drops its bits to a multiple of 8 (33 -> 32 at level 11).
 // Items whose voxel spans more than WIDE_CANDIDATES tiles are only listed by the first kernel,
 // and a second one (wide_kernel) gives each listed item a warp of its own: a near voxel spans up
 // to a few thousand 8x8 tiles, and such voxels sit together (a background shell).
@@ -115,10 +119,13 @@ struct KeyLayout {
     int rank_bits;   // 3 * used_levels: the unused levels at the bottom of the octpaths are zero in every path
     int tile_bits;
     int voxel_bits;  // of the largest voxel id
+    int split_bits;  // the rank's top bits, sorted with the tile
     KeyLayout(int n_tiles, int used_levels, int n_voxels);
     // Rank, octant and voxel id in one item key (else the rank alone, with the entry value beside).
     SVR_HOST_DEVICE bool packed_items() const { return rank_bits + 3 + voxel_bits <= 64; }
     SVR_HOST_DEVICE bool rect_in_key() const { return tile_bits <= ENTRY_RECT_SHIFT; }
+    SVR_HOST_DEVICE int item_bits() const { return rank_bits - split_bits; }
+    SVR_HOST_DEVICE int entry_bits() const { return tile_bits + split_bits; }
 };
 // Stage 2a: offsets[v] = the items of voxels 0..v (an inclusive scan of the octant counts;
 // `scratch` holds item_offsets_scratch_bytes(n_voxels) bytes).
@@ -150,7 +157,8 @@ void duplicate_with_keys(const Camera& cam, const RequestedPixels& requests, con
                          size_t scratch_bytes, cudaStream_t stream);
 // Stage 3: the entries sorted stably by tile (the second buffers as for the items).
 struct SortedEntries {
-    const uint32_t* keys;  // tile (and, rect_in_key, the entry's rectangle above ENTRY_RECT_SHIFT)
+    const uint32_t* keys;  // tile << split_bits | the rank's top bits (and, rect_in_key, the entry's
+                           // rectangle above ENTRY_RECT_SHIFT)
     uint32_t* values;      // octant << 29 | voxel id
 };
 SortedEntries sort_entries(int64_t n_entries, const KeyLayout& layout, uint32_t* keys, uint32_t* keys_alt,
