@@ -98,7 +98,8 @@ def pixel_layout(settings, state, pixels, dtype, device, verify=False):
 
 def rasterize_forward(settings, state, layout, vox_centers, vox_lengths, geos, rgbs, zero_gradients=False):
     """The outputs, what the backward needs of the forward, and (`zero_gradients`) the
-    backward's gradient buffers, zeroed on a side stream while the render kernel runs."""
+    backward's gradient buffers, zeroed behind the render kernel (while the host computes the
+    loss and reaches the backward)."""
     color, depth, normal, T, max_w, aux, last, *zeroed = _load().rasterize_voxels(
         state.camera, settings.n_samp_per_vox, float(settings.bg_color), bool(settings.need_depth),
         settings.lambda_dist > 0, bool(settings.need_normal), bool(settings.track_max_w),

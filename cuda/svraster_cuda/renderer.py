@@ -191,7 +191,8 @@ class _RasterizeVoxels(torch.autograd.Function):
     """Differentiable in geos and rgbs; the gradient written to `subdiv_p` is the subdivision
     priority sum_pixels |dL/dalpha * alpha| (SPEC section 4), not a true gradient.
     `backward_follows`: grad mode is on and a backward may come, so the forward prepares its
-    gradient buffers (the CUDA path zeroes them while the render kernel runs)."""
+    gradient buffers (the CUDA path zeroes them behind the render kernel, while the host
+    computes the loss)."""
 
     @staticmethod
     def forward(ctx, intersections, layout, raster_settings, vox_centers, vox_lengths, geos, rgbs, subdiv_p,
