@@ -355,8 +355,9 @@ def test_culling_matches_reference(cuda, seed):
     narrow, with an off-centre principal point, for every pixel and for requested pixels (the
     kernel's quick bound before the exact footprint must cull nothing the exact test keeps).
     Seeds 6 and 7 render 320x240, where near voxels span more than MAX_EXACT_TILES tiles and
-    are binned into every tile holding a request; there voxels of more than WIDE_CANDIDATES
-    (tile, octant) candidates, binned by a warp each, sit among others (but for the single pixel)."""
+    are binned into every tile holding a request; there voxels spanning more than
+    WIDE_CANDIDATES tiles, whose items are binned by a warp each, sit among others (but for the
+    single pixel)."""
     from svraster_cuda import cuda_backend, meta
     from svraster_cuda.renderer import intersect_voxels
     gen = torch.Generator().manual_seed(seed)
@@ -389,8 +390,7 @@ def test_culling_matches_reference(cuda, seed):
             rect = ref.state.preprocessed.tile_rect
             area = (rect[:, 2] - rect[:, 0] + 1).clamp(min=0) * (rect[:, 3] - rect[:, 1] + 1).clamp(min=0)
             assert (area > meta.MAX_EXACT_TILES).any(), "the case must hold voxels binned without the per-tile test"
-            candidates = area * torch.tensor([bin(m).count("1") for m in ref.state.preprocessed.octant_mask.tolist()])
             binned = ref.state.preprocessed.n_duplicates > 0
-            wide = candidates > cuda_backend._load().WIDE_CANDIDATES
+            wide = area > cuda_backend._load().WIDE_CANDIDATES  # binning.cu: per (voxel, octant) item
             if subset is None or len(subset) > 1:
                 assert (binned & wide).any() and (binned & ~wide).any(), "the case must mix wide and narrow voxels"

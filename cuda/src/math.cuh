@@ -78,12 +78,6 @@ __device__ __forceinline__ int4 unpack_entry_rect(uint16_t r) {
 // Tiles in an inclusive tile rectangle.
 __device__ __forceinline__ int tile_area(int4 r) { return (r.z - r.x + 1) * (r.w - r.y + 1); }
 
-// A voxel's (tile, octant) candidates: the entries it gets for the whole image, the pairs
-// binning tests for requested pixels.
-__device__ __forceinline__ int entry_candidates(int4 pixel_rect, uint32_t octant_mask) {
-    return tile_area(tile_rect(pixel_rect)) * __popc(octant_mask);
-}
-
 // Sparse rendering bins a voxel into tile (tx, ty) only when its pixel rectangle holds a
 // requested pixel of the tile. Rectangles spanning more than MAX_EXACT_TILES tiles (`exact`
 // false) go to every tile holding a request: cheaper, and still conservative.
