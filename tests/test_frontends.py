@@ -189,7 +189,7 @@ def test_render_py_demo(tmp_path):
     model = SVRasterModel.load(tmp_path / "model")
     cams = {c.name: c for c in cameras.load_camera_json(tmp_path / "model" / "cameras.json")}
     for path in renders:
-        img = torch.from_numpy(np.asarray(Image.open(path))).float().permute(2, 0, 1) / 255
+        img = torch.from_numpy(np.array(Image.open(path))).float().permute(2, 0, 1) / 255
         assert img.shape == (3, 30, 40)
         ref = model.render(cams[path.stem])["color"].clamp(0, 1)
         assert cameras_psnr(img, ref) >= 40
