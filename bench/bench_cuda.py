@@ -187,10 +187,13 @@ def long_run(name, n, width, height):
     for i in range(n):
         times.append(time_ms(lambda: (forward_backward if i % 2 else forward)(s), 1))
         memory.append(torch.cuda.memory_allocated())
-    head, tail = times[10:110], times[-100:]
+    # Forwards (even i) and training steps (odd i) apart: a median over both falls between them.
+    def medians(first, last):
+        return " / ".join(f"{statistics.median(times[i] for i in range(first, last) if i % 2 == kind):.2f}"
+                          for kind in (0, 1))
     print(f"long run {name}, {n} renders ({width}x{height}): allocated after render 10 / {n}: "
           f"{memory[10] / 2**20:.1f} / {memory[-1] / 2**20:.1f} MB (max {max(memory[10:]) / 2**20:.1f} MB); "
-          f"median ms renders 10-110: {statistics.median(head):.2f}, last 100: {statistics.median(tail):.2f}")
+          f"median ms forward / fwd+bwd, renders 10-110: {medians(10, 110)}, last 100: {medians(n - 100, n)}")
 
 
 def large_images(name, sizes):
