@@ -121,19 +121,26 @@ def test_camera_inside_voxels(cuda):
 
 
 def test_gradient_views_and_repeated_backward(cuda):
-    """Incoming gradients that are views (permuted from HWC, expanded from a sum, sliced) give
-    the gradients of the same values made contiguous; a second backward through a retained
-    graph does not reuse the first one's gradient buffers (prepared zeroed by the forward)."""
+    """Incoming gradients that are views (permuted from HWC, expanded from a sum, sliced) and a
+    ground truth that is one (the concentration loss) give the reference's gradients and those
+    of the same values made contiguous; a second backward through a retained graph does not
+    reuse the first one's gradient buffers (prepared zeroed by the forward)."""
     from svraster_cuda.renderer import rasterize_voxels_sparse
     octpath, centers, lengths, geos, rgbs = random_scene(11, max_level=4)
-    settings = make_settings((2.3, -1.6, 1.2), (0, 0, 0), width=40, height=28, need_depth=True, need_normal=True)
     gen = torch.Generator().manual_seed(3)
+    gt_hwc = torch.rand(28, 40, 3, generator=gen)
+    settings = make_settings((2.3, -1.6, 1.2), (0, 0, 0), width=40, height=28, need_depth=True, need_normal=True,
+                             lambda_R_concen=0.5)
     w_hwc = torch.randn(28, 40, 3, generator=gen).to(cuda)
     w_depth = torch.randn(3, 40, 28, generator=gen).to(cuda)
     w_normal = torch.randn(6, 28, 40, generator=gen).to(cuda)
 
-    def grads(views):
-        out, leaves = render(settings, octpath, centers, lengths, geos, rgbs, cuda, grad=True)
+    def grads(views, device=cuda):
+        gt = gt_hwc.to(device).permute(2, 0, 1)
+        s = settings._replace(gt_color=gt if views else gt.contiguous())
+        out, leaves = render(s, octpath, centers, lengths, geos, rgbs, device, grad=True)
+        if device != cuda:
+            out = [o.to(cuda) for o in out]
         color, depth, normal, T, _ = out
         if views:
             loss = ((color.permute(1, 2, 0) * w_hwc).sum() + (depth.transpose(1, 2) * w_depth).sum()
@@ -150,20 +157,24 @@ def test_gradient_views_and_repeated_backward(cuda):
     def close(a, b, factor=1.0):
         return (a - factor * b).abs().max() <= 1e-5 * b.abs().max().clamp(min=1e-6)
 
-    (contiguous, _), (viewed, twice) = grads(False), grads(True)
+    (contiguous, _), (viewed, twice), (reference, _) = grads(False), grads(True), grads(False, "cpu")
     assert any(g.abs().max() > 0 for g in contiguous)
-    for name, a, b, c in zip(("geos", "rgbs", "subdiv_p"), contiguous, viewed, twice):
+    for name, a, b, c, r in zip(("geos", "rgbs", "subdiv_p"), contiguous, viewed, twice, reference):
+        r = r.to(cuda)
+        assert (a - r).abs().max() <= 1e-3 * r.abs().max().clamp(min=1e-6), f"{name}: against the reference"
         assert close(b, a), name
         assert close(c, b, 2.0), f"{name}: the second backward must add the same gradients again"
 
-    # Requested pixels: [3, P] gradients as the transpose of a [P, 3] loss weight.
+    # Requested pixels: [3, P] gradients and ground truth as transposes of [P, 3] tensors.
     pixels = torch.tensor([[3, 5], [20, 33], [27, 0], [10, 10], [11, 10]], device=cuda)
     w_pix = torch.randn(len(pixels), 3, generator=gen).to(cuda)
+    gt_pix = torch.rand(len(pixels), 3, generator=gen).to(cuda)
     sparse = []
     for views in (False, True):
         g = geos.to(cuda).clone().requires_grad_()
         params = {"geos": g, "rgbs": rgbs.to(cuda), "subdiv_p": torch.zeros(len(g), 1, device=cuda)}
-        color = rasterize_voxels_sparse(settings, octpath.to(cuda), centers.to(cuda), lengths.to(cuda),
+        s = settings._replace(gt_color=gt_pix.T if views else gt_pix.T.contiguous())
+        color = rasterize_voxels_sparse(s, octpath.to(cuda), centers.to(cuda), lengths.to(cuda),
                                         lambda *a: params, pixels)[0]
         (color.T * w_pix if views else color * w_pix.T.contiguous()).sum().backward()
         sparse.append(g.grad)

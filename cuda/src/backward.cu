@@ -40,7 +40,7 @@ render_backward_kernel(Camera cam, PixelSet pixels, BackwardOptions opt, RenderB
     constexpr bool DEPTH = VARIANT & WITH_DEPTH, NORMAL = VARIANT & WITH_NORMAL, DISTORTION = VARIANT & WITH_DISTORTION;
     PixelTask task;
     if (!locate_pixel(cam, pixels, in.ranges, task)) return;
-    const int hw = task.stride, pix = task.index;
+    const int pix = task.index;
     const Ray ray = pixel_ray(cam, task.px, task.py);
     const int2 range = in.ranges[task.tile];
     // The regularisers are normalised by the image's size, also for requested pixels.
@@ -54,7 +54,7 @@ render_backward_kernel(Camera cam, PixelSet pixels, BackwardOptions opt, RenderB
     for (int c = 0; c < 3; ++c) {
         g_color[c] = g.dL_dcolor.at(c, task.row, task.col);
         if (NORMAL) g_normal[c] = g.dL_dnormal.at(c, task.row, task.col);
-        if (opt.lambda_R_concen > 0.f) gt[c] = g.gt_color[c * hw + pix];
+        if (opt.lambda_R_concen > 0.f) gt[c] = g.gt_color.at(c, task.row, task.col);
     }
     const float T_final = g.T[pix];
     const float g_T = g.dL_dT.at(0, task.row, task.col);

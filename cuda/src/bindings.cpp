@@ -41,7 +41,8 @@ std::string text(const Args&... args) {
     return s;
 }
 
-// A CUDA tensor on `like`'s device, of `dtype`, contiguous, with `shape` (-1: any size).
+// A CUDA tensor on `like`'s device, of `dtype`, contiguous (unless `contiguous` is false), with
+// `shape` (-1: any size).
 void check_tensor(const Tensor& t, const char* name, at::ScalarType dtype, std::vector<int64_t> shape,
                   const Tensor& like, bool contiguous = true) {
     TORCH_CHECK_VALUE(t.is_cuda(), text(name, ": expected a CUDA tensor, got one on ", t.device()));
@@ -356,18 +357,13 @@ RenderCall render_call(const std::vector<double>& camera, int64_t n_samp, const 
             pixel_set(tile_order, sparse, requests, warp_tiles, lane_requests, vox_centers, n_tiles)};
 }
 
-// Queues `render` (the forward's render kernel) on the current stream and, when `zero_gradients`,
-// returns the backward's gradient buffers dL/dgeos [n, 8], dL/drgbs [n, 3] and priority [n, 1],
-// zeroed behind it: the GPU clears them while the host works through the loss and autograd
-// towards the backward (the GPU waits there, 0.1 ms or more), and the backward kernel starts
-// without the fills (0.09 ms on O6M). Zeroed on a side stream during the render instead, they
-// slowed the render kernel by about as much (run 5: O6M 0.33 -> 0.41 ms).
-template <typename Render>
-std::vector<Tensor> render_and_zero_gradients(bool zero_gradients, int64_t n, const at::TensorOptions& opts,
-                                              Render render) {
-    const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
-    render(stream);
-    if (!zero_gradients) return {};
+// The backward's gradient buffers dL/dgeos [n, 8], dL/drgbs [n, 3] and priority [n, 1], zeroed
+// by memsets on `stream`. The forward queues them behind its render kernel when a backward may
+// follow: the GPU clears them while the host works through the loss and autograd towards the
+// backward (the GPU waits there, 0.1 ms or more), and the backward kernel starts without the
+// fills (0.09 ms on O6M). Zeroed on a side stream during the render instead, they slowed the
+// render kernel by about as much (session 13, run 5: O6M 0.33 -> 0.41 ms).
+std::vector<Tensor> zeroed_gradients(int64_t n, const at::TensorOptions& opts, cudaStream_t stream) {
     std::vector<Tensor> grads{torch::empty({n, 8}, opts), torch::empty({n, 3}, opts), torch::empty({n, 1}, opts)};
     for (const Tensor& g : grads)
         C10_CUDA_CHECK(cudaMemsetAsync(g.data_ptr(), 0, g.numel() * sizeof(float), stream));
@@ -392,16 +388,18 @@ std::vector<Tensor> rasterize_voxels(const std::vector<double>& camera, int64_t 
     Tensor max_w = track_max_w ? torch::zeros({n, 1}, opts) : torch::empty({0}, opts);
     Tensor aux = need_distortion ? torch::empty(call.shape(1), opts) : torch::empty({0}, opts);
     Tensor last = torch::empty(call.shape(1), opts.dtype(at::kInt));
-    const std::vector<Tensor> zeroed = render_and_zero_gradients(zero_gradients, n, opts, [&](cudaStream_t stream) {
-        svr::render_forward(call.cam, call.pixels,
-                            {int(n_samp), float(bg), need_depth, need_distortion, need_normal, track_max_w}, call.in,
-                            {ptr<float>(color), ptr<float>(depth), ptr<float>(normal), ptr<float>(T),
-                             ptr<float>(max_w), ptr<float>(aux), ptr<int32_t>(last)},
-                            stream);
-        C10_CUDA_KERNEL_LAUNCH_CHECK();
-    });
+    const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+    svr::render_forward(call.cam, call.pixels,
+                        {int(n_samp), float(bg), need_depth, need_distortion, need_normal, track_max_w}, call.in,
+                        {ptr<float>(color), ptr<float>(depth), ptr<float>(normal), ptr<float>(T), ptr<float>(max_w),
+                         ptr<float>(aux), ptr<int32_t>(last)},
+                        stream);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
     std::vector<Tensor> outputs{color, depth, normal, T, max_w, aux, last};
-    outputs.insert(outputs.end(), zeroed.begin(), zeroed.end());
+    if (zero_gradients) {
+        const std::vector<Tensor> zeroed = zeroed_gradients(n, opts, stream);
+        outputs.insert(outputs.end(), zeroed.begin(), zeroed.end());
+    }
     return outputs;
 }
 
@@ -421,19 +419,20 @@ std::vector<Tensor> rasterize_voxels_backward(
         check_tensor(t, name, at::kFloat, call.shape(ch), vox_centers);
         return ptr<float>(t);
     };
-    auto gradient = [&](const Tensor& t, const char* name, int64_t ch) {
+    // Images the caller hands in (gradients, the ground truth), read once per pixel in any strides.
+    auto strided_image = [&](const Tensor& t, const char* name, int64_t ch) {
         check_tensor(t, name, at::kFloat, call.shape(ch), vox_centers, /*contiguous=*/false);
         return t.dim() == 3 ? svr::PixelImage{ptr<float>(t), t.stride(0), t.stride(1), t.stride(2)}
                             : svr::PixelImage{ptr<float>(t), t.stride(0), 0, t.stride(1)};
     };
     check_tensor(last, "last", at::kInt, call.shape(1), vox_centers);
     svr::BackwardInputs g{image(T, "T", 1), lambda_dist > 0 ? image(aux, "aux", 1) : nullptr, ptr<int32_t>(last),
-                          gradient(dL_dcolor, "dL_dcolor", 3),
-                          need_depth ? gradient(dL_ddepth, "dL_ddepth", 3) : svr::PixelImage{},
-                          need_normal ? gradient(dL_dnormal, "dL_dnormal", 3) : svr::PixelImage{},
-                          gradient(dL_dT, "dL_dT", 1),
-                          lambda_R_concen > 0 ? image(gt_color, "gt_color", 3) : nullptr};
-    const auto opts = geos.options();
+                          strided_image(dL_dcolor, "dL_dcolor", 3),
+                          need_depth ? strided_image(dL_ddepth, "dL_ddepth", 3) : svr::PixelImage{},
+                          need_normal ? strided_image(dL_dnormal, "dL_dnormal", 3) : svr::PixelImage{},
+                          strided_image(dL_dT, "dL_dT", 1),
+                          lambda_R_concen > 0 ? strided_image(gt_color, "gt_color", 3) : svr::PixelImage{}};
+    const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
     std::vector<Tensor> grads;
     if (zeroed) {
         grads = *zeroed;
@@ -442,14 +441,13 @@ std::vector<Tensor> rasterize_voxels_backward(
         check_tensor(grads[1], "zeroed[1]", at::kFloat, {n, 3}, vox_centers);
         check_tensor(grads[2], "zeroed[2]", at::kFloat, {n, 1}, vox_centers);
     } else {
-        grads = {torch::zeros({n, 8}, opts), torch::zeros({n, 3}, opts), torch::zeros({n, 1}, opts)};
+        grads = zeroed_gradients(n, geos.options(), stream);
     }
     const Tensor &dL_dgeos = grads[0], &dL_drgbs = grads[1], &priority = grads[2];
     svr::render_backward(call.cam, call.pixels,
                          {int(n_samp), float(bg), need_depth, need_normal, float(lambda_R_concen),
                           float(lambda_ascending), float(lambda_dist)},
-                         call.in, g, {ptr<float>(dL_dgeos), ptr<float>(dL_drgbs), ptr<float>(priority)},
-                         c10::cuda::getCurrentCUDAStream());
+                         call.in, g, {ptr<float>(dL_dgeos), ptr<float>(dL_drgbs), ptr<float>(priority)}, stream);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     return {dL_dgeos, dL_drgbs, priority};
 }

@@ -228,9 +228,9 @@ struct BackwardOptions {
     float lambda_R_concen, lambda_ascending, lambda_dist;
 };
 
-// An incoming gradient image [C, H, W] (or [C, P] for requested pixels, read as row 0) with
-// any strides: gradients often arrive as views (expanded from a sum, permuted from an HWC
-// loss), and each element is read once, so copying them contiguous first costs a pass.
+// An image the caller hands the backward, [C, H, W] (or [C, P] for requested pixels, read as
+// row 0), with any strides: gradients often arrive as views (expanded from a sum, permuted
+// from an HWC loss), and each element is read once, so copying them contiguous first costs a pass.
 struct PixelImage {
     const float* data = nullptr;  // null when the option that reads it is off
     int64_t channel_stride = 0, row_stride = 0, col_stride = 0;
@@ -247,7 +247,7 @@ struct BackwardInputs {
     PixelImage dL_ddepth;    // [1 or 3, ...] (channel 0 is read) or null
     PixelImage dL_dnormal;   // [3, ...] or null
     PixelImage dL_dT;        // [1, ...]
-    const float* gt_color;   // [3, ...] or null
+    PixelImage gt_color;     // [3, ...] or null (lambda_R_concen == 0)
 };
 
 struct BackwardOutputs {

@@ -110,11 +110,11 @@ def rasterize_forward(settings, state, layout, vox_centers, vox_lengths, geos, r
 
 def rasterize_backward(settings, state, layout, saved, vox_centers, vox_lengths, geos, rgbs, dL_dcolor, dL_ddepth,
                        dL_dnormal, dL_dT, zeroed=None):
-    """Gradients; the incoming ones in any strides. `zeroed`: rasterize_forward's buffers,
+    """Gradients; the incoming ones and the ground truth in any strides. `zeroed`: rasterize_forward's buffers,
     written in place (each may serve one backward only)."""
     T, aux, last = saved
     gt = settings.gt_color
-    gt = gt.to(device=geos.device, dtype=torch.float32).contiguous() if settings.lambda_R_concen > 0 else geos.new_empty(0)
+    gt = gt.to(device=geos.device, dtype=torch.float32) if settings.lambda_R_concen > 0 else geos.new_empty(0)
     grad_geos, grad_rgbs, priority = _load().rasterize_voxels_backward(
         state.camera, settings.n_samp_per_vox, float(settings.bg_color), bool(settings.need_depth),
         bool(settings.need_normal), float(settings.lambda_R_concen), float(settings.lambda_ascending),
