@@ -3,7 +3,8 @@
 # $OUT (the device tool brings them back). The golden data travels in .device_data/ (ignored
 # by git, named in the call's `carry`): mkdir -p .device_data && cp -r ../shared .device_data/
 #   device run: bash scripts/gpu_check.sh [pytest args...]
-# Options (environment): SKIP_TESTS=1, SKIP_FIT=1, SKIP_BENCH=1, SKIP_SPARSE=1, SKIP_LONG=1 (no long run and
+# Options (environment): SKIP_TESTS=1, SKIP_EAGER=1 (no second test pass with eager octant ranks),
+# SKIP_FIT=1, SKIP_BENCH=1, SKIP_SPARSE=1, SKIP_LONG=1 (no long run and
 # large sizes), BENCH_SCENES, BENCH_ROUNDS (baseline and tree alternate that many times; run-to-run
 # spread is 5-10%); PROFILE=1 (torch profiler, PROFILE_SCENES), NCU=1 (Nsight Compute,
 # NCU_SCENES, NCU_REGEX: kernel names, NCU_COUNT: launches), NCU_SOURCE=1 (stall samples per source
@@ -34,6 +35,14 @@ python3 -m svraster_cuda | tee -a "$OUT/device.txt"
 if [ "${SKIP_TESTS:-0}" != 1 ]; then
   python3 -m pytest -q -m gpu -x -p no:cacheprovider tests "$@" 2>&1 | tee "$OUT/tests.log" | tail -n 25
   echo "tests exit: ${PIPESTATUS[0]}"
+  if [ "${SKIP_EAGER:-0}" != 1 ]; then
+    # Again with the octant ranks cached from every octree's first frame on (most tests render
+    # an octree once: by default they would never reach the cached path).
+    echo "== SVRASTER_OCTANT_RANKS=eager" >>"$OUT/tests.log"
+    SVRASTER_OCTANT_RANKS=eager python3 -m pytest -q -m gpu -x -p no:cacheprovider tests "$@" 2>&1 \
+      | tee -a "$OUT/tests.log" | tail -n 5
+    echo "tests (eager ranks) exit: ${PIPESTATUS[0]}"
+  fi
 fi
 if [ "${PROFILE:-0}" = 1 ]; then
   # Merged host/GPU timelines of one frame (bench_cuda.py timeline()), dense and sparse.

@@ -1,6 +1,7 @@
 """CUDA path against the reference renderer (run on the device; skipped without CUDA)."""
 import math
 import statistics
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -301,6 +302,87 @@ def test_extension_constants_match_header(cuda):
     C = cuda_backend._load()
     for name in ("MAX_NUM_LEVELS", "MAX_N_SAMP", "TILE_SIZE", "MAX_VOXELS", "MAX_EXACT_TILES", "MAX_IMAGE_SIZE"):
         assert getattr(C, name) == getattr(meta, name), name
+
+
+def expected_octant_ranks(octpath):
+    """rasterizer.h's cached ranks by a stable argsort: voxel v's place in ascending
+    octpath XOR repeat(q), q = 0..3."""
+    ranks = torch.empty(4, len(octpath), dtype=torch.int32)
+    for q in range(4):
+        order = torch.sort(octpath[:, 0] ^ (q * 0x249249249249), stable=True).indices
+        ranks[q, order] = torch.arange(len(octpath), dtype=torch.int32)
+    return ranks
+
+
+def test_cached_octant_ranks(cuda, monkeypatch):
+    """The octant ranks cached per octree (rasterizer.h, cuda_backend) place the items without
+    a sort: the ranks are a stable argsort's; paths that repeat or leave the 16 levels are not
+    cached; by default the second frame of an octree builds them and the third uses them, with
+    the first frame's pixels bit for bit, its gradients and the reference's values; a path
+    changed in place (same tensor, same count) is noticed and rendered as the reference does;
+    SVRASTER_OCTANT_RANKS=off builds nothing, and a bad value is refused by name."""
+    from svraster_cuda import cuda_backend
+    from svraster_cuda.renderer import intersect_voxels
+    C = cuda_backend._load()
+    octpath, centers, lengths, geos, rgbs = random_scene(17, max_level=5)
+    assert torch.equal(C.octant_ranks(octpath.to(cuda)).cpu(), expected_octant_ranks(octpath))
+    repeated = octpath.clone()
+    repeated[5] = repeated[9]
+    assert C.octant_ranks(repeated.to(cuda)).shape == (0, len(octpath))
+    assert C.octant_ranks((octpath | (1 << 50)).to(cuda)).shape == (0, len(octpath))
+
+    monkeypatch.delenv("SVRASTER_OCTANT_RANKS", raising=False)
+    cuda_backend.release_octant_ranks()
+    settings = make_settings((2.2, 1.7, -1.4), (0, 0, 0), width=61, height=37, fov_deg=70, **FULL)
+    dev = [t.to(cuda) for t in (octpath, centers, lengths)]
+    g, r = geos.to(cuda).requires_grad_(), rgbs.to(cuda).requires_grad_()
+    params = {"geos": g, "rgbs": r, "subdiv_p": torch.zeros(len(g), 1, device=cuda, requires_grad=True)}
+
+    def frame():
+        for p in params.values():
+            p.grad = None
+        out = rasterize_voxels(settings, *dev, lambda *a: params)
+        sum(o.sum() * (i + 1) for i, o in enumerate(out[:4])).backward()
+        return [o.detach().clone() for o in out], [p.grad.clone() for p in params.values()]
+
+    first = frame()
+    assert not cuda_backend._octant_ranks
+    frame()
+    built = cuda_backend._octant_ranks[dev[0].device]
+    assert torch.equal(built.ranks.cpu(), expected_octant_ranks(octpath))
+    third = frame()
+    assert cuda_backend._octant_ranks[dev[0].device] is built  # current: used, not rebuilt
+    for a, b in zip(first[0], third[0]):
+        assert torch.equal(a, b)
+    for a, b in zip(first[1], third[1]):
+        assert (a - b).abs().max() <= 1e-5 * a.abs().max()
+    compare(settings, (octpath, centers, lengths, geos, rgbs), cuda)  # same paths: the cached ranks
+
+    # Two voxels in view trade places in storage, in place: same tensors, same count, other
+    # paths. The stale ranks are not used (forced, they give other lists).
+    in_view = intersect_voxels(settings, octpath, centers, lengths).in_view
+    i, j = int(in_view[0]), int(in_view[len(in_view) // 2])
+    for t in dev:
+        t[[i, j]] = t[[j, i]]
+    ref = intersect_voxels(settings, *(t.cpu() for t in dev))
+    got = intersect_voxels(settings, *dev)
+    assert cuda_backend._octant_ranks[dev[0].device] is built
+    n_tiles = math.ceil(61 / 8) * math.ceil(37 / 8)
+    assert_same_lists(got, ref, n_tiles)
+    camera = got.camera
+    _, fingerprint = C.rasterize_preprocess(camera, *dev, None)
+    (_, ranges, entries, *_), _ = C.rasterize_preprocess(camera, *dev, None, built.ranks, fingerprint)
+    with pytest.raises(AssertionError):
+        assert_same_lists(SimpleNamespace(state=SimpleNamespace(ranges=ranges, entries=entries)), ref, n_tiles)
+
+    monkeypatch.setenv("SVRASTER_OCTANT_RANKS", "off")
+    cuda_backend.release_octant_ranks()
+    for _ in range(3):
+        intersect_voxels(settings, *dev)
+    assert not cuda_backend._octant_ranks
+    monkeypatch.setenv("SVRASTER_OCTANT_RANKS", "always")
+    with pytest.raises(ValueError, match="SVRASTER_OCTANT_RANKS"):
+        intersect_voxels(settings, *dev)
 
 
 def assert_same_lists(got, ref, n_tiles):

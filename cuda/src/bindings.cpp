@@ -9,6 +9,7 @@
 
 #include <algorithm>
 #include <string>
+#include <tuple>
 #include <type_traits>
 #include <optional>
 #include <vector>
@@ -95,12 +96,18 @@ void check_no_outside(const svr::Camera& cam, int64_t n_outside, int64_t n_reque
 }
 
 // Stages 1-4 for the whole image, or (sparse, `pixels` given) for the tiles holding requested
-// pixels. Returns (in_view, ranges, entries, entry_rects, tile_order, row_masks,
-// camera_position); row_masks [n_tiles, TILE_SIZE] int32 (bit x of row y: pixel (x, y) of the
-// tile is requested) is empty for the whole image; camera_position is float32 [3] (vox_fn's).
-std::vector<Tensor> rasterize_preprocess(const std::vector<double>& camera, const Tensor& octree_paths,
-                                         const Tensor& vox_centers, const Tensor& vox_lengths,
-                                         const std::optional<Tensor>& pixels) {
+// pixels. Returns ([in_view, ranges, entries, entry_rects, tile_order, row_masks,
+// camera_position], fingerprint); row_masks [n_tiles, TILE_SIZE] int32 (bit x of row y: pixel
+// (x, y) of the tile is requested) is empty for the whole image; camera_position is float32
+// [3] (vox_fn's); fingerprint is the frame's PATHS_FINGERPRINT (as int64). `ranks`
+// (octant_ranks' [4, N], built for octpaths of fingerprint `ranks_fingerprint`) place the
+// items without a sort where the fingerprints agree.
+std::tuple<std::vector<Tensor>, int64_t> rasterize_preprocess(const std::vector<double>& camera,
+                                                              const Tensor& octree_paths, const Tensor& vox_centers,
+                                                              const Tensor& vox_lengths,
+                                                              const std::optional<Tensor>& pixels,
+                                                              const std::optional<Tensor>& ranks,
+                                                              int64_t ranks_fingerprint) {
     TORCH_CHECK_VALUE(vox_centers.is_cuda(),
                       text("vox_centers: expected a CUDA tensor, got one on ", vox_centers.device()));
     const c10::cuda::CUDAGuard guard(vox_centers.device());
@@ -109,6 +116,7 @@ std::vector<Tensor> rasterize_preprocess(const std::vector<double>& camera, cons
     check_tensor(vox_centers, "vox_centers", at::kFloat, {n, 3}, vox_centers);
     check_tensor(octree_paths, "octree_paths", at::kLong, {n, 1}, vox_centers);
     check_tensor(vox_lengths, "vox_lengths", at::kFloat, {n, 1}, vox_centers);
+    if (ranks) check_tensor(*ranks, "ranks", at::kInt, {4, n}, vox_centers);
     const svr::Camera cam = make_camera(camera);
     const int n_tiles = cam.tiles_x() * cam.tiles_y();
     const auto stream = c10::cuda::getCurrentCUDAStream();
@@ -144,9 +152,10 @@ std::vector<Tensor> rasterize_preprocess(const std::vector<double>& camera, cons
     C10_CUDA_KERNEL_LAUNCH_CHECK();
 
     // The one device-to-host read of the frame: how many items and entries to allocate, how
-    // many rank bits carry information, how many voxels are in view (and whether the requests
-    // are valid). The copy is queued before the items' offsets scan and waited for after it:
-    // the host learns the counts while the GPU scans.
+    // many rank bits carry information, how many voxels are in view, whether cached ranks are
+    // current (and whether the requests are valid). The copy is queued before the items'
+    // offsets scan (or, with ranks, their bitmap and its scan) and waited for after it: the
+    // host learns the counts while the GPU scans.
     const Tensor host_counts = torch::empty({svr::N_FRAME_COUNTS}, counts.options().device(at::kCPU).pinned_memory(true));
     C10_CUDA_CHECK(cudaMemcpyAsync(host_counts.data_ptr(), counts.data_ptr(), sizeof(ULL) * svr::N_FRAME_COUNTS,
                                    cudaMemcpyDeviceToHost, stream));
@@ -154,12 +163,29 @@ std::vector<Tensor> rasterize_preprocess(const std::vector<double>& camera, cons
     counts_copied.record(stream);
     // int32: the items are at most the entries, which the check below keeps below 2^31 before
     // any offset is used.
-    Tensor item_offsets = torch::empty({n}, opts.dtype(at::kInt));
-    Tensor scan_scratch = torch::empty({int64_t(svr::item_offsets_scratch_bytes(int(n)))}, opts.dtype(at::kByte));
-    svr::item_offsets(int(n), ptr<uint8_t>(octant_mask), ptr<int32_t>(item_offsets), scan_scratch.data_ptr(),
-                      size_t(scan_scratch.numel()), stream);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-    scan_scratch.reset();
+    Tensor item_offsets, bitmap, word_offsets;
+    auto scan_item_offsets = [&] {
+        item_offsets = torch::empty({n}, opts.dtype(at::kInt));
+        Tensor scan_scratch = torch::empty({int64_t(svr::item_offsets_scratch_bytes(int(n)))}, opts.dtype(at::kByte));
+        svr::item_offsets(int(n), ptr<uint8_t>(octant_mask), ptr<int32_t>(item_offsets), scan_scratch.data_ptr(),
+                          size_t(scan_scratch.numel()), stream);
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+    };
+    auto mark_ranked_items = [&] {
+        bitmap = torch::empty({svr::ranked_words(int(n))}, opts.dtype(at::kInt));
+        word_offsets = torch::empty({svr::ranked_words(int(n))}, opts.dtype(at::kInt));
+        Tensor scan_scratch = torch::empty({int64_t(svr::ranked_scratch_bytes(int(n)))}, opts.dtype(at::kByte));
+        svr::mark_ranked_items(int(n), ptr<int32_t>(*ranks), ptr<uint8_t>(octant_mask), ptr<uint32_t>(bitmap),
+                               ptr<int32_t>(word_offsets), scan_scratch.data_ptr(), size_t(scan_scratch.numel()),
+                               stream);
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+    };
+    // Whole-image frames usually see most of the octree: there the ranks are bet on before
+    // the counts come back. Requested pixels usually bin few items, which the sort orders faster.
+    if (ranks && !pixels)
+        mark_ranked_items();
+    else
+        scan_item_offsets();
     counts_copied.synchronize();
     const int64_t* c = host_counts.data_ptr<int64_t>();
     if (pixels) check_no_outside(cam, c[svr::COUNT_OUTSIDE_REQUESTS], pixels->size(0));
@@ -167,29 +193,47 @@ std::vector<Tensor> rasterize_preprocess(const std::vector<double>& camera, cons
     TORCH_CHECK_VALUE(n_entries < (int64_t(1) << 31),
                       text("vox_centers: this view needs ", n_entries, " tile-voxel entries; at most 2^31 - 1 are "
                            "supported (fewer voxels or a smaller image)"));
-    const svr::KeyLayout layout(n_tiles, int(c[svr::COUNT_USED_LEVELS]), int(n));
+    // The ranks cost a pass over all voxels (mark and place: 0.09 ms at 6M voxels), the sort
+    // about as much per third of them in items (five radix passes of 64-bit keys).
+    const bool ranked = ranks && c[svr::PATHS_FINGERPRINT] == ranks_fingerprint && 3 * n_items >= n;
+    const svr::KeyLayout layout(n_tiles, int(c[svr::COUNT_USED_LEVELS]), int(n), ranked);
     const bool packed = layout.packed_items();
     // The GPU waits from the read until the items' kernel is queued: only its buffers are
     // allocated before it. Each sorted array and its second buffer are separate tensors, so
     // that the one the results did not land in is released at once.
-    Tensor item_keys = torch::empty({n_items}, opts.dtype(at::kLong));
-    Tensor item_keys_alt = torch::empty({n_items}, opts.dtype(at::kLong));
-    Tensor item_values = torch::empty({packed ? 0 : n_items}, opts.dtype(at::kInt));
-    Tensor item_values_alt = torch::empty({packed ? 0 : n_items}, opts.dtype(at::kInt));
+    Tensor item_keys, item_keys_alt, item_values, item_values_alt;
     Tensor scratch = torch::empty({int64_t(svr::sort_scratch_bytes(n_items, n_entries, layout))}, opts.dtype(at::kByte));
-    const svr::SortedItems items = svr::sort_items(
-        layout, int(n), ptr<int64_t>(octree_paths), ptr<uint8_t>(octant_mask), ptr<int32_t>(item_offsets), n_items,
-        ptr<uint64_t>(item_keys), ptr<uint64_t>(item_keys_alt), ptr<uint32_t>(item_values),
-        ptr<uint32_t>(item_values_alt), scratch.data_ptr(), size_t(scratch.numel()), stream);
+    svr::SortedItems items;
+    Tensor entry_offsets = torch::empty({n_items}, opts.dtype(at::kInt));
+    if (ranked) {
+        if (!bitmap.defined()) mark_ranked_items();
+        item_values = torch::empty({n_items}, opts.dtype(at::kInt));
+        items = svr::place_ranked_items(int(n), ptr<int32_t>(*ranks), ptr<uint8_t>(octant_mask),
+                                        ptr<int32_t>(item_tiles), ptr<uint32_t>(bitmap), ptr<int32_t>(word_offsets),
+                                        ptr<uint32_t>(item_values), ptr<int32_t>(entry_offsets), stream);
+    } else {
+        if (!item_offsets.defined()) scan_item_offsets();  // the bet on the ranks was lost
+        item_keys = torch::empty({n_items}, opts.dtype(at::kLong));
+        item_keys_alt = torch::empty({n_items}, opts.dtype(at::kLong));
+        item_values = torch::empty({packed ? 0 : n_items}, opts.dtype(at::kInt));
+        item_values_alt = torch::empty({packed ? 0 : n_items}, opts.dtype(at::kInt));
+        items = svr::sort_items(layout, int(n), ptr<int64_t>(octree_paths), ptr<uint8_t>(octant_mask),
+                                ptr<int32_t>(item_offsets), n_items, ptr<uint64_t>(item_keys),
+                                ptr<uint64_t>(item_keys_alt), ptr<uint32_t>(item_values),
+                                ptr<uint32_t>(item_values_alt), scratch.data_ptr(), size_t(scratch.numel()), stream);
+    }
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     // Buffers are released as soon as their last kernel is queued: the caching allocator hands
     // their memory on in stream order, and the frame's peak stays lower.
     item_offsets.reset();
+    bitmap.reset();
+    word_offsets.reset();
     octant_mask.reset();
-    (items.keys == ptr<uint64_t>(item_keys) ? item_keys_alt : item_keys).reset();
-    (items.values == ptr<uint32_t>(item_values) ? item_values_alt : item_values).reset();
+    if (!ranked) {
+        (items.keys == ptr<uint64_t>(item_keys) ? item_keys_alt : item_keys).reset();
+        (items.values == ptr<uint32_t>(item_values) ? item_values_alt : item_values).reset();
+    }
 
-    Tensor entry_offsets = torch::empty({n_items}, opts.dtype(at::kInt));
     Tensor keys = torch::empty({n_entries}, opts.dtype(at::kInt));
     Tensor values = torch::empty({n_entries}, opts.dtype(at::kInt));
     Tensor wide = torch::empty({c[svr::COUNT_WIDE]}, opts.dtype(at::kInt));
@@ -204,6 +248,9 @@ std::vector<Tensor> rasterize_preprocess(const std::vector<double>& camera, cons
     item_values_alt.reset();
     entry_offsets.reset();
     wide.reset();
+    // Where the rectangles ride in the keys, the tile ranges do not read the voxels' (the
+    // frame's peak is the entry sort's double buffers).
+    if (layout.rect_in_key()) pixel_rect.reset();
     Tensor keys_alt = torch::empty({n_entries}, opts.dtype(at::kInt));
     Tensor values_alt = torch::empty({n_entries}, opts.dtype(at::kInt));
     Tensor ranges = torch::empty({n_tiles, 2}, opts.dtype(at::kInt));
@@ -219,8 +266,9 @@ std::vector<Tensor> rasterize_preprocess(const std::vector<double>& camera, cons
     keys.reset();
     keys_alt.reset();
     Tensor entry_rects = torch::empty({n_entries}, opts.dtype(at::kShort));
-    svr::identify_tile_ranges(n_entries, cam.tiles_x(), n_tiles, layout, sorted, ptr<short4>(pixel_rect),
-                              ptr<uint16_t>(entry_rects), ptr<int2>(ranges), stream);
+    svr::identify_tile_ranges(n_entries, cam.tiles_x(), n_tiles, layout, sorted,
+                              pixel_rect.defined() ? ptr<short4>(pixel_rect) : nullptr, ptr<uint16_t>(entry_rects),
+                              ptr<int2>(ranges), stream);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     sorted_keys.reset();
     pixel_rect.reset();
@@ -234,7 +282,29 @@ std::vector<Tensor> rasterize_preprocess(const std::vector<double>& camera, cons
     svr::select_in_view(int(n), ptr<int32_t>(item_tiles), ptr<int64_t>(in_view), select_scratch.data_ptr(),
                         size_t(select_scratch.numel()), stream);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
-    return {in_view, ranges, entries, entry_rects, tile_order, row_masks, position};
+    return {{in_view, ranges, entries, entry_rects, tile_order, row_masks, position}, c[svr::PATHS_FINGERPRINT]};
+}
+
+// The cached octant ranks of octree_paths [N, 1] (rasterizer.h): int32 [4, N], or [0, N] where
+// the paths are not distinct or not all within the 16 levels (the frames sort then).
+Tensor octant_ranks(const Tensor& octree_paths) {
+    TORCH_CHECK_VALUE(octree_paths.is_cuda(),
+                      text("octree_paths: expected a CUDA tensor, got one on ", octree_paths.device()));
+    const c10::cuda::CUDAGuard guard(octree_paths.device());
+    const int64_t n = octree_paths.size(0);
+    TORCH_CHECK_VALUE(n <= MAX_VOXELS, text("octree_paths: at most ", MAX_VOXELS, " voxels are supported, got ", n));
+    check_tensor(octree_paths, "octree_paths", at::kLong, {n, 1}, octree_paths);
+    const auto opts = octree_paths.options();
+    Tensor ranks = torch::empty({4, n}, opts.dtype(at::kInt));
+    Tensor keys = torch::empty({2 * n}, opts);
+    Tensor ids = torch::empty({2 * n}, opts.dtype(at::kInt));
+    Tensor invalid = torch::empty({1}, opts.dtype(at::kInt));
+    Tensor scratch = torch::empty({int64_t(svr::octant_ranks_scratch_bytes(int(n)))}, opts.dtype(at::kByte));
+    const bool ok = svr::octant_ranks(int(n), ptr<int64_t>(octree_paths), ptr<int32_t>(ranks), ptr<uint64_t>(keys),
+                                      ptr<uint32_t>(ids), ptr<int>(invalid), scratch.data_ptr(),
+                                      size_t(scratch.numel()), c10::cuda::getCurrentCUDAStream());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    return ok ? ranks : ranks.narrow(0, 0, 0);
 }
 
 // Requested pixels grouped into warps of one tile, the tiles in `tile_order` (longest list
@@ -472,8 +542,11 @@ std::vector<Tensor> rasterize_topk(const std::vector<double>& camera, int64_t n_
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
     m.def("rasterize_preprocess", &rasterize_preprocess,
-          "preprocess, duplicateWithKeys, sort, identifyTileRanges -> [in_view, ranges, entries, entry_rects, "
-          "tile_order, row_masks, camera_position]");
+          "preprocess, duplicateWithKeys, sort, identifyTileRanges -> ([in_view, ranges, entries, entry_rects, "
+          "tile_order, row_masks, camera_position], paths fingerprint)",
+          py::arg("camera"), py::arg("octree_paths"), py::arg("vox_centers"), py::arg("vox_lengths"),
+          py::arg("pixels"), py::arg("ranks") = py::none(), py::arg("ranks_fingerprint") = 0);
+    m.def("octant_ranks", &octant_ranks, "an octree's cached octant ranks -> int32 [4, N] ([0, N]: not cacheable)");
     m.def("pixel_layout", &pixel_layout, "requested pixels grouped into warps -> [requests, warp_tiles, lane_requests]");
     m.def("rasterize_voxels", &rasterize_voxels,
           "forward render -> [color, depth, normal, T, max_w, aux, last] + (zero_gradients) the backward's zeroed "

@@ -52,7 +52,7 @@ struct ItemReader {
     SortedItems items;
     // Item i's entry value: octant << 29 | voxel id.
     __device__ __forceinline__ uint32_t value(int64_t i) const {
-        if (!layout.packed_items()) return items.values[i];
+        if (items.values) return items.values[i];
         const uint64_t key = items.keys[i];
         const uint32_t voxel = uint32_t(key) & ((1u << layout.voxel_bits) - 1u);
         return uint32_t(key >> layout.voxel_bits & 7u) << VOXEL_ID_BITS | voxel;
@@ -78,12 +78,13 @@ struct ItemEntries {
     }
 };
 
-struct OctantCount {
-    __host__ __device__ int operator()(uint8_t mask) const {
+// Set bits: the items of an octant mask, the items marked in a word of the ranks' bitmap.
+struct BitCount {
+    __host__ __device__ int operator()(uint32_t bits) const {
 #ifdef __CUDA_ARCH__
-        return __popc(mask);
+        return __popc(bits);
 #else
-        return __builtin_popcount(mask);
+        return __builtin_popcount(bits);
 #endif
     }
 };
@@ -309,13 +310,86 @@ tile_order_kernel(int n_tiles, const int2* __restrict__ ranges, const int* __res
         order[first_slot[bucket_rank.x] + bucket_rank.y] = int(blockIdx.x * blockDim.x + threadIdx.x);
 }
 
+// --- Cached octant ranks (rasterizer.h). Voxel v's rank in octant q's order.
+__device__ __forceinline__ uint32_t octant_rank(const int32_t* __restrict__ ranks, int n, int q, int v) {
+    return q < 4 ? uint32_t(ranks[int64_t(q) * n + v]) : uint32_t(n - 1 - ranks[int64_t(7 - q) * n + v]);
+}
+
+// Slots q * n + rank < 8 * MAX_VOXELS < 2^32.
+__device__ __forceinline__ uint32_t octant_slot(const int32_t* __restrict__ ranks, int n, int q, int v) {
+    return uint32_t(q) * uint32_t(n) + octant_rank(ranks, n, q, v);
+}
+
+// Adjacent voxels tend to have adjacent ranks (voxels stored in octree order: a warp's slots
+// of one octant fall in a word or two), and 32 atomics on one word queue behind each other
+// (0.096 ms at O6M): the lanes OR their bits over each run of lanes with the same word first,
+// and the run's first lane sets them.
+__global__ void mark_ranked_kernel(int n, const int32_t* __restrict__ ranks, const uint8_t* __restrict__ octant_mask,
+                                   uint32_t* __restrict__ bitmap) {
+    const int v = blockIdx.x * blockDim.x + threadIdx.x, lane = int(threadIdx.x & 31);
+    const uint32_t mask = v < n ? octant_mask[v] : 0u;
+    for (int q = 0; q < 8; ++q) {
+        const bool has = mask >> q & 1u;
+        if (!__any_sync(FULL_MASK, has)) continue;
+        const uint32_t slot = has ? octant_slot(ranks, n, q, v) : 0u;
+        const uint32_t word = has ? slot / 32 : ~0u;
+        uint32_t bits = has ? 1u << (slot % 32) : 0u;
+        // After the step of distance d, a lane holds the bits of its run's lanes up to 2d - 1 ahead.
+#pragma unroll
+        for (int d = 1; d < 32; d <<= 1) {
+            const uint32_t ahead_word = __shfl_down_sync(FULL_MASK, word, d);
+            const uint32_t ahead_bits = __shfl_down_sync(FULL_MASK, bits, d);
+            if (lane + d < 32 && ahead_word == word) bits |= ahead_bits;
+        }
+        const uint32_t behind_word = __shfl_up_sync(FULL_MASK, word, 1);
+        if (has && (lane == 0 || behind_word != word)) atomicOr(&bitmap[word], bits);
+    }
+}
+
+__global__ void place_ranked_kernel(int n, const int32_t* __restrict__ ranks, const uint8_t* __restrict__ octant_mask,
+                                    const int32_t* __restrict__ item_tiles, const uint32_t* __restrict__ bitmap,
+                                    const int32_t* __restrict__ word_offsets, uint32_t* __restrict__ values,
+                                    int32_t* __restrict__ tiles) {
+    const int v = blockIdx.x * blockDim.x + threadIdx.x;
+    if (v >= n) return;
+    const uint32_t octants = octant_mask[v];
+    if (!octants) return;
+    const int count = item_tiles[v];
+    for (uint32_t mask = octants; mask; mask &= mask - 1) {
+        const int q = __ffs(mask) - 1;
+        const uint32_t slot = octant_slot(ranks, n, q, v), word = slot / 32;
+        const int at = word_offsets[word] + __popc(bitmap[word] & ((1u << (slot % 32)) - 1u));
+        values[at] = uint32_t(q) << VOXEL_ID_BITS | uint32_t(v);
+        tiles[at] = count;
+    }
+}
+
+// Building the ranks: the keys of octant q with the voxel ids, then (sorted) each id's place.
+__global__ void octant_keys_kernel(int n, int q, const int64_t* __restrict__ octpaths, uint64_t* __restrict__ keys,
+                                   uint32_t* __restrict__ ids, int* __restrict__ invalid) {
+    const int v = blockIdx.x * blockDim.x + threadIdx.x;
+    if (v >= n) return;
+    const uint64_t path = uint64_t(octpaths[v]);
+    if (path >> RANK_BITS) *invalid = 1;  // the sort below orders the rank bits alone
+    keys[v] = order_rank(path, q);
+    ids[v] = uint32_t(v);
+}
+
+__global__ void octant_ranks_kernel(int n, const uint64_t* __restrict__ keys, const uint32_t* __restrict__ ids,
+                                    int32_t* __restrict__ ranks, int* __restrict__ invalid) {
+    const int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n) return;
+    if (i > 0 && keys[i] == keys[i - 1]) *invalid = 1;  // equal paths: ties, left to the sort
+    ranks[ids[i]] = i;
+}
+
 }  // namespace
 
-KeyLayout::KeyLayout(int n_tiles, int used_levels, int n_voxels)
+KeyLayout::KeyLayout(int n_tiles, int used_levels, int n_voxels, bool ranked_items)
     : rank_bits(3 * used_levels), tile_bits(bits_for(n_tiles)), voxel_bits(bits_for(n_voxels)) {
     // The bits the entry sort's 8-bit digits cover anyway, within the key's room for the order.
     const int covered = std::min((tile_bits + 7) / 8 * 8, rect_in_key() ? ENTRY_RECT_SHIFT : 32);
-    split_bits = std::min(rank_bits, covered - tile_bits);
+    split_bits = ranked_items ? 0 : std::min(rank_bits, covered - tile_bits);
 }
 
 // CUB is always given at least one bit to sort (a layout can have zero).
@@ -323,7 +397,7 @@ int sort_bits(int bits) { return bits > 0 ? bits : 1; }
 // The packed items' rank bits sit above the octant and voxel id.
 int item_begin_bit(const KeyLayout& layout) { return layout.packed_items() ? 3 + layout.voxel_bits : 0; }
 
-auto octant_counts(const uint8_t* octant_mask) { return thrust::make_transform_iterator(octant_mask, OctantCount{}); }
+auto octant_counts(const uint8_t* octant_mask) { return thrust::make_transform_iterator(octant_mask, BitCount{}); }
 auto item_entries(const KeyLayout& layout, const SortedItems& items, const int32_t* item_tiles) {
     return thrust::make_transform_iterator(thrust::counting_iterator<int64_t>(0),
                                            ItemEntries{ItemReader{layout, items}, item_tiles});
@@ -342,7 +416,7 @@ void item_offsets(int n_voxels, const uint8_t* octant_mask, int32_t* offsets, vo
 }
 
 size_t sort_scratch_bytes(int64_t n_items, int64_t n_entries, const KeyLayout& layout) {
-    size_t items = 0, scan = 0, entries = 0;
+    size_t items = 0, scan = 0, ranked_scan = 0, entries = 0;
     const int bits = sort_bits(layout.item_bits()), begin = item_begin_bit(layout);
     cub::DoubleBuffer<uint64_t> item_keys(nullptr, nullptr);
     cub::DoubleBuffer<uint32_t> words(nullptr, nullptr), values(nullptr, nullptr);
@@ -351,8 +425,9 @@ size_t sort_scratch_bytes(int64_t n_items, int64_t n_entries, const KeyLayout& l
     else
         cub::DeviceRadixSort::SortPairs(nullptr, items, item_keys, values, int(n_items), 0, bits);
     cub::DeviceScan::InclusiveSum(nullptr, scan, item_entries(layout, {}, nullptr), (int32_t*)nullptr, int(n_items));
+    cub::DeviceScan::InclusiveSum(nullptr, ranked_scan, (int32_t*)nullptr, int(n_items));
     cub::DeviceRadixSort::SortPairs(nullptr, entries, words, values, int(n_entries), 0, sort_bits(layout.entry_bits()));
-    return std::max({items, scan, entries});
+    return std::max({items, scan, ranked_scan, entries});
 }
 
 SortedItems sort_items(const KeyLayout& layout, int n_voxels, const int64_t* octpaths, const uint8_t* octant_mask,
@@ -375,14 +450,73 @@ SortedItems sort_items(const KeyLayout& layout, int n_voxels, const int64_t* oct
     return {sorted_keys.Current(), sorted_values.Current()};
 }
 
+int64_t ranked_words(int n_voxels) { return (int64_t(n_voxels) * 8 + 31) / 32; }
+
+auto bit_counts(const uint32_t* bitmap) { return thrust::make_transform_iterator(bitmap, BitCount{}); }
+
+size_t ranked_scratch_bytes(int n_voxels) {
+    size_t bytes = 0;
+    cub::DeviceScan::ExclusiveSum(nullptr, bytes, bit_counts(nullptr), (int32_t*)nullptr, int(ranked_words(n_voxels)));
+    return bytes;
+}
+
+void mark_ranked_items(int n_voxels, const int32_t* ranks, const uint8_t* octant_mask, uint32_t* bitmap,
+                       int32_t* word_offsets, void* scratch, size_t scratch_bytes, cudaStream_t stream) {
+    if (n_voxels == 0) return;
+    const int words = int(ranked_words(n_voxels));
+    cudaMemsetAsync(bitmap, 0, sizeof(uint32_t) * words, stream);
+    mark_ranked_kernel<<<grid_for(n_voxels, 256), 256, 0, stream>>>(n_voxels, ranks, octant_mask, bitmap);
+    cub::DeviceScan::ExclusiveSum(scratch, scratch_bytes, bit_counts(bitmap), word_offsets, words, stream);
+}
+
+SortedItems place_ranked_items(int n_voxels, const int32_t* ranks, const uint8_t* octant_mask,
+                               const int32_t* item_tiles, const uint32_t* bitmap, const int32_t* word_offsets,
+                               uint32_t* values, int32_t* entry_offsets, cudaStream_t stream) {
+    if (n_voxels > 0)
+        place_ranked_kernel<<<grid_for(n_voxels, 256), 256, 0, stream>>>(n_voxels, ranks, octant_mask, item_tiles,
+                                                                         bitmap, word_offsets, values, entry_offsets);
+    return {nullptr, values};
+}
+
+size_t octant_ranks_scratch_bytes(int n_voxels) {
+    size_t bytes = 0;
+    cub::DoubleBuffer<uint64_t> keys(nullptr, nullptr);
+    cub::DoubleBuffer<uint32_t> ids(nullptr, nullptr);
+    cub::DeviceRadixSort::SortPairs(nullptr, bytes, keys, ids, n_voxels, 0, RANK_BITS);
+    return bytes;
+}
+
+bool octant_ranks(int n_voxels, const int64_t* octpaths, int32_t* ranks, uint64_t* keys, uint32_t* ids,
+                  int* invalid, void* scratch, size_t scratch_bytes, cudaStream_t stream) {
+    const size_t n = size_t(n_voxels);
+    cudaMemsetAsync(invalid, 0, sizeof(int), stream);
+    const int grid = grid_for(n_voxels, 256);
+    for (int q = 0; q < 4 && n_voxels > 0; ++q) {
+        octant_keys_kernel<<<grid, 256, 0, stream>>>(n_voxels, q, octpaths, keys, ids, invalid);
+        cub::DoubleBuffer<uint64_t> sorted_keys(keys, keys + n);
+        cub::DoubleBuffer<uint32_t> sorted_ids(ids, ids + n);
+        cub::DeviceRadixSort::SortPairs(scratch, scratch_bytes, sorted_keys, sorted_ids, n_voxels, 0, RANK_BITS,
+                                        stream);
+        octant_ranks_kernel<<<grid, 256, 0, stream>>>(n_voxels, sorted_keys.Current(), sorted_ids.Current(),
+                                                      ranks + q * n, invalid);
+    }
+    int host_invalid = 0;
+    cudaMemcpyAsync(&host_invalid, invalid, sizeof(int), cudaMemcpyDeviceToHost, stream);
+    cudaStreamSynchronize(stream);
+    return host_invalid == 0;
+}
+
 void duplicate_with_keys(const Camera& cam, const RequestedPixels& requests, const KeyLayout& layout,
                          int64_t n_items, const SortedItems& items, const short4* pixel_rect,
                          const int32_t* item_tiles, int32_t* entry_offsets, int n_wide, int32_t* wide,
                          unsigned long long* wide_cursor, uint32_t* keys, uint32_t* values, void* scratch,
                          size_t scratch_bytes, cudaStream_t stream) {
     if (n_items == 0) return;
-    cub::DeviceScan::InclusiveSum(scratch, scratch_bytes, item_entries(layout, items, item_tiles), entry_offsets,
-                                  int(n_items), stream);
+    if (items.keys)
+        cub::DeviceScan::InclusiveSum(scratch, scratch_bytes, item_entries(layout, items, item_tiles), entry_offsets,
+                                      int(n_items), stream);
+    else  // placed by ranks: entry_offsets holds the items' tile counts, in order
+        cub::DeviceScan::InclusiveSum(scratch, scratch_bytes, entry_offsets, int(n_items), stream);
     const EntryWriter writer{layout, keys, values};
     const WideList list{wide, wide_cursor};
     const ItemReader reader{layout, items};

@@ -16,6 +16,16 @@ __device__ __forceinline__ uint64_t order_rank(uint64_t octpath, int quadrant) {
     return octpath ^ (uint64_t(quadrant) * OCTANT_REPEAT);
 }
 
+// Voxel v's term of PATHS_FINGERPRINT (a sum over the voxels, modulo 2^64): splitmix64's
+// finaliser of the path mixed with its index, so that any changed path, a swap of two
+// paths or a different voxel count changes the sum but with a chance of 2^-64.
+__device__ __forceinline__ uint64_t path_fingerprint(uint64_t octpath, int v) {
+    uint64_t x = octpath ^ (uint64_t(v) * 0x9e3779b97f4a7c15ull);
+    x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
+    x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
+    return x ^ (x >> 31);
+}
+
 constexpr unsigned FULL_MASK = 0xffffffffu;
 
 // Sum of `value` over the lanes up to this one (a full warp).

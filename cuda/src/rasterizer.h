@@ -51,6 +51,7 @@ enum FrameCount {
     COUNT_OUTSIDE_REQUESTS,  // requested pixels outside the image (sparse rendering; an error)
     COUNT_ITEMS,             // (voxel, octant) items of the voxels with entries
     COUNT_WIDE,              // items whose voxel spans more than WIDE_CANDIDATES tiles
+    PATHS_FINGERPRINT,       // a 64-bit hash of all octpaths and their indices: are cached ranks current?
     WIDE_CURSOR,             // not read: duplicate_with_keys' cursor in its list of wide voxels
     N_FRAME_COUNTS
 };
@@ -82,9 +83,9 @@ void assign_warps(int n_tiles, int n_requests, const int32_t* tile_order, const 
 // rectangle within its tile, written by identify_tile_ranges), octant mask (of the octants
 // its entries are for; 0 when culled) and number of tiles each of its octants gets an entry
 // in (0 when culled); the frame counts COUNT_ENTRIES, COUNT_USED_LEVELS, COUNT_IN_VIEW,
-// COUNT_ITEMS and COUNT_WIDE; and camera_position[3], the c2w translation (vox_fn's argument: on
-// the device without a host-to-device copy, which would wait for the GPU's queue, nor a
-// launch of its own).
+// COUNT_ITEMS, COUNT_WIDE and PATHS_FINGERPRINT (over every voxel, culled or not); and
+// camera_position[3], the c2w translation (vox_fn's argument: on the device without a
+// host-to-device copy, which would wait for the GPU's queue, nor a launch of its own).
 void preprocess(const Camera& cam, const RequestedPixels& requests, int n_voxels, const int64_t* octpaths,
                 const float* centers, const float* lengths, short4* pixel_rect, uint8_t* octant_mask,
                 int32_t* item_tiles, unsigned long long* counts, float* camera_position, cudaStream_t stream);
@@ -119,8 +120,8 @@ struct KeyLayout {
     int rank_bits;   // 3 * used_levels: the unused levels at the bottom of the octpaths are zero in every path
     int tile_bits;
     int voxel_bits;  // of the largest voxel id
-    int split_bits;  // the rank's top bits, sorted with the tile
-    KeyLayout(int n_tiles, int used_levels, int n_voxels);
+    int split_bits;  // the rank's top bits, sorted with the tile (none when the items are placed by cached ranks)
+    KeyLayout(int n_tiles, int used_levels, int n_voxels, bool ranked_items);
     // Rank, octant and voxel id in one item key (else the rank alone, with the entry value beside).
     SVR_HOST_DEVICE bool packed_items() const { return rank_bits + 3 + voxel_bits <= 64; }
     SVR_HOST_DEVICE bool rect_in_key() const { return tile_bits <= ENTRY_RECT_SHIFT; }
@@ -132,7 +133,8 @@ struct KeyLayout {
 size_t item_offsets_scratch_bytes(int n_voxels);
 void item_offsets(int n_voxels, const uint8_t* octant_mask, int32_t* offsets, void* scratch, size_t scratch_bytes,
                   cudaStream_t stream);
-// The items sorted by rank: `keys` (packed) or `keys` and `values` (octant << 29 | voxel id).
+// The items sorted by rank: `keys` (packed), or `values` (octant << 29 | voxel id) with
+// `keys` beside them (not packed) or without (placed by cached ranks).
 struct SortedItems {
     const uint64_t* keys;
     const uint32_t* values;  // null when packed
@@ -146,8 +148,35 @@ SortedItems sort_items(const KeyLayout& layout, int n_voxels, const int64_t* oct
                        const int32_t* item_offsets, int64_t n_items, uint64_t* keys, uint64_t* keys_alt,
                        uint32_t* values, uint32_t* values_alt, void* scratch, size_t scratch_bytes,
                        cudaStream_t stream);
+// Stage 2b with cached octant ranks, no sort. The eight front-to-back orders of an octree's
+// voxels (ascending order_rank for each ray octant) do not depend on the camera: ranks[q][v],
+// q = 0..3, is voxel v's position in order q, and order 7 - q is order q reversed (the
+// complement of every key). They are built once per octree (octant_ranks) and found current
+// by PATHS_FINGERPRINT. A frame then marks each item's slot q * n + rank in a bitmap of 8n
+// bits, scans the words' bit counts, and writes each item at its slot's place among the set
+// bits: the items in (octant, rank) order, each octant's in the order the sort gives (ties
+// cannot occur: the cache is built only for distinct paths). The entries' key then holds the
+// tile alone (KeyLayout's ranked_items).
+// octant_ranks: ranks [4, n] of distinct octpaths in [0, 2^48); false (ranks unset) otherwise.
+// Buffers: keys [2n], ids [2n], invalid [1], scratch of octant_ranks_scratch_bytes(n) (CUB's);
+// it waits for the GPU (built once per octree).
+size_t octant_ranks_scratch_bytes(int n_voxels);
+bool octant_ranks(int n_voxels, const int64_t* octpaths, int32_t* ranks, uint64_t* keys, uint32_t* ids,
+                  int* invalid, void* scratch, size_t scratch_bytes, cudaStream_t stream);
+// The frame's part before its counts are known (queued while the host waits for them): the
+// bitmap ([ranked_words(n)], zeroed here) and the words' exclusive bit-count scan.
+int64_t ranked_words(int n_voxels);
+size_t ranked_scratch_bytes(int n_voxels);
+void mark_ranked_items(int n_voxels, const int32_t* ranks, const uint8_t* octant_mask, uint32_t* bitmap,
+                       int32_t* word_offsets, void* scratch, size_t scratch_bytes, cudaStream_t stream);
+// Then the items, octant << 29 | voxel id, in order into values[COUNT_ITEMS], and their tile
+// counts (item_tiles of their voxels) into entry_offsets, which duplicate_with_keys scans in place.
+SortedItems place_ranked_items(int n_voxels, const int32_t* ranks, const uint8_t* octant_mask,
+                               const int32_t* item_tiles, const uint32_t* bitmap, const int32_t* word_offsets,
+                               uint32_t* values, int32_t* entry_offsets, cudaStream_t stream);
 // Stage 2c (duplicateWithKeys): item i's entries, one per tile of item_tiles[its voxel], at
-// entry_offsets[i] - that count (entry_offsets: [n_items] scratch, filled here by a scan).
+// entry_offsets[i] - that count (entry_offsets: [n_items], filled here by a scan of the items'
+// tile counts: gathered, or for items placed by ranks, the counts it holds).
 // `wide` holds the frame's COUNT_WIDE item indices (listed in any order: each item's entries
 // have their place), `wide_cursor` is zero.
 void duplicate_with_keys(const Camera& cam, const RequestedPixels& requests, const KeyLayout& layout,

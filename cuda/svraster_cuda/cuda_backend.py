@@ -75,13 +75,52 @@ def camera_position(settings, state, device):
     return state.camera_position
 
 
+class OctantRanks(NamedTuple):
+    fingerprint: int      # PATHS_FINGERPRINT of the octpaths they were built for
+    ranks: torch.Tensor   # int32 [4, N], or None where the paths cannot be cached (not distinct)
+
+
+# Cached octant ranks (rasterizer.h): one octree per device, built when a frame's octpaths
+# have the fingerprint of the previous frame's (so that one-off renders never pay the build),
+# or at once with SVRASTER_OCTANT_RANKS=eager; =off never builds them.
+_octant_ranks = {}
+_last_fingerprint = {}
+
+
+def release_octant_ranks():
+    """Frees the cached octant ranks of every device (16 bytes a voxel of the last octree
+    rendered twice in a row); the next frames build them again."""
+    _octant_ranks.clear()
+    _last_fingerprint.clear()
+
+
+def _octant_ranks_policy():
+    policy = os.environ.get("SVRASTER_OCTANT_RANKS", "auto")
+    if policy not in ("auto", "eager", "off"):
+        raise ValueError(f"SVRASTER_OCTANT_RANKS: expected auto, eager or off, got {policy!r}")
+    return policy
+
+
 def rasterize_preprocess(settings, camera, octree_paths, vox_centers, vox_lengths, pixels=None):
     """`camera`: validation.camera_args(settings), computed once by the caller. With `pixels`
     (int64 [P, 2]), only the tiles holding them; pixels outside the image raise ValueError
     (checked in the frame's one device read)."""
-    in_view, ranges, entries, entry_rects, tile_order, row_masks, position = _load().rasterize_preprocess(
-        camera, octree_paths.contiguous(), vox_centers.contiguous(), vox_lengths.contiguous(),
-        None if pixels is None else pixels.contiguous())
+    policy = _octant_ranks_policy()
+    device = vox_centers.device
+    cached = _octant_ranks.get(device) if policy != "off" else None
+    usable = cached is not None and cached.ranks is not None and cached.ranks.shape[1] == len(vox_centers)
+    paths = octree_paths.contiguous()
+    outputs, fingerprint = _load().rasterize_preprocess(
+        camera, paths, vox_centers.contiguous(), vox_lengths.contiguous(),
+        None if pixels is None else pixels.contiguous(), cached.ranks if usable else None,
+        cached.fingerprint if usable else 0)
+    in_view, ranges, entries, entry_rects, tile_order, row_masks, position = outputs
+    if policy != "off" and not (cached is not None and cached.fingerprint == fingerprint):
+        if policy == "eager" or _last_fingerprint.get(device) == fingerprint:
+            _octant_ranks.pop(device, None)  # its memory goes to the new ones
+            ranks = _load().octant_ranks(paths)
+            _octant_ranks[device] = OctantRanks(fingerprint, ranks if len(ranks) else None)
+        _last_fingerprint[device] = fingerprint
     return in_view, CudaState(camera, ranges, entries, entry_rects, tile_order, position,
                               None if pixels is None else row_masks)
 

@@ -7,16 +7,20 @@ extension when it is there; everything else uses the PyTorch reference (same res
 Beyond upstream: `intersect_voxels` keeps preprocess/sort/tile ranges of one camera as a
 `TileIntersections` for reuse, `rasterize_voxels_sparse` renders a list of pixels (only the
 tiles holding them are processed), and `topk_contributors` lists each pixel's k voxels of
-largest blending weight."""
+largest blending weight. The CUDA path caches the octant orders of the octree it renders
+(16 bytes a voxel; `release_octant_ranks` frees them, SVRASTER_OCTANT_RANKS=off never builds
+them: see docs/limits.md)."""
 from typing import NamedTuple
 
 import torch
 
 from . import backend, meta, validation
+from .cuda_backend import release_octant_ranks
 from .params import GatherGeoParams, SH_eval
 
 __all__ = ["RasterSettings", "rasterize_voxels", "_RasterizeVoxels", "GatherGeoParams", "SH_eval",
-           "TileIntersections", "intersect_voxels", "rasterize_voxels_sparse", "topk_contributors"]
+           "TileIntersections", "intersect_voxels", "rasterize_voxels_sparse", "topk_contributors",
+           "release_octant_ranks"]
 
 
 class RasterSettings(NamedTuple):
