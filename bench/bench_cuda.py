@@ -236,9 +236,12 @@ def sparse_queries(name, width, height, fraction=0.01, k=8, profile=False):
     inter = intersect_voxels(s, *voxels)
 
     def sparse(intersections=None, backward=False, px=pixels):
-        if backward:
-            clear_grads(params)
-        color, _, _, T, _ = rasterize_voxels_sparse(s, *voxels, lambda *a: params, px, intersections=intersections)
+        # A forward without backward runs under no_grad, as the dense forward does: in grad mode
+        # it would also zero the backward's gradient buffers (0.09 ms at 6M voxels).
+        clear_grads(params)
+        with torch.set_grad_enabled(backward):
+            color, _, _, T, _ = rasterize_voxels_sparse(s, *voxels, lambda *a: params, px,
+                                                        intersections=intersections)
         if backward:
             (color.sum() + T.sum()).backward()
 
