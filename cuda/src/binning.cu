@@ -379,7 +379,8 @@ __global__ void octant_ranks_kernel(int n, const uint64_t* __restrict__ keys, co
                                     int32_t* __restrict__ ranks, int* __restrict__ invalid) {
     const int i = blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= n) return;
-    if (i > 0 && keys[i] == keys[i - 1]) *invalid = 1;  // equal paths: ties, left to the sort
+    // Equal paths tie, and ties go in voxel order, which order 7 - q reversed would not keep.
+    if (i > 0 && keys[i] == keys[i - 1]) *invalid = 1;
     ranks[ids[i]] = i;
 }
 
