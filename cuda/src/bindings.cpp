@@ -82,6 +82,16 @@ T* ptr(const Tensor& t) { return t.numel() ? reinterpret_cast<T*>(t.data_ptr()) 
 
 using ULL = unsigned long long;
 
+// The voxel count of `t` ([N, ...]), which must be a CUDA tensor (checked first: the caller's
+// device guard takes its device) of at most MAX_VOXELS rows.
+int64_t voxel_count(const Tensor& t, const char* name) {
+    TORCH_CHECK_VALUE(t.is_cuda(), text(name, ": expected a CUDA tensor, got one on ", t.device()));
+    TORCH_CHECK_VALUE(t.dim() >= 1, text(name, ": expected a tensor of shape [N, ...], got ", t.sizes()));
+    const int64_t n = t.size(0);
+    TORCH_CHECK_VALUE(n <= MAX_VOXELS, text(name, ": at most ", MAX_VOXELS, " voxels are supported, got ", n));
+    return n;
+}
+
 // Requested pixels of a sparse render: int64 [P, 2] of (row, col).
 void check_pixels(const Tensor& pixels, const Tensor& like) {
     check_tensor(pixels, "pixels", at::kLong, {-1, 2}, like);
@@ -108,11 +118,8 @@ std::tuple<std::vector<Tensor>, int64_t> rasterize_preprocess(const std::vector<
                                                               const std::optional<Tensor>& pixels,
                                                               const std::optional<Tensor>& ranks,
                                                               int64_t ranks_fingerprint) {
-    TORCH_CHECK_VALUE(vox_centers.is_cuda(),
-                      text("vox_centers: expected a CUDA tensor, got one on ", vox_centers.device()));
+    const int64_t n = voxel_count(vox_centers, "vox_centers");
     const c10::cuda::CUDAGuard guard(vox_centers.device());
-    const int64_t n = vox_centers.size(0);
-    TORCH_CHECK_VALUE(n <= MAX_VOXELS, text("vox_centers: at most ", MAX_VOXELS, " voxels are supported, got ", n));
     check_tensor(vox_centers, "vox_centers", at::kFloat, {n, 3}, vox_centers);
     check_tensor(octree_paths, "octree_paths", at::kLong, {n, 1}, vox_centers);
     check_tensor(vox_lengths, "vox_lengths", at::kFloat, {n, 1}, vox_centers);
@@ -288,11 +295,8 @@ std::tuple<std::vector<Tensor>, int64_t> rasterize_preprocess(const std::vector<
 // The cached octant ranks of octree_paths [N, 1] (rasterizer.h): int32 [4, N], or [0, N] where
 // the paths are not distinct or not all within the 16 levels (the frames sort then).
 Tensor octant_ranks(const Tensor& octree_paths) {
-    TORCH_CHECK_VALUE(octree_paths.is_cuda(),
-                      text("octree_paths: expected a CUDA tensor, got one on ", octree_paths.device()));
+    const int64_t n = voxel_count(octree_paths, "octree_paths");
     const c10::cuda::CUDAGuard guard(octree_paths.device());
-    const int64_t n = octree_paths.size(0);
-    TORCH_CHECK_VALUE(n <= MAX_VOXELS, text("octree_paths: at most ", MAX_VOXELS, " voxels are supported, got ", n));
     check_tensor(octree_paths, "octree_paths", at::kLong, {n, 1}, octree_paths);
     const auto opts = octree_paths.options();
     Tensor ranks = torch::empty({4, n}, opts.dtype(at::kInt));

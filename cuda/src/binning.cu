@@ -365,12 +365,13 @@ __global__ void place_ranked_kernel(int n, const int32_t* __restrict__ ranks, co
 }
 
 // Building the ranks: the keys of octant q with the voxel ids, then (sorted) each id's place.
+// Whether the paths can be cached is checked with octant 0's (`invalid` null for the others).
 __global__ void octant_keys_kernel(int n, int q, const int64_t* __restrict__ octpaths, uint64_t* __restrict__ keys,
                                    uint32_t* __restrict__ ids, int* __restrict__ invalid) {
     const int v = blockIdx.x * blockDim.x + threadIdx.x;
     if (v >= n) return;
     const uint64_t path = uint64_t(octpaths[v]);
-    if (path >> RANK_BITS) *invalid = 1;  // the sort below orders the rank bits alone
+    if (invalid && path >> RANK_BITS) *invalid = 1;  // the sort below orders the rank bits alone
     keys[v] = order_rank(path, q);
     ids[v] = uint32_t(v);
 }
@@ -380,7 +381,7 @@ __global__ void octant_ranks_kernel(int n, const uint64_t* __restrict__ keys, co
     const int i = blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= n) return;
     // Equal paths tie, and ties go in voxel order, which order 7 - q reversed would not keep.
-    if (i > 0 && keys[i] == keys[i - 1]) *invalid = 1;
+    if (invalid && i > 0 && keys[i] == keys[i - 1]) *invalid = 1;
     ranks[ids[i]] = i;
 }
 
@@ -493,13 +494,14 @@ bool octant_ranks(int n_voxels, const int64_t* octpaths, int32_t* ranks, uint64_
     cudaMemsetAsync(invalid, 0, sizeof(int), stream);
     const int grid = grid_for(n_voxels, 256);
     for (int q = 0; q < 4 && n_voxels > 0; ++q) {
-        octant_keys_kernel<<<grid, 256, 0, stream>>>(n_voxels, q, octpaths, keys, ids, invalid);
+        int* check = q == 0 ? invalid : nullptr;
+        octant_keys_kernel<<<grid, 256, 0, stream>>>(n_voxels, q, octpaths, keys, ids, check);
         cub::DoubleBuffer<uint64_t> sorted_keys(keys, keys + n);
         cub::DoubleBuffer<uint32_t> sorted_ids(ids, ids + n);
         cub::DeviceRadixSort::SortPairs(scratch, scratch_bytes, sorted_keys, sorted_ids, n_voxels, 0, RANK_BITS,
                                         stream);
         octant_ranks_kernel<<<grid, 256, 0, stream>>>(n_voxels, sorted_keys.Current(), sorted_ids.Current(),
-                                                      ranks + q * n, invalid);
+                                                      ranks + q * n, check);
     }
     int host_invalid = 0;
     cudaMemcpyAsync(&host_invalid, invalid, sizeof(int), cudaMemcpyDeviceToHost, stream);
