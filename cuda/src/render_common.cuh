@@ -300,13 +300,14 @@ struct NoFinish {
 // matrix), evaluating and compositing each at once, for as many steps as the busiest pixel has
 // candidates. A pair round costs more than two such steps: finding each lane's pair, passing
 // its result through shared memory, then each pixel compositing its pairs of the round one
-// after another while the others wait (the R scenes' candidates cover a few pixels each, and
-// the round's busiest pixel holds three or four of its 32 pairs: Nsight Compute counted three
-// compositing iterations per round). A group is walked per pixel where its pairs fill at least
-// PER_PIXEL_PERCENT of the busiest pixel's steps times 32 lanes (10, 25, 40 and 60 measured
-// alike; H100, 1080p: R6M forward render 1.14-1.23 -> 0.87-0.97 ms with reused intersections,
-// the O scenes unchanged: their long lists at silhouettes keep the pair walk). Same pairs, same
-// order, same operations: the pixels are unchanged bit for bit.
+// after another while the others wait (the R scenes' candidates cover a few pixels each: on
+// R6M, Nsight Compute counted three compositing iterations per round, about two and a half
+// pairs for the round's busiest pixel and a last test finding its next pair in a later round).
+// A group is walked per pixel where its pairs fill at least PER_PIXEL_PERCENT of the busiest
+// pixel's steps times 32 lanes (10, 25, 40 and 60 measured alike; H100, 1080p: R6M forward
+// render 1.14-1.23 -> 0.87-0.97 ms with reused intersections, the O scenes unchanged: their
+// long lists at silhouettes keep the pair walk). Same pairs, same order, same operations: the
+// pixels are unchanged bit for bit.
 constexpr int PER_PIXEL_PERCENT = 25;
 __device__ __forceinline__ bool walk_per_pixel(int count, uint32_t my_candidates) {
     const int total = int(__reduce_add_sync(FULL_MASK, unsigned(count)));
