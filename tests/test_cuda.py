@@ -479,3 +479,33 @@ def test_culling_matches_reference(cuda, seed):
             wide = area > cuda_backend._load().WIDE_CANDIDATES  # binning.cu: per (voxel, octant) item
             if subset is None or len(subset) > 1:
                 assert (binned & wide).any() and (binned & ~wide).any(), "the case must mix wide and narrow voxels"
+
+
+def test_negative_sizes_in_view_as_reference(cuda):
+    """Voxels of negative size (their values are checked only with RasterSettings.debug) are
+    never drawn. One whose extent on an axis holds the camera's coordinate there is reached by no
+    ray octant: it has no entries and is not in view, as in the reference; the others are in view
+    where their positive twins are (the quick cull bounds the box by its size's magnitude).
+    Before session 16 the kernels listed the former in view (by their tile count alone) and the
+    quick cull dropped some of the latter. Whole image and requested pixels."""
+    from svraster_cuda import meta, validation
+    from svraster_cuda.renderer import _intersect
+    octpath, _, centers, lengths = random_octree(4, max_level=4, split_prob=0.5, keep_prob=0.9)
+    lengths = -lengths
+    width, height = 64, 48
+    settings = make_settings((0.1, 0.05, -3.0), (0, 0, 0), width=width, height=height, fov_deg=60)
+    n_tiles = math.ceil(width / meta.TILE_SIZE) * math.ceil(height / meta.TILE_SIZE)
+    camera = validation.camera_args(settings)
+    pixels = torch.tensor([[3, 5], [20, 33], [40, 60], [24, 32]])
+    for subset in (None, pixels):
+        ref = _intersect(settings, camera, octpath, centers, lengths, subset)
+        got = _intersect(settings, camera, octpath.to(cuda), centers.to(cuda), lengths.to(cuda),
+                         None if subset is None else subset.to(cuda))
+        pre = ref.state.preprocessed
+        has_tiles = (pre.tile_rect[:, 2] >= pre.tile_rect[:, 0]) & (pre.tile_rect[:, 3] >= pre.tile_rect[:, 1])
+        assert (has_tiles & (pre.octant_mask == 0)).any(), "the case must hold voxels in the image reached by no octant"
+        in_view = torch.sort(got.in_view.cpu()).values
+        with_entries = torch.unique(got.state.entries.cpu().long() & ((1 << 29) - 1))
+        assert torch.equal(in_view, with_entries)
+        assert torch.equal(in_view, torch.sort(ref.in_view).values)
+        assert_same_lists(got, ref, n_tiles)

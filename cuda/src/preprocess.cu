@@ -49,7 +49,8 @@ __device__ __forceinline__ bool surely_culled(const Camera& cam, const Requested
                                               float near, float fx, float fy) {
     const float* m = cam.w2c;
     const float3 p = to_camera(cam, c);
-    const float grow = 1.001f * h + 1e-5f * (fabsf(c.x) + fabsf(c.y) + fabsf(c.z));
+    // |h|: a box of negative size has the corners of its positive twin (never drawn, but in view alike).
+    const float grow = 1.001f * fabsf(h) + 1e-5f * (fabsf(c.x) + fabsf(c.y) + fabsf(c.z));
     const float ex = grow * (fabsf(m[0]) + fabsf(m[1]) + fabsf(m[2])) + 1e-5f * fabsf(m[3]);
     const float ey = grow * (fabsf(m[4]) + fabsf(m[5]) + fabsf(m[6])) + 1e-5f * fabsf(m[7]);
     const float ez = grow * (fabsf(m[8]) + fabsf(m[9]) + fabsf(m[10])) + 1e-5f * fabsf(m[11]);
@@ -143,6 +144,9 @@ __device__ __forceinline__ VoxelFootprint preprocess_voxel(const Camera& cam, co
 #pragma unroll
     for (int q = 0; q < 8; ++q)
         if (((q & 4) ? neg[0] : pos[0]) && ((q & 2) ? neg[1] : pos[1]) && ((q & 1) ? neg[2] : pos[2])) mask |= 1u << q;
+    // No octant (only a box of negative size, never drawn): no entries, as in the reference,
+    // so that a voxel is in view exactly where its octant mask is not zero.
+    if (mask == 0) return out;
 
     const int4 rect = make_int4(x0, y0, x1, y1);
     const int n_tiles = tiles_binned(requests, cam.tiles_x(), rect, tile_rect(rect));
@@ -270,21 +274,23 @@ void preprocess(const Camera& cam, const RequestedPixels& requests, int n_voxels
                                                                camera_position);
 }
 
-// CUB's selection of the indices whose count is non-zero, in one pass (ATen's nonzero_static
-// took four kernels). The scratch holds CUB's temporary storage, then the number selected.
+// CUB's selection of the indices whose octant mask is not zero, in one pass (ATen's
+// nonzero_static took four kernels), reading a byte a voxel (the tile counts, four, are
+// released before the entry sort). The scratch holds CUB's temporary storage, then the number
+// selected.
 size_t in_view_scratch_bytes(int n_voxels) {
     size_t bytes = 0;
-    cub::DeviceSelect::Flagged(nullptr, bytes, thrust::counting_iterator<int64_t>(0), (const int32_t*)nullptr,
+    cub::DeviceSelect::Flagged(nullptr, bytes, thrust::counting_iterator<int64_t>(0), (const uint8_t*)nullptr,
                                (int64_t*)nullptr, (int64_t*)nullptr, n_voxels);
     return (bytes + sizeof(int64_t) - 1) / sizeof(int64_t) * sizeof(int64_t) + sizeof(int64_t);
 }
 
-void select_in_view(int n_voxels, const int32_t* item_tiles, int64_t* in_view, void* scratch, size_t scratch_bytes,
+void select_in_view(int n_voxels, const uint8_t* octant_mask, int64_t* in_view, void* scratch, size_t scratch_bytes,
                     cudaStream_t stream) {
     if (n_voxels == 0) return;
     size_t temp_bytes = scratch_bytes - sizeof(int64_t);
     int64_t* n_selected = reinterpret_cast<int64_t*>(static_cast<char*>(scratch) + temp_bytes);
-    cub::DeviceSelect::Flagged(scratch, temp_bytes, thrust::counting_iterator<int64_t>(0), item_tiles, in_view,
+    cub::DeviceSelect::Flagged(scratch, temp_bytes, thrust::counting_iterator<int64_t>(0), octant_mask, in_view,
                                n_selected, n_voxels, stream);
 }
 
