@@ -235,19 +235,21 @@ std::tuple<std::vector<Tensor>, int64_t> rasterize_preprocess(const std::vector<
     item_offsets.reset();
     bitmap.reset();
     word_offsets.reset();
-    octant_mask.reset();
     if (!ranked) {
         (items.keys == ptr<uint64_t>(item_keys) ? item_keys_alt : item_keys).reset();
         (items.values == ptr<uint32_t>(item_values) ? item_values_alt : item_values).reset();
     }
 
+    svr::scan_entry_offsets(layout, n_items, items, ptr<int32_t>(item_tiles), ptr<int32_t>(entry_offsets),
+                            scratch.data_ptr(), size_t(scratch.numel()), stream);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    item_tiles.reset();  // the in-view selection reads the octant masks
     Tensor keys = torch::empty({n_entries}, opts.dtype(at::kInt));
     Tensor values = torch::empty({n_entries}, opts.dtype(at::kInt));
     Tensor wide = torch::empty({c[svr::COUNT_WIDE]}, opts.dtype(at::kInt));
-    svr::duplicate_with_keys(cam, requests, layout, n_items, items, ptr<short4>(pixel_rect), ptr<int32_t>(item_tiles),
+    svr::duplicate_with_keys(cam, requests, layout, n_items, items, ptr<short4>(pixel_rect),
                              ptr<int32_t>(entry_offsets), int(wide.numel()), ptr<int32_t>(wide),
-                             counters + svr::WIDE_CURSOR, ptr<uint32_t>(keys), ptr<uint32_t>(values),
-                             scratch.data_ptr(), size_t(scratch.numel()), stream);
+                             counters + svr::WIDE_CURSOR, ptr<uint32_t>(keys), ptr<uint32_t>(values), stream);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     item_keys.reset();
     item_keys_alt.reset();
@@ -286,7 +288,7 @@ std::tuple<std::vector<Tensor>, int64_t> rasterize_preprocess(const std::vector<
     // Queued last: only vox_fn needs it (the GPU reaches it after the sort, the host at once).
     Tensor in_view = torch::empty({c[svr::COUNT_IN_VIEW]}, opts.dtype(at::kLong));
     Tensor select_scratch = torch::empty({int64_t(svr::in_view_scratch_bytes(int(n)))}, opts.dtype(at::kByte));
-    svr::select_in_view(int(n), ptr<int32_t>(item_tiles), ptr<int64_t>(in_view), select_scratch.data_ptr(),
+    svr::select_in_view(int(n), ptr<uint8_t>(octant_mask), ptr<int64_t>(in_view), select_scratch.data_ptr(),
                         size_t(select_scratch.numel()), stream);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     return {{in_view, ranges, entries, entry_rects, tile_order, row_masks, position}, c[svr::PATHS_FINGERPRINT]};

@@ -134,8 +134,7 @@ __device__ __forceinline__ int2 candidate(int4 r, int j) {
 template <bool SPARSE>
 __global__ void __launch_bounds__(DUPLICATE_BLOCK)
 duplicate_kernel(int n, int tiles_x, RequestedPixels requests, EntryWriter writer, WideList wide, ItemReader items,
-                 const short4* __restrict__ pixel_rect, const int32_t* __restrict__ item_tiles,
-                 const int32_t* __restrict__ offsets) {
+                 const short4* __restrict__ pixel_rect, const int32_t* __restrict__ offsets) {
     const int i = blockIdx.x * blockDim.x + threadIdx.x, lane = int(threadIdx.x & 31);
     // This lane's item: its entry value, pixel rectangle and candidate tiles; a wide item is
     // listed, and its entries are skipped in this warp's output.
@@ -147,7 +146,7 @@ duplicate_kernel(int n, int tiles_x, RequestedPixels requests, EntryWriter write
         split = items.split_rank(i);
         const int v = int(value & VOXEL_ID_MASK);
         p = widen(pixel_rect[v]);
-        count = item_tiles[v];
+        count = offsets[i] - (i > 0 ? offsets[i - 1] : 0);  // coalesced, where item_tiles[v] is a gather
         candidates = tile_area(tile_rect(p));
         if (candidates > WIDE_CANDIDATES) {
             wide.add(i);
@@ -197,8 +196,7 @@ duplicate_kernel(int n, int tiles_x, RequestedPixels requests, EntryWriter write
 template <bool SPARSE>
 __global__ void __launch_bounds__(DUPLICATE_BLOCK)
 wide_kernel(int n_wide, const int32_t* __restrict__ wide, int tiles_x, RequestedPixels requests, EntryWriter writer,
-            ItemReader items, const short4* __restrict__ pixel_rect, const int32_t* __restrict__ item_tiles,
-            const int32_t* __restrict__ offsets) {
+            ItemReader items, const short4* __restrict__ pixel_rect, const int32_t* __restrict__ offsets) {
     const int w = (blockIdx.x * blockDim.x + threadIdx.x) / 32, lane = int(threadIdx.x & 31);
     if (w >= n_wide) return;
     const int i = wide[w];
@@ -208,7 +206,7 @@ wide_kernel(int n_wide, const int32_t* __restrict__ wide, int tiles_x, Requested
     const int4 r = tile_rect(p);
     const bool exact = tile_area(r) <= MAX_EXACT_TILES;  // as preprocess counted
     const int candidates = tile_area(r);
-    int out = offsets[i] - item_tiles[v];
+    int out = i > 0 ? offsets[i - 1] : 0;
     const uint32_t lanes_below = (1u << lane) - 1u;
     for (int first = 0; first < candidates; first += 32) {
         const int j = first + lane;
@@ -509,17 +507,21 @@ bool octant_ranks(int n_voxels, const int64_t* octpaths, int32_t* ranks, uint64_
     return host_invalid == 0;
 }
 
-void duplicate_with_keys(const Camera& cam, const RequestedPixels& requests, const KeyLayout& layout,
-                         int64_t n_items, const SortedItems& items, const short4* pixel_rect,
-                         const int32_t* item_tiles, int32_t* entry_offsets, int n_wide, int32_t* wide,
-                         unsigned long long* wide_cursor, uint32_t* keys, uint32_t* values, void* scratch,
-                         size_t scratch_bytes, cudaStream_t stream) {
+void scan_entry_offsets(const KeyLayout& layout, int64_t n_items, const SortedItems& items, const int32_t* item_tiles,
+                        int32_t* entry_offsets, void* scratch, size_t scratch_bytes, cudaStream_t stream) {
     if (n_items == 0) return;
     if (items.keys)
         cub::DeviceScan::InclusiveSum(scratch, scratch_bytes, item_entries(layout, items, item_tiles), entry_offsets,
                                       int(n_items), stream);
     else  // placed by ranks: entry_offsets holds the items' tile counts, in order
         cub::DeviceScan::InclusiveSum(scratch, scratch_bytes, entry_offsets, int(n_items), stream);
+}
+
+void duplicate_with_keys(const Camera& cam, const RequestedPixels& requests, const KeyLayout& layout,
+                         int64_t n_items, const SortedItems& items, const short4* pixel_rect,
+                         const int32_t* entry_offsets, int n_wide, int32_t* wide, unsigned long long* wide_cursor,
+                         uint32_t* keys, uint32_t* values, cudaStream_t stream) {
+    if (n_items == 0) return;
     const EntryWriter writer{layout, keys, values};
     const WideList list{wide, wide_cursor};
     const ItemReader reader{layout, items};
@@ -527,17 +529,16 @@ void duplicate_with_keys(const Camera& cam, const RequestedPixels& requests, con
     const dim3 grid(grid_for(n, DUPLICATE_BLOCK)), wide_grid(grid_for(int64_t(n_wide) * 32, DUPLICATE_BLOCK));
     if (requests.tile_summary) {
         duplicate_kernel<true><<<grid, DUPLICATE_BLOCK, 0, stream>>>(n, cam.tiles_x(), requests, writer, list, reader,
-                                                                    pixel_rect, item_tiles, entry_offsets);
+                                                                    pixel_rect, entry_offsets);
         if (n_wide > 0)
             wide_kernel<true><<<wide_grid, DUPLICATE_BLOCK, 0, stream>>>(n_wide, wide, cam.tiles_x(), requests, writer,
-                                                                        reader, pixel_rect, item_tiles, entry_offsets);
+                                                                        reader, pixel_rect, entry_offsets);
     } else {
         duplicate_kernel<false><<<grid, DUPLICATE_BLOCK, 0, stream>>>(n, cam.tiles_x(), requests, writer, list,
-                                                                     reader, pixel_rect, item_tiles, entry_offsets);
+                                                                     reader, pixel_rect, entry_offsets);
         if (n_wide > 0)
             wide_kernel<false><<<wide_grid, DUPLICATE_BLOCK, 0, stream>>>(n_wide, wide, cam.tiles_x(), requests,
-                                                                         writer, reader, pixel_rect, item_tiles,
-                                                                         entry_offsets);
+                                                                         writer, reader, pixel_rect, entry_offsets);
     }
 }
 

@@ -89,10 +89,11 @@ void assign_warps(int n_tiles, int n_requests, const int32_t* tile_order, const 
 void preprocess(const Camera& cam, const RequestedPixels& requests, int n_voxels, const int64_t* octpaths,
                 const float* centers, const float* lengths, short4* pixel_rect, uint8_t* octant_mask,
                 int32_t* item_tiles, unsigned long long* counts, float* camera_position, cudaStream_t stream);
-// The voxels in view (those with entries), in index order, into in_view[COUNT_IN_VIEW]: vox_fn's
-// argument. `scratch` holds scratch_bytes = in_view_scratch_bytes(n_voxels) bytes.
+// The voxels in view (those with entries: a non-zero octant mask), in index order, into
+// in_view[COUNT_IN_VIEW]: vox_fn's argument. `scratch` holds scratch_bytes =
+// in_view_scratch_bytes(n_voxels) bytes.
 size_t in_view_scratch_bytes(int n_voxels);
-void select_in_view(int n_voxels, const int32_t* item_tiles, int64_t* in_view, void* scratch, size_t scratch_bytes,
+void select_in_view(int n_voxels, const uint8_t* octant_mask, int64_t* in_view, void* scratch, size_t scratch_bytes,
                     cudaStream_t stream);
 
 // --- binning.cu
@@ -174,16 +175,18 @@ void mark_ranked_items(int n_voxels, const int32_t* ranks, const uint8_t* octant
 SortedItems place_ranked_items(int n_voxels, const int32_t* ranks, const uint8_t* octant_mask,
                                const int32_t* item_tiles, const uint32_t* bitmap, const int32_t* word_offsets,
                                uint32_t* values, int32_t* entry_offsets, cudaStream_t stream);
-// Stage 2c (duplicateWithKeys): item i's entries, one per tile of item_tiles[its voxel], at
-// entry_offsets[i] - that count (entry_offsets: [n_items], filled here by a scan of the items'
-// tile counts: gathered, or for items placed by ranks, the counts it holds).
-// `wide` holds the frame's COUNT_WIDE item indices (listed in any order: each item's entries
-// have their place), `wide_cursor` is zero.
+// entry_offsets [n_items]: the items' entries 0..i, an inclusive scan of their tile counts
+// (gathered from item_tiles, or for items placed by ranks, the counts it holds). Queued before
+// the entries are allocated: item_tiles is not read after it.
+void scan_entry_offsets(const KeyLayout& layout, int64_t n_items, const SortedItems& items, const int32_t* item_tiles,
+                        int32_t* entry_offsets, void* scratch, size_t scratch_bytes, cudaStream_t stream);
+// Stage 2c (duplicateWithKeys): item i's entries, one per tile of its voxel (as many as
+// entry_offsets gives it), from entry_offsets[i - 1]. `wide` holds the frame's COUNT_WIDE item
+// indices (listed in any order: each item's entries have their place), `wide_cursor` is zero.
 void duplicate_with_keys(const Camera& cam, const RequestedPixels& requests, const KeyLayout& layout,
                          int64_t n_items, const SortedItems& items, const short4* pixel_rect,
-                         const int32_t* item_tiles, int32_t* entry_offsets, int n_wide, int32_t* wide,
-                         unsigned long long* wide_cursor, uint32_t* keys, uint32_t* values, void* scratch,
-                         size_t scratch_bytes, cudaStream_t stream);
+                         const int32_t* entry_offsets, int n_wide, int32_t* wide, unsigned long long* wide_cursor,
+                         uint32_t* keys, uint32_t* values, cudaStream_t stream);
 // Stage 3: the entries sorted stably by tile (the second buffers as for the items).
 struct SortedEntries {
     const uint32_t* keys;  // tile << split_bits | the rank's top bits (and, rect_in_key, the entry's
