@@ -65,6 +65,11 @@ struct ItemReader {
     }
 };
 
+// Item i's first entry (`offsets`: the inclusive scan of the items' entry counts).
+__device__ __forceinline__ int item_start(const int32_t* __restrict__ offsets, int i) {
+    return i > 0 ? offsets[i - 1] : 0;
+}
+
 // The number of entries of item i (the tiles its voxel is binned into): scanned into offsets.
 struct ItemEntries {
     ItemReader reader;
@@ -140,13 +145,13 @@ duplicate_kernel(int n, int tiles_x, RequestedPixels requests, EntryWriter write
     // listed, and its entries are skipped in this warp's output.
     uint32_t value = 0, split = 0;
     int4 p = make_int4(0, 0, -1, -1);
-    int count = 0, candidates = 0;
+    int start = 0, count = 0, candidates = 0;
     if (i < n) {
         value = items.value(i);
         split = items.split_rank(i);
-        const int v = int(value & VOXEL_ID_MASK);
-        p = widen(pixel_rect[v]);
-        count = offsets[i] - (i > 0 ? offsets[i - 1] : 0);  // coalesced, where item_tiles[v] is a gather
+        p = widen(pixel_rect[value & VOXEL_ID_MASK]);
+        start = item_start(offsets, i);
+        count = offsets[i] - start;  // coalesced, where the voxel's tile count would be a gather
         candidates = tile_area(tile_rect(p));
         if (candidates > WIDE_CANDIDATES) {
             wide.add(i);
@@ -156,7 +161,7 @@ duplicate_kernel(int n, int tiles_x, RequestedPixels requests, EntryWriter write
     if (!SPARSE) {
         if (candidates == 0) return;
         const int4 r = tile_rect(p);
-        int at = offsets[i] - count;
+        int at = start;
         for (int ty = r.y; ty <= r.w; ++ty)
             for (int tx = r.x; tx <= r.z; ++tx) writer.write(at++, p, tx, ty, tiles_x, value, split);
         return;
@@ -170,7 +175,7 @@ duplicate_kernel(int n, int tiles_x, RequestedPixels requests, EntryWriter write
     // The items' entries are contiguous (offsets is their inclusive scan): the warp writes from
     // its first item's on (that item is in range, since the warp has candidates), the kept
     // candidates in order, past the places of the wide items before theirs.
-    int out = __shfl_sync(FULL_MASK, i < n ? offsets[i] - count : 0, 0);
+    int out = __shfl_sync(FULL_MASK, start, 0);
     const uint32_t lanes_below = (1u << lane) - 1u;
     for (int first = 0; first < total; first += 32) {
         const int j = first + lane;
@@ -206,7 +211,7 @@ wide_kernel(int n_wide, const int32_t* __restrict__ wide, int tiles_x, Requested
     const int4 r = tile_rect(p);
     const bool exact = tile_area(r) <= MAX_EXACT_TILES;  // as preprocess counted
     const int candidates = tile_area(r);
-    int out = i > 0 ? offsets[i - 1] : 0;
+    int out = item_start(offsets, i);
     const uint32_t lanes_below = (1u << lane) - 1u;
     for (int first = 0; first < candidates; first += 32) {
         const int j = first + lane;

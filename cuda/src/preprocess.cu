@@ -275,9 +275,9 @@ void preprocess(const Camera& cam, const RequestedPixels& requests, int n_voxels
 }
 
 // CUB's selection of the indices whose octant mask is not zero, in one pass (ATen's
-// nonzero_static took four kernels), reading a byte a voxel (the tile counts, four, are
-// released before the entry sort). The scratch holds CUB's temporary storage, then the number
-// selected.
+// nonzero_static took four kernels), a byte a voxel (the tile counts, four bytes a voxel, are
+// released before the entries are allocated). The scratch holds CUB's temporary storage, then
+// the number selected.
 size_t in_view_scratch_bytes(int n_voxels) {
     size_t bytes = 0;
     cub::DeviceSelect::Flagged(nullptr, bytes, thrust::counting_iterator<int64_t>(0), (const uint8_t*)nullptr,

@@ -209,10 +209,8 @@ __device__ __forceinline__ void staged_geo(const PairStage& s, int slot, float g
 }
 
 __device__ __forceinline__ float3 staged_rgb(const PairStage& s, int slot) {
-    // Only the group's first half: lanes reading different slots cost shared-memory wavefronts
-    // by the bytes they read.
-    const float2 gb = *reinterpret_cast<const float2*>(&s.record[5][slot]);
-    return make_float3(s.record[4][slot].w, gb.x, gb.y);
+    const float4 r = s.record[5][slot];
+    return make_float3(s.record[4][slot].w, r.x, r.y);
 }
 
 // The staged ray of lane slot `ray_slot` (its origin, the camera, is every lane's).
@@ -327,10 +325,9 @@ __device__ __forceinline__ void walk_own_candidates(const PairStage& stage, floa
         if (more) {
             const int slot = warp_slot + __ffs(my_candidates) - 1;
             my_candidates &= my_candidates - 1;
-            // (entry, list index): the half of the candidate's meta a pixel's own walk reads.
-            const int2 meta = reinterpret_cast<const int2*>(&stage.meta[slot])[1];
+            const int4 meta = stage.meta[slot];
             const PairResult result = evaluate_pair<N, DEPTH>(stage, origin, int(threadIdx.x), slot, nullptr);
-            consume(stage, PairVisit{slot, meta.y, uint32_t(meta.x), int(threadIdx.x), result});
+            consume(stage, PairVisit{slot, meta.w, uint32_t(meta.z), int(threadIdx.x), result});
         }
     }
 }
