@@ -2,11 +2,15 @@
 C++ time goes, for the frames whose GPU work is short (small scenes, sparse pixels).
 
     python bench/bench_host.py [--scene R1.5M] [--pixels 20736] [--frames] [--label NAME]
+    python bench/bench_host.py --gaps --scene R6M    # where an unprofiled dense frame's GPU waits
 
 Each row is the mean over repeated calls; "+ sync" rows include waiting for the GPU.
 `--frames` times whole frames through the public API only (300 sparse, 100 dense), so that
 two builds can be compared in alternating processes (gpu_check.sh HOST_AB=N): the host time
-of one process can differ from another's by 10%, so compare over several rounds."""
+of one process can differ from another's by 10%, so compare over several rounds.
+`--gaps` splits unprofiled dense forwards (8 orbit views) at the two extension calls, with host
+clocks and CUDA events at each boundary (see `gaps`)."""
+import statistics
 import argparse
 import sys
 import time
@@ -17,7 +21,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import make_scene, orbit_settings  # noqa: E402
 
-from svraster_cuda import renderer, validation  # noqa: E402
+from svraster_cuda import cuda_backend, renderer, validation  # noqa: E402
 
 
 def mean_us(fn, repeat):
@@ -32,13 +36,123 @@ def mean_us(fn, repeat):
     return elapsed / repeat * 1e6
 
 
+class _Probe:
+    """Stands in for the extension module: a CUDA event and a host clock reading before and
+    after each call of the two calls a dense frame makes."""
+    CALLS = ("rasterize_preprocess", "rasterize_voxels")
+
+    def __init__(self, module):
+        self.module, self.marks = module, {}
+
+    def mark(self, name):
+        event = torch.cuda.Event(enable_timing=True)
+        event.record()
+        self.marks[name] = (time.perf_counter(), event)
+
+    def __getattr__(self, name):
+        fn = getattr(self.module, name)
+        if name not in self.CALLS:
+            return fn
+
+        def call(*args, **kwargs):
+            self.mark(f"{name} in")
+            out = fn(*args, **kwargs)
+            self.mark(f"{name} out")
+            return out
+        return call
+
+
+def gaps(scene_name, repeat=20):
+    """Medians over views and repeats, in us from the frame's start, of where an unprofiled
+    dense forward (no_grad, as bench_cuda.py times it) spends host time and where its GPU
+    waits. An event recorded on an idle stream completes at about the host's time of
+    recording, on a busy one when the work queued before it ends: "GPU idle before the render"
+    is the event before the render call minus the one after the preprocess call (which
+    completes when the binning's last kernel ends), where the host had not yet reached the
+    render's launch."""
+    scene = make_scene(scene_name, "cuda")
+    params = {"geos": scene["geos"], "rgbs": scene["rgbs"],
+              "subdiv_p": torch.zeros(len(scene["geos"]), 1, device="cuda")}
+    voxels = (scene["octpath"], scene["vox_centers"], scene["vox_lengths"])
+    probe = _Probe(cuda_backend._load())
+    cuda_backend._C = probe
+    rows = {}
+    try:
+        for settings in orbit_settings(scene_name, 8, 1920, 1080, "cpu"):
+            for i in range(repeat + 3):
+                torch.cuda.synchronize()
+                probe.marks = {}
+                probe.mark("start")
+                with torch.no_grad():
+                    renderer.rasterize_voxels(settings, *voxels, lambda *a: params)
+                probe.mark("end")
+                torch.cuda.synchronize()
+                if i < 3:
+                    continue
+                host = {k: (t - probe.marks["start"][0]) * 1e6 for k, (t, _) in probe.marks.items()}
+                gpu = {k: probe.marks["start"][1].elapsed_time(e) * 1e3 for k, (_, e) in probe.marks.items()}
+                spans = {
+                    "host: Python before the preprocess call": host["rasterize_preprocess in"],
+                    "host: preprocess call (its device read included)":
+                        host["rasterize_preprocess out"] - host["rasterize_preprocess in"],
+                    "host: Python between the calls (vox_fn, checks, autograd)":
+                        host["rasterize_voxels in"] - host["rasterize_preprocess out"],
+                    "host: render call": host["rasterize_voxels out"] - host["rasterize_voxels in"],
+                    "host: the whole call": host["end"],
+                    "GPU: binning's last kernel ends": gpu["rasterize_preprocess out"],
+                    "GPU: idle before the render": gpu["rasterize_voxels in"] - gpu["rasterize_preprocess out"],
+                    "GPU: frame (events)": gpu["end"],
+                }
+                for k, v in spans.items():
+                    rows.setdefault(k, []).append(v)
+    finally:
+        cuda_backend._C = probe.module
+    print(f"| {scene_name} 1920x1080 dense forward, unprofiled | median us |")
+    print("|---|---|")
+    for k, v in rows.items():
+        print(f"| {k} | {statistics.median(v):.1f} |")
+    gpu_timeline(scene_name, voxels, params)
+
+
+def gpu_timeline(scene_name, voxels, params):
+    """The GPU's activities in one forward of view 0 under a profiler that records CUDA
+    activity only (no host-side op events, which slow the host several-fold): each one's start
+    and length, and the idle time before it, in us."""
+    from torch.profiler import ProfilerActivity, profile
+    settings = orbit_settings(scene_name, 1, 1920, 1080, "cpu")[0]
+
+    def frame():
+        with torch.no_grad():
+            renderer.rasterize_voxels(settings, *voxels, lambda *a: params)
+        torch.cuda.synchronize()
+    for _ in range(3):
+        frame()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        frame()
+    events = sorted((e for e in prof.events() if e.device_type.name == "CUDA"), key=lambda e: e.time_range.start)
+    print(f"== {scene_name} view 0, GPU activities (us: start, length, idle before)")
+    previous_end = events[0].time_range.start
+    busy = 0.0
+    for e in events:
+        start, end = e.time_range.start, e.time_range.end
+        print(f"  {start - events[0].time_range.start:8.1f} {end - start:7.1f} {max(0.0, start - previous_end):6.1f}  "
+              f"{e.name[:70]}")
+        busy += end - start
+        previous_end = max(previous_end, end)
+    span = previous_end - events[0].time_range.start
+    print(f"  first to last: {span:.1f} us, busy {busy:.1f} us, idle {span - busy:.1f} us")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--scene", default="R1.5M")
     ap.add_argument("--pixels", type=int, default=20736, help="requested pixels of the sparse rows (1%% of 1080p)")
     ap.add_argument("--frames", action="store_true", help="whole frames only, through the public API")
     ap.add_argument("--label", default="", help="printed in the table's heading (e.g. base, tree)")
+    ap.add_argument("--gaps", action="store_true", help="host spans and GPU idle of dense forwards instead")
     args = ap.parse_args()
+    if args.gaps:
+        return gaps(args.scene)
 
     scene = make_scene(args.scene, "cuda")
     settings = orbit_settings(args.scene, 1, 1920, 1080, "cpu")[0]

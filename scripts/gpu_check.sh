@@ -11,7 +11,9 @@
 # line: scripts/ncu_source.py, NCU_KERNELS, NCU_SCENES), STEADY=N (N training steps back to back,
 # camera matrices on CPU and GPU; STEADY_SCENES),
 # HOST=1 (host time of the Python and C++ steps: bench/bench_host.py, HOST_SCENE), HOST_AB=N (N rounds
-# of whole frames' host time through the public API, baseline and tree in alternating processes).
+# of whole frames' host time through the public API, baseline and tree in alternating processes),
+# GAPS=1 (host spans and GPU idle of unprofiled dense forwards: bench_host.py --gaps, GAPS_SCENES;
+# baseline and tree).
 # The device tool brings back at most 8 files: device.txt, tests.log, bench.log (fit example
 # and benchmarks), bench.json, bench_base.json, profile.txt, ncu.txt, and a build log on failure.
 set -uo pipefail
@@ -109,6 +111,18 @@ if [ -n "${HOST_AB:-}" ] && [ -d .device_data/base ]; then
     PYTHONPATH=$PWD/.device_data/base/cuda python3 bench/bench_host.py --frames --label base \
       --scene ${HOST_SCENE:-R1.5M} 2>&1 | tee -a "$OUT/bench.log" | tail -n 6
     python3 bench/bench_host.py --frames --label tree --scene ${HOST_SCENE:-R1.5M} 2>&1 | tee -a "$OUT/bench.log" | tail -n 6
+  done
+fi
+if [ "${GAPS:-0}" = 1 ]; then
+  [ -d .device_data/base ] && wait
+  for scene in ${GAPS_SCENES:-R6M O6M}; do
+    if [ -d .device_data/base ]; then
+      echo "== gaps, baseline"
+      PYTHONPATH=$PWD/.device_data/base/cuda python3 bench/bench_host.py --gaps --scene "$scene" 2>&1 \
+        | tee -a "$OUT/bench.log" | tail -n 10
+      echo "== gaps, this tree"
+    fi
+    python3 bench/bench_host.py --gaps --scene "$scene" 2>&1 | tee -a "$OUT/bench.log" | tail -n 10
   done
 fi
 if [ -n "${STEADY:-}" ]; then

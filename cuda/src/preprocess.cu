@@ -42,13 +42,13 @@ __device__ __forceinline__ int tiles_binned(const RequestedPixels& req, int tile
 // plane, projects outside the image or (pixels requested) into tiles holding no request. It
 // bounds the box by its axis-aligned box in camera space (centre p, half-extents h * sum_j
 // |w2c_ij|, exact for any affine w2c) and x/z, y/z over that box by their values at its
-// corners; the extents grow by a thousandth plus the rounding of the transform, and the screen
+// corners (`p`: the centre c in camera space); the extents grow by a thousandth plus the
+// rounding of the transform, and the screen
 // bound by a pixel, so that it culls only voxels the exact test culls too. Anything close to
 // the camera, not finite or not surely outside is left to the exact test.
-__device__ __forceinline__ bool surely_culled(const Camera& cam, const RequestedPixels& requests, float3 c, float h,
-                                              float near, float fx, float fy) {
+__device__ __forceinline__ bool surely_culled(const Camera& cam, const RequestedPixels& requests, float3 c, float3 p,
+                                              float h, float near, float fx, float fy) {
     const float* m = cam.w2c;
-    const float3 p = to_camera(cam, c);
     // |h|: a box of negative size has the corners of its positive twin (never drawn, but in view alike).
     const float grow = 1.001f * fabsf(h) + 1e-5f * (fabsf(c.x) + fabsf(c.y) + fabsf(c.z));
     const float ex = grow * (fabsf(m[0]) + fabsf(m[1]) + fabsf(m[2])) + 1e-5f * fabsf(m[3]);
@@ -77,13 +77,11 @@ struct VoxelFootprint {
     int tiles = 0;  // of each octant's entries
 };
 
-// Voxel v's footprint: nothing when culled.
-__device__ __forceinline__ VoxelFootprint preprocess_voxel(const Camera& cam, const RequestedPixels& requests, int v,
-                                                           const float* __restrict__ centers,
-                                                           const float* __restrict__ lengths) {
+// The footprint of the voxel of centre c and size len: nothing when culled.
+__device__ __forceinline__ VoxelFootprint preprocess_voxel(const Camera& cam, const RequestedPixels& requests, float3 c,
+                                                           float len) {
     VoxelFootprint out;
-    const float3 c = make_float3(centers[3 * v], centers[3 * v + 1], centers[3 * v + 2]);
-    const float len = lengths[v], h = 0.5f * len;
+    const float h = 0.5f * len;
     const float3 cam_pos = make_float3(cam.c2w[3], cam.c2w[7], cam.c2w[11]);
 
     const float3 dc = make_float3(c.x - cam_pos.x, c.y - cam_pos.y, c.z - cam_pos.z);
@@ -94,12 +92,24 @@ __device__ __forceinline__ VoxelFootprint preprocess_voxel(const Camera& cam, co
     const float near = fmaxf(cam.near, FOOTPRINT_NEAR_MIN);
     // Focal lengths in pixels.
     const float fx = cam.width / (2.f * cam.tanfovx), fy = cam.height / (2.f * cam.tanfovy);
-    if (surely_culled(cam, requests, c, h, near, fx, fy)) return out;
+    const float3 p = to_camera(cam, c);
+    if (surely_culled(cam, requests, c, p, h, near, fx, fy)) return out;
+    // Corner k = 4x + 2y + z is the centre plus or minus the box's half-edges in camera space
+    // (the rotation's columns times h): 42 additions instead of eight 3x4 transforms. Its
+    // rounding differs from the reference's matrix product as the transforms' did, by far less
+    // than the rectangle's margin.
+    const float* m = cam.w2c;
+    const float3 ex = make_float3(m[0] * h, m[4] * h, m[8] * h), ey = make_float3(m[1] * h, m[5] * h, m[9] * h),
+                 ez = make_float3(m[2] * h, m[6] * h, m[10] * h);
     float3 corner[8];
 #pragma unroll
-    for (int k = 0; k < 8; ++k)
-        corner[k] = to_camera(cam, make_float3(c.x + ((k & 4) ? h : -h), c.y + ((k & 2) ? h : -h),
-                                               c.z + ((k & 1) ? h : -h)));
+    for (int k = 0; k < 8; ++k) {
+        const float3 ax = (k & 4) ? ex : make_float3(-ex.x, -ex.y, -ex.z);
+        const float3 ay = (k & 2) ? ey : make_float3(-ey.x, -ey.y, -ey.z);
+        const float3 az = (k & 1) ? ez : make_float3(-ez.x, -ez.y, -ez.z);
+        corner[k] = make_float3(((p.x + ax.x) + ay.x) + az.x, ((p.y + ax.y) + ay.y) + az.y,
+                                ((p.z + ax.z) + ay.z) + az.z);
+    }
     float x_lo = INFINITY, x_hi = -INFINITY, y_lo = INFINITY, y_hi = -INFINITY;
     bool any = false;
     auto add = [&](float3 p) {
@@ -109,22 +119,31 @@ __device__ __forceinline__ VoxelFootprint preprocess_voxel(const Camera& cam, co
         y_lo = fminf(y_lo, py); y_hi = fmaxf(y_hi, py);
         any = true;
     };
+    float z_min = corner[0].z;
 #pragma unroll
-    for (int k = 0; k < 8; ++k)
-        if (corner[k].z >= near) add(corner[k]);
-    // The 12 edges (c, c | bit), corner c = 4x + 2y + z: unrolled, so that every corner index
-    // is a constant and the corners stay in registers (a table of edges put them on the stack).
+    for (int k = 1; k < 8; ++k) z_min = fminf(z_min, corner[k].z);
+    if (z_min >= near) {  // wholly in front, as most voxels are: no edge crosses the plane
 #pragma unroll
-    for (int bit = 1; bit <= 4; bit <<= 1)
+        for (int k = 0; k < 8; ++k) add(corner[k]);
+    } else {
 #pragma unroll
-        for (int c = 0; c < 8; ++c) {
-            if (c & bit) continue;
-            const float3 p0 = corner[c], p1 = corner[c | bit];
-            if ((p0.z < near) != (p1.z < near)) {
-                const float s = fminf(fmaxf((near - p0.z) / (p1.z - p0.z), 0.f), 1.f);
-                add(make_float3(p0.x + s * (p1.x - p0.x), p0.y + s * (p1.y - p0.y), near));
+        for (int k = 0; k < 8; ++k)
+            if (corner[k].z >= near) add(corner[k]);
+        // The 12 edges (c, c | bit), corner c = 4x + 2y + z: unrolled, so that every corner
+        // index is a constant and the corners stay in registers (a table of edges put them on
+        // the stack).
+#pragma unroll
+        for (int bit = 1; bit <= 4; bit <<= 1)
+#pragma unroll
+            for (int c = 0; c < 8; ++c) {
+                if (c & bit) continue;
+                const float3 p0 = corner[c], p1 = corner[c | bit];
+                if ((p0.z < near) != (p1.z < near)) {
+                    const float s = fminf(fmaxf((near - p0.z) / (p1.z - p0.z), 0.f), 1.f);
+                    add(make_float3(p0.x + s * (p1.x - p0.x), p0.y + s * (p1.y - p0.y), near));
+                }
             }
-        }
+    }
     if (!any) return out;
     // A hundredth of a pixel of margin keeps the rectangle conservative under rounding.
     const float margin = 1e-2f;
@@ -172,7 +191,9 @@ constexpr int PREPROCESS_MAX_BLOCKS = 1024;
 // on the same three addresses queued behind each other. The entry sum is 64-bit throughout
 // (a voxel may have 8 octants x 2^20 tiles of entries), so that an oversized frame is
 // reported, never wrapped.
-__global__ void __launch_bounds__(PREPROCESS_BLOCK)
+// Four blocks a multiprocessor: the kernel fits the 64 registers that leaves without spilling
+// (with the block size alone the compiler also chose 64 registers, and spilled 32 bytes).
+__global__ void __launch_bounds__(PREPROCESS_BLOCK, 4)
 preprocess_kernel(Camera cam, RequestedPixels requests, int n, const int64_t* __restrict__ octpaths,
                   const float* __restrict__ centers, const float* __restrict__ lengths,
                   short4* __restrict__ pixel_rect, uint8_t* __restrict__ octant_mask,
@@ -209,8 +230,24 @@ preprocess_kernel(Camera cam, RequestedPixels requests, int n, const int64_t* __
 
     unsigned long long entries = 0;
     unsigned in_view = 0, levels = 0, items = 0, wide = 0;
-    for (int v = blockIdx.x * blockDim.x + threadIdx.x; v < n; v += stride) {
-        const VoxelFootprint f = preprocess_voxel(cam, requests, v, centers, lengths);
+    // Each voxel's centre and size are loaded a loop step ahead, so that their latency hides
+    // behind the previous voxel's arithmetic.
+    int v = blockIdx.x * blockDim.x + threadIdx.x;
+    float3 c_next = make_float3(0.f, 0.f, 0.f);
+    float len_next = 0.f;
+    if (v < n) {
+        c_next = make_float3(centers[3 * v], centers[3 * v + 1], centers[3 * v + 2]);
+        len_next = lengths[v];
+    }
+    for (; v < n; v += stride) {
+        const float3 c = c_next;
+        const float len = len_next;
+        if (v + stride < n) {
+            const int u = v + stride;
+            c_next = make_float3(centers[3 * u], centers[3 * u + 1], centers[3 * u + 2]);
+            len_next = lengths[u];
+        }
+        const VoxelFootprint f = preprocess_voxel(cam, requests, c, len);
         item_tiles[v] = f.tiles;
         octant_mask[v] = uint8_t(f.octant_mask);  // 0 when culled: the items' scan reads every voxel's
         if (f.tiles > 0) {  // nothing reads the rectangle of a voxel without entries
