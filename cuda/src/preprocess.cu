@@ -210,9 +210,13 @@ preprocess_kernel(Camera cam, RequestedPixels requests, int n, const int64_t* __
     const int warp = threadIdx.x / 32;
     // The paths' fingerprint in a loop of its own, four loads in flight: summed in the
     // footprint loop, it took the kernel past 64 registers (73: fewer blocks resident, 0.18 ->
-    // 0.21 ms at O6M), and one load at a time cost 0.02 ms.
+    // 0.21 ms at O6M), and one load at a time cost 0.02 ms. The levels the paths use are taken
+    // here too, over all voxels: taken over the voxels in view in the footprint loop, the path
+    // was loaded a second time there, and waiting on that load was 13% of the kernel's stall
+    // samples (R6M). A level used only out of view costs the item sort three more key bits.
     const int stride = gridDim.x * blockDim.x;
     unsigned long long fingerprint = 0;
+    unsigned levels = 0;
     for (int first = blockIdx.x * blockDim.x + threadIdx.x; first < n; first += 4 * stride) {
         uint64_t path[4];
 #pragma unroll
@@ -222,14 +226,17 @@ preprocess_kernel(Camera cam, RequestedPixels requests, int n, const int64_t* __
         }
 #pragma unroll
         for (int k = 0; k < 4; ++k)
-            if (first + k * stride < n) fingerprint += path_fingerprint(path[k], first + k * stride);
+            if (first + k * stride < n) {
+                fingerprint += path_fingerprint(path[k], first + k * stride);
+                levels = max(levels, unsigned(used_levels(path[k])));
+            }
     }
 #pragma unroll
     for (int d = 16; d > 0; d >>= 1) fingerprint += __shfl_down_sync(FULL_MASK, fingerprint, d);
     if (threadIdx.x % 32 == 0) warp_fingerprint[warp] = fingerprint;
 
     unsigned long long entries = 0;
-    unsigned in_view = 0, levels = 0, items = 0, wide = 0;
+    unsigned in_view = 0, items = 0, wide = 0;
     // Each voxel's centre and size are loaded a loop step ahead, so that their latency hides
     // behind the previous voxel's arithmetic.
     int v = blockIdx.x * blockDim.x + threadIdx.x;
@@ -256,7 +263,6 @@ preprocess_kernel(Camera cam, RequestedPixels requests, int n, const int64_t* __
             entries += unsigned(f.tiles) * octants;
             ++in_view;
             items += octants;
-            levels = max(levels, unsigned(used_levels(uint64_t(octpaths[v]))));
             if (tile_area(tile_rect(f.rect)) > WIDE_CANDIDATES) wide += octants;
         }
     }
@@ -290,9 +296,9 @@ preprocess_kernel(Camera cam, RequestedPixels requests, int n, const int64_t* __
         if (block_in_view > 0) {
             atomicAdd(counts + COUNT_ENTRIES, sum);
             atomicAdd(counts + COUNT_IN_VIEW, (unsigned long long)block_in_view);
-            atomicMax(counts + COUNT_USED_LEVELS, (unsigned long long)max_levels);
             atomicAdd(counts + COUNT_ITEMS, (unsigned long long)block_items);
         }
+        atomicMax(counts + COUNT_USED_LEVELS, (unsigned long long)max_levels);
         if (block_wide > 0) atomicAdd(counts + COUNT_WIDE, (unsigned long long)block_wide);
         atomicAdd(counts + PATHS_FINGERPRINT, block_fingerprint);
     }

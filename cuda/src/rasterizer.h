@@ -46,7 +46,7 @@ struct RequestedPixels {
 // (unsigned long long, zeroed by the caller) before the entry buffers can be sized.
 enum FrameCount {
     COUNT_ENTRIES,           // (tile, octant) entries over all voxels
-    COUNT_USED_LEVELS,       // the most octree levels any voxel in view uses: the rank bits that can differ
+    COUNT_USED_LEVELS,       // the most octree levels any voxel uses: the rank bits that can differ
     COUNT_IN_VIEW,           // voxels with at least one entry
     COUNT_OUTSIDE_REQUESTS,  // requested pixels outside the image (sparse rendering; an error)
     COUNT_ITEMS,             // (voxel, octant) items of the voxels with entries
@@ -82,8 +82,8 @@ void assign_warps(int n_tiles, int n_requests, const int32_t* tile_order, const 
 // most MAX_IMAGE_SIZE pixels wide), read by binning (the render kernels read each entry's
 // rectangle within its tile, written by identify_tile_ranges), octant mask (of the octants
 // its entries are for; 0 when culled) and number of tiles each of its octants gets an entry
-// in (0 when culled); the frame counts COUNT_ENTRIES, COUNT_USED_LEVELS, COUNT_IN_VIEW,
-// COUNT_ITEMS, COUNT_WIDE and PATHS_FINGERPRINT (over every voxel, culled or not); and
+// in (0 when culled); the frame counts COUNT_ENTRIES, COUNT_IN_VIEW, COUNT_ITEMS and
+// COUNT_WIDE, and COUNT_USED_LEVELS and PATHS_FINGERPRINT over every voxel, culled or not; and
 // camera_position[3], the c2w translation (vox_fn's argument: on the device without a
 // host-to-device copy, which would wait for the GPU's queue, nor a launch of its own).
 void preprocess(const Camera& cam, const RequestedPixels& requests, int n_voxels, const int64_t* octpaths,
