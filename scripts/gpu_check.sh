@@ -13,7 +13,7 @@
 # HOST=1 (host time of the Python and C++ steps: bench/bench_host.py, HOST_SCENE), HOST_AB=N (N rounds
 # of whole frames' host time through the public API, baseline and tree in alternating processes),
 # GAPS=1 (host spans and GPU idle of unprofiled dense forwards: bench_host.py --gaps, GAPS_SCENES;
-# baseline and tree).
+# baseline and tree, in alternating order).
 # The device tool brings back at most 8 files: device.txt, tests.log, bench.log (fit example
 # and benchmarks), bench.json, bench_base.json, profile.txt, ncu.txt, and a build log on failure.
 set -uo pipefail
@@ -115,14 +115,22 @@ if [ -n "${HOST_AB:-}" ] && [ -d .device_data/base ]; then
 fi
 if [ "${GAPS:-0}" = 1 ]; then
   [ -d .device_data/base ] && wait
+  gaps() {  # gaps LABEL [PYTHONPATH] SCENE
+    echo "== gaps, $1"
+    PYTHONPATH=$2 python3 bench/bench_host.py --gaps --scene "$3" 2>&1 | tee -a "$OUT/bench.log" | tail -n 10
+  }
+  # The process run second was often the slower on the host (session 17): the order alternates
+  # from scene to scene.
+  i=0
   for scene in ${GAPS_SCENES:-R6M O6M}; do
-    if [ -d .device_data/base ]; then
-      echo "== gaps, baseline"
-      PYTHONPATH=$PWD/.device_data/base/cuda python3 bench/bench_host.py --gaps --scene "$scene" 2>&1 \
-        | tee -a "$OUT/bench.log" | tail -n 10
-      echo "== gaps, this tree"
+    if [ ! -d .device_data/base ]; then
+      gaps "this tree" "" "$scene"
+    elif [ $((i % 2)) = 0 ]; then
+      gaps baseline "$PWD/.device_data/base/cuda" "$scene"; gaps "this tree" "" "$scene"
+    else
+      gaps "this tree" "" "$scene"; gaps baseline "$PWD/.device_data/base/cuda" "$scene"
     fi
-    python3 bench/bench_host.py --gaps --scene "$scene" 2>&1 | tee -a "$OUT/bench.log" | tail -n 10
+    i=$((i + 1))
   done
 fi
 if [ -n "${STEADY:-}" ]; then
