@@ -40,12 +40,11 @@ __device__ __forceinline__ int tiles_binned(const RequestedPixels& req, int tile
 
 // A cheap test before the exact footprint: true when the voxel, wholly in front of the near
 // plane, projects outside the image or (pixels requested) into tiles holding no request. It
-// bounds the box by its axis-aligned box in camera space (centre p, half-extents h * sum_j
-// |w2c_ij|, exact for any affine w2c) and x/z, y/z over that box by their values at its
-// corners (`p`: the centre c in camera space); the extents grow by a thousandth plus the
-// rounding of the transform, and the screen
-// bound by a pixel, so that it culls only voxels the exact test culls too. Anything close to
-// the camera, not finite or not surely outside is left to the exact test.
+// bounds the box by its axis-aligned box in camera space (centre p, the centre c in camera
+// space; half-extents h * sum_j |w2c_ij|, exact for any affine w2c) and x/z, y/z over that box
+// by their values at its corners; the extents grow by a thousandth plus the rounding of the
+// transform, and the screen bound by a pixel, so that it culls only voxels the exact test culls
+// too. Anything close to the camera, not finite or not surely outside is left to the exact test.
 __device__ __forceinline__ bool surely_culled(const Camera& cam, const RequestedPixels& requests, float3 c, float3 p,
                                               float h, float near, float fx, float fy) {
     const float* m = cam.w2c;
