@@ -3,6 +3,7 @@
     python bench/bench_cuda.py [--scenes O1.4M,O6M,R1.5M,R6M] [--json out.json]
     python bench/bench_cuda.py --scenes O6M,R6M --sparse    # sparse pixels, top-K, reuse
     python bench/bench_cuda.py --scenes O6M,R6M --steady 50  # training steps back to back
+    python bench/bench_cuda.py --scenes R6M --gpu-only       # each view's GPU time, host hidden
 
 Per scene: median over views of the median of repeated runs (CUDA events) of the forward
 (`rasterize_voxels`, preprocess and sort included), of forward+backward, and of the forward's
@@ -27,16 +28,49 @@ from common import make_scene, orbit_settings  # noqa: E402
 from svraster_cuda.renderer import rasterize_voxels  # noqa: E402
 
 
-def time_ms(fn, repeat):
+def time_ms(fn, repeat, sleep_cycles=0):
+    """Median of `repeat` calls of fn between two CUDA events. With `sleep_cycles`, the start
+    event waits behind a sleeping kernel (4M cycles: about 2 ms) while the host runs ahead to
+    the frame's first launch and beyond: the time is then the GPU's, from the frame's first
+    kernel on (the waits on the frame's device read included), free of the Python and launch
+    time before it, which moves between processes (bench_host.py --gaps)."""
     times = []
     for _ in range(repeat):
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        if sleep_cycles:
+            torch.cuda._sleep(sleep_cycles)
         start.record()
         fn()
         end.record()
         torch.cuda.synchronize()
         times.append(start.elapsed_time(end))
     return statistics.median(times)
+
+
+def gpu_ms(fn, repeat):
+    return time_ms(fn, repeat, sleep_cycles=4_000_000)
+
+
+def gpu_only(name, width, height, views, repeat):
+    """Per view: the forward's and the reused-intersections render's GPU time (gpu_ms), and
+    the forward's wall time (time_ms) for comparison."""
+    from svraster_cuda.renderer import intersect_voxels
+    scene, params = scene_and_params(name)
+    forward, forward_backward = make_step(name, scene, params)
+    voxels = (scene["octpath"], scene["vox_centers"], scene["vox_lengths"])
+    print(f"| {name} view | forward ms (events) | forward GPU ms | render GPU ms (reused intersections) |")
+    print("|---|---|---|---|")
+    rows = []
+    for i, s in enumerate(orbit_settings(name, views, width, height, "cpu")):
+        for _ in range(2):
+            forward_backward(s)
+        inter = intersect_voxels(s, *voxels)
+        rows.append((time_ms(lambda: forward(s), repeat), gpu_ms(lambda: forward(s), repeat),
+                     gpu_ms(partial(forward, s, inter), repeat)))
+        del inter
+        print(f"| {i} | {rows[-1][0]:.3f} | {rows[-1][1]:.3f} | {rows[-1][2]:.3f} |")
+    medians = [statistics.median(r[k] for r in rows) for k in range(3)]
+    print(f"| {name} median | {medians[0]:.3f} | {medians[1]:.3f} | {medians[2]:.3f} |")
 
 
 def bench_scene(name, width, height, views, repeat):
@@ -299,7 +333,12 @@ def main():
     ap.add_argument("--sizes", action="store_true", help="large images (4097x2161, 7680x4320, 16384^2) instead")
     ap.add_argument("--sparse", action="store_true", help="sparse pixels, reuse and top-K against dense instead")
     ap.add_argument("--steady", type=int, metavar="N", help="N training steps back to back per scene instead")
+    ap.add_argument("--gpu-only", action="store_true", help="each view's GPU time of forward and render instead")
     args = ap.parse_args()
+    if args.gpu_only:
+        for n in args.scenes.split(","):
+            gpu_only(n, args.width, args.height, args.views, args.repeat)
+        return
     if args.steady:
         for n in args.scenes.split(","):
             steady_state(n, args.width, args.height, args.steady)

@@ -13,7 +13,9 @@
 # HOST=1 (host time of the Python and C++ steps: bench/bench_host.py, HOST_SCENE), HOST_AB=N (N rounds
 # of whole frames' host time through the public API, baseline and tree in alternating processes),
 # GAPS=1 (host spans and GPU idle of unprofiled dense forwards: bench_host.py --gaps, GAPS_SCENES;
-# baseline and tree, in alternating order).
+# baseline and tree, in alternating order), GPUONLY=1 (each view's GPU time of the forward and of the
+# render with reused intersections, the host's time before the first launch hidden: bench_cuda.py
+# --gpu-only, GPUONLY_SCENES; baseline and tree).
 # The device tool brings back at most 8 files: device.txt, tests.log, bench.log (fit example
 # and benchmarks), bench.json, bench_base.json, profile.txt, ncu.txt, and a build log on failure.
 set -uo pipefail
@@ -132,6 +134,16 @@ if [ "${GAPS:-0}" = 1 ]; then
     fi
     i=$((i + 1))
   done
+fi
+if [ "${GPUONLY:-0}" = 1 ]; then
+  [ -d .device_data/base ] && wait
+  if [ -d .device_data/base ]; then
+    echo "== gpu-only, baseline"
+    PYTHONPATH=$PWD/.device_data/base/cuda python3 bench/bench_cuda.py --gpu-only \
+      --scenes ${GPUONLY_SCENES:-O6M,R1.5M,R6M} 2>&1 | tee -a "$OUT/bench.log" | grep median
+  fi
+  echo "== gpu-only, this tree"
+  python3 bench/bench_cuda.py --gpu-only --scenes ${GPUONLY_SCENES:-O6M,R1.5M,R6M} 2>&1 | tee -a "$OUT/bench.log" | grep median
 fi
 if [ -n "${STEADY:-}" ]; then
   python3 bench/bench_cuda.py --scenes ${STEADY_SCENES:-O6M,R6M} --steady "$STEADY" 2>&1 | tee -a "$OUT/bench.log" | tail -n 12
