@@ -1,10 +1,15 @@
 """Bad input: a clear exception naming the argument; legal edge cases render."""
 import math
+import re
 
+import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from helpers import make_settings, random_octree, random_params, render
+from svraster_cuda import validation
 from svraster_cuda.renderer import rasterize_voxels
 
 
@@ -44,6 +49,39 @@ def test_bad_settings(scene, change, exc, words):
     octpath, centers, lengths, geos, rgbs = scene
     with pytest.raises(exc, match=words):
         _call(SETTINGS._replace(**change), octpath, centers, lengths, _params(geos, rgbs))
+
+
+_NUMBERS = st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.integers(-3, 20000), st.booleans(),
+                     st.sampled_from([np.float32(0.5), np.float64(-1.0), 10 ** 400]),
+                     st.builds(torch.tensor, st.floats(-2, 2)))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.fixed_dictionaries({}, optional={
+    "image_width": _NUMBERS, "image_height": _NUMBERS, "n_samp_per_vox": _NUMBERS, "tanfovx": _NUMBERS,
+    "tanfovy": _NUMBERS, "cx": _NUMBERS, "cy": _NUMBERS, "bg_color": _NUMBERS, "near": _NUMBERS,
+    "lambda_R_concen": _NUMBERS, "lambda_ascending": _NUMBERS, "lambda_dist": _NUMBERS,
+    "w2c_matrix": st.sampled_from([torch.full((4, 4), 1e308, dtype=torch.float64), torch.eye(4) * math.inf,
+                                   torch.eye(4, dtype=torch.int64), torch.nn.Parameter(torch.eye(4))]),
+}))
+def test_quick_settings_check_agrees(change):
+    """check_settings' one-expression test of plain settings (validation._plainly_valid)
+    accepts only settings that the checks one by one accept, and returns the same camera."""
+    s = SETTINGS._replace(**change)
+    try:
+        validation._check_each_setting(s, None)
+    except (ValueError, TypeError, OverflowError) as exc:
+        assert not validation._plainly_valid(s)
+        with pytest.raises(type(exc), match=re.escape(str(exc)[:20])):
+            validation.check_settings(s, torch.device("cpu"))
+        return
+    try:
+        expected = validation.camera_args(s)  # the matrices' values
+    except ValueError:
+        with pytest.raises(ValueError, match="finite"):
+            validation.check_settings(s, torch.device("cpu"))
+        return
+    assert validation.check_settings(s, torch.device("cpu")) == expected
 
 
 def test_bad_tensors(scene):

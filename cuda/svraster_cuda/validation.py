@@ -39,9 +39,36 @@ def _check_number(name, value, positive=False, finite=True):
     return value
 
 
+def _plainly_valid(settings):
+    """True when every setting is a plain Python number inside its range and the matrices are
+    4x4 float tensors, with no ground truth to check: what check_settings accepts, tested in
+    one expression (a frame's checks run before its first launch, while the GPU waits). False
+    sends the settings through the checks one by one, which name what is wrong."""
+    s = settings
+    w, h, n = s.image_width, s.image_height, s.n_samp_per_vox
+    numbers = (s.tanfovx, s.tanfovy, s.cx, s.cy, s.bg_color, s.near, s.lambda_R_concen, s.lambda_ascending,
+               s.lambda_dist)
+    try:
+        return (type(w) is int and type(h) is int and 0 < w <= meta.MAX_IMAGE_SIZE and 0 < h <= meta.MAX_IMAGE_SIZE
+                and type(n) is int and 1 <= n <= meta.MAX_N_SAMP
+                and all(type(x) is float or type(x) is int for x in numbers) and math.isfinite(sum(numbers))
+                and s.tanfovx > 0 and s.tanfovy > 0 and s.near >= 0 and s.lambda_R_concen == 0
+                and s.lambda_ascending >= 0 and s.lambda_dist >= 0
+                and all(type(m) is torch.Tensor and m.shape == (4, 4) and m.is_floating_point()
+                        for m in (s.w2c_matrix, s.c2w_matrix)))
+    except OverflowError:  # an int too large for a float: the checks one by one say so
+        return False
+
+
 def check_settings(settings, device, n_pixels=None):
     """Validate RasterSettings for rendering on `device` (`n_pixels` requested pixels for a
     sparse render, whose gt_color may then also be [3, n_pixels]). Returns camera_args(settings)."""
+    if not _plainly_valid(settings):
+        _check_each_setting(settings, n_pixels)
+    return camera_args(settings)
+
+
+def _check_each_setting(settings, n_pixels):
     for name in ("image_width", "image_height"):
         value = getattr(settings, name)
         if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
@@ -74,7 +101,6 @@ def check_settings(settings, device, n_pixels=None):
         if not isinstance(gt, torch.Tensor) or tuple(gt.shape) not in shapes:
             want = " or ".join(str(list(x)) for x in shapes)
             raise ValueError(f"raster_settings.gt_color: expected shape {want} when lambda_R_concen > 0, got {_describe(gt)}")
-    return camera_args(settings)
 
 
 def check_voxels(octree_paths, vox_centers, vox_lengths, values=False):
@@ -116,10 +142,12 @@ def camera_args(settings):
     as Python numbers once (no tensor ops) and must be finite."""
     rows = {}
     for name in ("w2c_matrix", "c2w_matrix"):
-        m = getattr(settings, name).detach().cpu().tolist()
-        if not all(math.isfinite(x) for row in m for x in row):
+        m = getattr(settings, name).tolist()
+        flat = m[0] + m[1] + m[2] + m[3]
+        # A sum is finite when its terms are (or, in float64, may overflow: then look closer).
+        if not math.isfinite(sum(flat)) and not all(map(math.isfinite, flat)):
             raise ValueError(f"raster_settings.{name}: expected finite values, got {m}")
-        rows[name] = [x for row in m[:3] for x in row]
+        rows[name] = flat[:12]
     return [float(settings.image_width), float(settings.image_height), float(settings.tanfovx),
             float(settings.tanfovy), float(settings.cx), float(settings.cy), float(settings.near),
             *rows["w2c_matrix"], *rows["c2w_matrix"]]
