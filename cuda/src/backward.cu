@@ -143,8 +143,8 @@ render_backward_kernel(Camera cam, PixelSet pixels, BackwardOptions opt, RenderB
             // Phase A's quadrature again, on the segment this lane found there (the pair met the
             // voxel: its result is still staged); one point: resumed from what phase A kept.
             const Ray r = staged_ray(stage, ray.origin, round.ray_slot);
-            const float3 box_min = xyz(stage.record[4][round.slot]);
-            const float inv_len = stage.record[2][round.slot].w;
+            const float3 box_min = staged_box_min(stage, round.slot);
+            const float inv_len = staged_inv_length(stage, round.slot);
             float geo[8];
             staged_geo(stage, round.slot, geo);
             const float a = stage.result[threadIdx.x].a, b = stage.result[threadIdx.x].b;

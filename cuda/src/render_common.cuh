@@ -169,8 +169,7 @@ struct PairResult {
 struct PairStage {
     float4 ray_dir[BLOCK_THREADS];  // each lane's ray direction and t_near
     float4 ray_inv[BLOCK_THREADS];  // its reciprocal direction
-    float4 record[6][BLOCK_THREADS];  // candidates: geo[0:4], geo[4:8], (rel_min, 1/size),
-                                      // (rel_max, size), (box_min, r), (g, b, -, -)
+    float4 record[4][BLOCK_THREADS];  // candidates: geo[0:4], geo[4:8], (box_min, 1/size), (size, r, g, b)
     int4 meta[BLOCK_THREADS];       // candidates: (cover: lanes it may meet, first pair, entry, list index)
     PairResult result[BLOCK_THREADS];  // this round's pair results, one per lane
 };
@@ -188,18 +187,14 @@ __device__ __forceinline__ void prefetch_record(const RenderBuffers& in, uint32_
 }
 
 template <bool WITH_RGB>
-__device__ __forceinline__ void stage_record(const RenderBuffers& in, uint32_t v, float3 origin, PairStage& s,
-                                             int slot) {
+__device__ __forceinline__ void stage_record(const RenderBuffers& in, uint32_t v, PairStage& s, int slot) {
     VoxelGeometry g;
     load_geometry(in, v, g);
-    float3 rel_min, rel_max;
-    relative_box(g.box_min, g.length, origin, rel_min, rel_max);
     s.record[0][slot] = make_float4(g.geo[0], g.geo[1], g.geo[2], g.geo[3]);
     s.record[1][slot] = make_float4(g.geo[4], g.geo[5], g.geo[6], g.geo[7]);
-    s.record[2][slot] = make_float4(rel_min.x, rel_min.y, rel_min.z, g.inv_length);
-    s.record[3][slot] = make_float4(rel_max.x, rel_max.y, rel_max.z, g.length);
-    s.record[4][slot] = make_float4(g.box_min.x, g.box_min.y, g.box_min.z, WITH_RGB ? in.rgbs[3 * v] : 0.f);
-    if (WITH_RGB) s.record[5][slot] = make_float4(in.rgbs[3 * v + 1], in.rgbs[3 * v + 2], 0.f, 0.f);
+    s.record[2][slot] = make_float4(g.box_min.x, g.box_min.y, g.box_min.z, g.inv_length);
+    s.record[3][slot] = WITH_RGB ? make_float4(g.length, in.rgbs[3 * v], in.rgbs[3 * v + 1], in.rgbs[3 * v + 2])
+                                 : make_float4(g.length, 0.f, 0.f, 0.f);
 }
 
 __device__ __forceinline__ void staged_geo(const PairStage& s, int slot, float geo[8]) {
@@ -209,9 +204,12 @@ __device__ __forceinline__ void staged_geo(const PairStage& s, int slot, float g
 }
 
 __device__ __forceinline__ float3 staged_rgb(const PairStage& s, int slot) {
-    const float4 r = s.record[5][slot];
-    return make_float3(s.record[4][slot].w, r.x, r.y);
+    const float4 r = s.record[3][slot];
+    return make_float3(r.y, r.z, r.w);
 }
+
+__device__ __forceinline__ float3 staged_box_min(const PairStage& s, int slot) { return xyz(s.record[2][slot]); }
+__device__ __forceinline__ float staged_inv_length(const PairStage& s, int slot) { return s.record[2][slot].w; }
 
 // The staged ray of lane slot `ray_slot` (its origin, the camera, is every lane's).
 __device__ __forceinline__ Ray staged_ray(const PairStage& s, float3 origin, int ray_slot) {
@@ -230,13 +228,17 @@ template <int N, bool DEPTH>
 __device__ __forceinline__ PairResult evaluate_pair(const PairStage& s, float3 origin, int ray_slot, int slot,
                                                     float2* kept) {
     const Ray ray = staged_ray(s, origin, ray_slot);
-    const float4 lo = s.record[2][slot], hi = s.record[3][slot];
+    const float4 box = s.record[2][slot];
+    // The box relative to the camera, rounded as the reference rounds it (a few additions per
+    // pair instead of two more 16-byte records per candidate in shared memory).
+    float3 rel_min, rel_max;
+    relative_box(xyz(box), s.record[3][slot].x, origin, rel_min, rel_max);
     PairResult r{0.f, 0.f, 0.f, 0.f};
-    if (!ray_segment(ray, xyz(lo), xyz(hi), r.a, r.b)) return r;
+    if (!ray_segment(ray, rel_min, rel_max, r.a, r.b)) return r;
     float geo[8];
     staged_geo(s, slot, geo);
     Quadrature<N> quad;
-    quad.evaluate(ray, r.a, r.b, xyz(s.record[4][slot]), lo.w, geo);
+    quad.evaluate(ray, r.a, r.b, xyz(box), box.w, geo);
     r.alpha = quad.alpha;
     if (DEPTH) r.depth = quad.depth_value(r.a, r.b);
     if (N == 1 && kept) *kept = make_float2(quad.d[0], quad.integral);
@@ -429,7 +431,7 @@ __device__ __forceinline__ void walk_pairs(const RenderBuffers& in, int2 range, 
         // Pairs are numbered candidate by candidate: an inclusive scan of the counts.
         const int end = per_pixel ? count : warp_inclusive_sum(count);
         if (cover) {
-            stage_record<WITH_RGB>(in, mine.voxel(), ray.origin, stage, threadIdx.x);
+            stage_record<WITH_RGB>(in, mine.voxel(), stage, threadIdx.x);
             stage.meta[threadIdx.x] = make_int4(int(cover), end - count, int(mine.entry), index);
         }
         // A split tile's warps wait on their list's walk: the next group's records head for L2
