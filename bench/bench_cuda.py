@@ -73,12 +73,14 @@ def gpu_only(name, width, height, views, repeat):
     print(f"| {name} median | {medians[0]:.3f} | {medians[1]:.3f} | {medians[2]:.3f} |")
 
 
-def bench_scene(name, width, height, views, repeat):
+def bench_scene(name, width, height, views, repeat, only_view=None):
     t0 = time.time()
     scene, params = scene_and_params(name)
     built = time.time() - t0
     forward, forward_backward = make_step(name, scene, params)
     cams = orbit_settings(name, views, width, height, "cpu")
+    if only_view is not None:
+        cams = cams[only_view:only_view + 1]
 
     from svraster_cuda.renderer import intersect_voxels
     voxels = (scene["octpath"], scene["vox_centers"], scene["vox_lengths"])
@@ -326,6 +328,7 @@ def main():
     ap.add_argument("--width", type=int, default=1920)
     ap.add_argument("--height", type=int, default=1080)
     ap.add_argument("--views", type=int, default=8)
+    ap.add_argument("--only-view", type=int, help="of the --views orbit views, time this one only")
     ap.add_argument("--repeat", type=int, default=10)
     ap.add_argument("--json")
     ap.add_argument("--profile", action="store_true", help="profile one view of each scene instead")
@@ -357,7 +360,8 @@ def main():
         for n in args.scenes.split(","):
             profile_scene(n, args.width, args.height)
         return
-    rows = [bench_scene(n, args.width, args.height, args.views, args.repeat) for n in args.scenes.split(",")]
+    rows = [bench_scene(n, args.width, args.height, args.views, args.repeat, args.only_view)
+            for n in args.scenes.split(",")]
     print(f"device: {torch.cuda.get_device_name()}, {args.width}x{args.height}, {args.views} views")
     print("| scene | voxels | entries | forward ms | fwd+bwd ms | render ms | peak GB fwd / fwd+bwd | "
           "frame GB fwd / fwd+bwd | resident GB | opaque px |")

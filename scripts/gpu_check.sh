@@ -3,19 +3,20 @@
 # $OUT (the device tool brings them back). The golden data travels in .device_data/ (ignored
 # by git, named in the call's `carry`): mkdir -p .device_data && cp -r ../shared .device_data/
 #   device run: bash scripts/gpu_check.sh [pytest args...]
-# Options (environment): SKIP_TESTS=1, SKIP_EAGER=1 (no second test pass with eager octant ranks),
+# Options (environment): SKIP_TESTS=1, TESTS_TIMEOUT (s, per pass), SKIP_EAGER=1 (no second test pass with eager octant ranks),
 # SKIP_FIT=1, SKIP_BENCH=1, SKIP_SPARSE=1, SKIP_LONG=1 (no long run and
 # large sizes), BENCH_SCENES, BENCH_ROUNDS (baseline and tree alternate that many times; run-to-run
 # spread is 5-10%); PROFILE=1 (torch profiler, PROFILE_SCENES), NCU=1 (Nsight Compute,
 # NCU_SCENES, NCU_REGEX: kernel names, NCU_COUNT: launches), NCU_SOURCE=1 (stall samples per source
-# line: scripts/ncu_source.py, NCU_KERNELS, NCU_SCENES), STEADY=N (N training steps back to back,
+# line: scripts/ncu_source.py, NCU_KERNELS, NCU_SCENES, NCU_VIEW, NCU_TOP, NCU_HEAD), STEADY=N (N training steps back to back,
 # camera matrices on CPU and GPU; STEADY_SCENES),
 # HOST=1 (host time of the Python and C++ steps: bench/bench_host.py, HOST_SCENE), HOST_AB=N (N rounds
 # of whole frames' host time through the public API, baseline and tree in alternating processes),
 # GAPS=1 (host spans and GPU idle of unprofiled dense forwards: bench_host.py --gaps, GAPS_SCENES;
 # baseline and tree, in alternating order), GPUONLY=1 (each view's GPU time of the forward and of the
 # render with reused intersections, the host's time before the first launch hidden: bench_cuda.py
-# --gpu-only, GPUONLY_SCENES; baseline and tree).
+# --gpu-only, GPUONLY_SCENES; baseline, tree and variants). Variants: each .device_data/variants/NAME.patch
+# is applied to a copy of the tree, built beside it and measured by GPUONLY (NAME in the log).
 # The device tool brings back at most 8 files: device.txt, tests.log, bench.log (fit example
 # and benchmarks), bench.json, bench_base.json, profile.txt, ncu.txt, and a build log on failure.
 set -uo pipefail
@@ -31,19 +32,33 @@ start=$(date +%s)
 if [ -d .device_data/base ]; then
   (cd .device_data/base && python3 setup.py build_ext --inplace >"$LOGS/base_build.log" 2>&1; echo $? >"$LOGS/base_build.rc") &
 fi
+VARIANTS=()
+for patch in .device_data/variants/*.patch; do
+  [ -e "$patch" ] || continue
+  name=$(basename "$patch" .patch)
+  VARIANTS+=("$name")
+  rm -rf "/tmp/variant_$name" && mkdir -p "/tmp/variant_$name"
+  tar --exclude=./.device_data -cf - . | tar -xf - -C "/tmp/variant_$name"
+  (cd "/tmp/variant_$name" && git apply "$OLDPWD/$patch" && python3 setup.py build_ext --inplace \
+     >"$LOGS/variant_$name.log" 2>&1; echo "variant $name: build rc $?") &
+done
 if ! python3 -m pip install --no-build-isolation --no-deps -e . >"$LOGS/build.log" 2>&1; then
   cp "$LOGS/build.log" "$OUT/"; tail -n 60 "$LOGS/build.log"; echo "BUILD FAILED"; exit 1
 fi
 echo "build: $(( $(date +%s) - start )) s"
 python3 -m svraster_cuda | tee -a "$OUT/device.txt"
 if [ "${SKIP_TESTS:-0}" != 1 ]; then
-  python3 -m pytest -q -m gpu -x -p no:cacheprovider tests "$@" 2>&1 | tee "$OUT/tests.log" | tail -n 25
-  echo "tests exit: ${PIPESTATUS[0]}"
+  # A hung kernel must not take the call's whole time limit.
+  timeout "${TESTS_TIMEOUT:-240}" python3 -m pytest -q -m gpu -x -p no:cacheprovider tests "$@" 2>&1 \
+    | tee "$OUT/tests.log" | tail -n 25
+  rc=${PIPESTATUS[0]}
+  echo "tests exit: $rc"
+  [ "$rc" = 124 ] && { echo "tests timed out: a kernel may hang, nothing else is run"; exit 1; }
   if [ "${SKIP_EAGER:-0}" != 1 ]; then
     # Again with the octant ranks cached from every octree's first frame on (most tests render
     # an octree once: by default they would never reach the cached path).
     echo "== SVRASTER_OCTANT_RANKS=eager" >>"$OUT/tests.log"
-    SVRASTER_OCTANT_RANKS=eager python3 -m pytest -q -m gpu -x -p no:cacheprovider tests "$@" 2>&1 \
+    SVRASTER_OCTANT_RANKS=eager timeout "${TESTS_TIMEOUT:-240}" python3 -m pytest -q -m gpu -x -p no:cacheprovider tests "$@" 2>&1 \
       | tee -a "$OUT/tests.log" | tail -n 5
     echo "tests (eager ranks) exit: ${PIPESTATUS[0]}"
   fi
@@ -70,9 +85,10 @@ fi
 if [ "${NCU_SOURCE:-0}" = 1 ]; then
   for scene in ${NCU_SCENES:-R6M}; do
     for kernel in ${NCU_KERNELS:-render_backward render_forward}; do
-      python3 scripts/ncu_source.py --kernel "$kernel" --scene "$scene" >"$LOGS/source.txt" 2>&1
+      python3 scripts/ncu_source.py --kernel "$kernel" --scene "$scene" --view ${NCU_VIEW:-0} --top ${NCU_TOP:-40} \
+        >"$LOGS/source.txt" 2>&1
       cat "$LOGS/source.txt" >>"$OUT/ncu.txt"
-      head -n 30 "$LOGS/source.txt"
+      head -n ${NCU_HEAD:-30} "$LOGS/source.txt"
     done
   done
 fi
@@ -144,6 +160,12 @@ if [ "${GPUONLY:-0}" = 1 ]; then
   fi
   echo "== gpu-only, this tree"
   python3 bench/bench_cuda.py --gpu-only --scenes ${GPUONLY_SCENES:-O6M,R1.5M,R6M} 2>&1 | tee -a "$OUT/bench.log" | grep median
+  wait
+  for name in "${VARIANTS[@]}"; do
+    echo "== gpu-only, variant $name"
+    PYTHONPATH=/tmp/variant_$name/cuda python3 bench/bench_cuda.py --gpu-only \
+      --scenes ${GPUONLY_SCENES:-O6M,R1.5M,R6M} 2>&1 | tee -a "$OUT/bench.log" | grep -E "median|Error"
+  done
 fi
 if [ -n "${STEADY:-}" ]; then
   python3 bench/bench_cuda.py --scenes ${STEADY_SCENES:-O6M,R6M} --steady "$STEADY" 2>&1 | tee -a "$OUT/bench.log" | tail -n 12

@@ -46,13 +46,15 @@ def main():
     ap.add_argument("--kernel", default="render_backward")
     ap.add_argument("--scene", default="R6M")
     ap.add_argument("--top", type=int, default=40)
+    ap.add_argument("--view", type=int, default=0, help="which of bench_cuda.py's 8 orbit views")
     args = ap.parse_args()
     bench = Path(__file__).resolve().parent.parent / "bench" / "bench_cuda.py"
     with tempfile.TemporaryDirectory() as tmp:
         report = str(Path(tmp) / "source")
         subprocess.run(["ncu", "--kernel-name", f"regex:{args.kernel}", "--launch-skip", "2", "--launch-count", "1",
                         "--section", "SourceCounters", "--section", "WarpStateStats", "-o", report,
-                        sys.executable, str(bench), "--scenes", args.scene, "--views", "1", "--repeat", "1"],
+                        sys.executable, str(bench), "--scenes", args.scene, "--views", "8", "--only-view", str(args.view),
+                        "--repeat", "1"],
                        check=True, capture_output=True)
         rows = sass_page(report + ".ncu-rep")
         if not rows:
@@ -65,12 +67,24 @@ def main():
             return
         text = next((c for c in columns if c == "Source"), columns[1])
         total = sum(number(r[stall]) for r in rows) or 1.0
-        print(f"== {args.kernel} {args.scene}: {len(rows)} SASS lines, {total:.0f} stall samples, "
+        print(f"== {args.kernel} {args.scene} view {args.view}: {len(rows)} SASS lines, {total:.0f} stall samples, "
               f"{sum(number(r[executed]) for r in rows):.3g} warp instructions; top {args.top} by samples "
               f"(share, samples, executions)")
         for r in sorted(rows, key=lambda r: -number(r[stall]))[:args.top]:
             print(f"{100 * number(r[stall]) / total:5.1f}% {number(r[stall]):8.0f} {number(r[executed]):12.0f}  "
                   f"{r[text].strip()[:100]}")
+        # Lines executed equally often mostly form one basic block (or blocks run together):
+        # their samples and instructions summed, and the block's first and last line.
+        blocks = {}
+        for i, r in enumerate(rows):
+            b = blocks.setdefault(number(r[executed]), [0.0, 0, i, i])
+            b[0] += number(r[stall])
+            b[1] += 1
+            b[3] = i
+        print("== by execution count (share of samples, lines, executions x lines, first .. last line)")
+        for count, (samples, lines, first, last) in sorted(blocks.items(), key=lambda kv: -kv[1][0])[:args.top]:
+            print(f"{100 * samples / total:5.1f}% {lines:4d} x {count:10.0f}  {rows[first][text].strip()[:45]} .. "
+                  f"{rows[last][text].strip()[:45]}")
 
 
 if __name__ == "__main__":
