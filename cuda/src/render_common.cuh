@@ -234,14 +234,16 @@ __device__ __forceinline__ PairResult evaluate_pair(const PairStage& s, float3 o
     float3 rel_min, rel_max;
     relative_box(xyz(box), s.record[3][slot].x, origin, rel_min, rel_max);
     PairResult r{0.f, 0.f, 0.f, 0.f};
-    if (!ray_segment(ray, rel_min, rel_max, r.a, r.b)) return r;
+    const bool hit = ray_segment(ray, rel_min, rel_max, r.a, r.b);
+    // Almost every pair meets its box (the rectangles are tight): a miss's quadrature is
+    // computed like a hit's and dropped, without a branch around it.
     float geo[8];
     staged_geo(s, slot, geo);
     Quadrature<N> quad;
     quad.evaluate(ray, r.a, r.b, xyz(box), box.w, geo);
-    r.alpha = quad.alpha;
-    if (DEPTH) r.depth = quad.depth_value(r.a, r.b);
-    if (N == 1 && kept) *kept = make_float2(quad.d[0], quad.integral);
+    r.alpha = hit ? quad.alpha : 0.f;
+    if (DEPTH) r.depth = hit ? quad.depth_value(r.a, r.b) : 0.f;
+    if (N == 1 && kept && hit) *kept = make_float2(quad.d[0], quad.integral);
     return r;
 }
 
