@@ -74,7 +74,6 @@ svr::Camera make_camera(const std::vector<double>& camera) {
         cam.w2c[i] = float(camera[7 + i]);
         cam.c2w[i] = float(camera[19 + i]);
     }
-    cam.set_ray_scales();
     return cam;
 }
 

@@ -130,8 +130,8 @@ struct Ray {
 // kernels, with their own rounding, disagreed by that much). Rounded once, both hold the same
 // direction (reference/math.py pixel_rays computes it the same way).
 __device__ __forceinline__ Ray pixel_ray(const Camera& cam, int px, int py) {
-    const double dx = (px + 0.5 - double(cam.cx)) * cam.ray_scale_x;
-    const double dy = (py + 0.5 - double(cam.cy)) * cam.ray_scale_y;
+    const double dx = (px + 0.5 - double(cam.cx)) * (2.0 * double(cam.tanfovx) / cam.width);
+    const double dy = (py + 0.5 - double(cam.cy)) * (2.0 * double(cam.tanfovy) / cam.height);
     const double norm = sqrt(dx * dx + dy * dy + 1.0);
     Ray r;
     const float* m = cam.c2w;

@@ -23,13 +23,6 @@ struct Camera {
     float tanfovx, tanfovy, cx, cy, near;
     float w2c[12];  // first three rows of the row-major 4x4 world-to-camera matrix
     float c2w[12];  // first three rows of the row-major 4x4 camera-to-world matrix
-    // 2 tan(fov / 2) / size per axis, in double: pixel_ray's per-pixel scale, computed once
-    // here (set_ray_scales, by whoever fills the fields above) instead of by every thread.
-    double ray_scale_x, ray_scale_y;
-    SVR_HOST_DEVICE void set_ray_scales() {
-        ray_scale_x = 2.0 * double(tanfovx) / width;
-        ray_scale_y = 2.0 * double(tanfovy) / height;
-    }
     SVR_HOST_DEVICE int tiles_x() const { return (width + TILE_SIZE - 1) / TILE_SIZE; }
     SVR_HOST_DEVICE int tiles_y() const { return (height + TILE_SIZE - 1) / TILE_SIZE; }
 };
