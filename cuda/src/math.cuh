@@ -16,17 +16,32 @@ __device__ __forceinline__ uint64_t order_rank(uint64_t octpath, int quadrant) {
     return octpath ^ (uint64_t(quadrant) * OCTANT_REPEAT);
 }
 
-// Voxel v's term of PATHS_FINGERPRINT (a sum over the voxels, modulo 2^64): splitmix64's
-// finaliser of the path mixed with its index, so that any changed path, a swap of two
-// paths or a different voxel count changes the sum but with a chance of 2^-64.
+// Voxel v's term of PATHS_FINGERPRINT (a sum over the voxels, modulo 2^64): the path offset by
+// its index times an odd constant, then a multiply between two xorshifts (a bijection of 64-bit
+// words), so that any changed path, a swap of two paths or a different voxel count changes the
+// sum unless the changed terms happen to cancel. Shifts by 32 are one 32-bit xor each; the
+// two rounds of splitmix64's finaliser before took a third of preprocess's stall samples
+// (Nsight Compute, R6M).
 __device__ __forceinline__ uint64_t path_fingerprint(uint64_t octpath, int v) {
-    uint64_t x = octpath ^ (uint64_t(v) * 0x9e3779b97f4a7c15ull);
-    x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
-    x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
-    return x ^ (x >> 31);
+    uint64_t x = octpath + uint64_t(uint32_t(v)) * 0x9e3779b97f4a7c15ull;
+    x ^= x >> 32;
+    x *= 0xd6e8feb86659fd93ull;
+    return x ^ (x >> 32);
 }
 
 constexpr unsigned FULL_MASK = 0xffffffffu;
+
+// 1/x from the special-function unit alone, within about an ulp (IEEE's rounding takes a
+// multiply-add refinement and a range check besides: seven more instructions). For the screen
+// footprints, whose rectangles carry a hundredth of a pixel of margin: preprocess is bound by
+// instruction issue (Nsight Compute, R6M: 72% SM throughput, 35% DRAM), and its ten
+// reciprocals a voxel were a seventh of its instructions. x is a depth of at least
+// FOOTPRINT_NEAR_MIN (never subnormal).
+__device__ __forceinline__ float footprint_rcp(float x) {
+    float r;
+    asm("rcp.approx.ftz.f32 %0, %1;" : "=f"(r) : "f"(x));
+    return r;
+}
 
 // Sum of `value` over the lanes up to this one (a full warp).
 __device__ __forceinline__ int warp_inclusive_sum(int value) {

@@ -57,7 +57,7 @@ __device__ __forceinline__ bool surely_culled(const Camera& cam, const Requested
     if (!(z_min >= near)) return false;
     // Two reciprocals instead of eight divisions: their rounding (an ulp of x/z, a thousandth
     // of a pixel at most) is far inside the pixel of margin.
-    const float inv_min = 1.f / z_min, inv_max = 1.f / z_max;
+    const float inv_min = footprint_rcp(z_min), inv_max = footprint_rcp(z_max);
     const float x_lo = fminf((p.x - ex) * inv_min, (p.x - ex) * inv_max) * fx + cam.cx - 1.5f;
     const float x_hi = fmaxf((p.x + ex) * inv_min, (p.x + ex) * inv_max) * fx + cam.cx + 0.5f;
     const float y_lo = fminf((p.y - ey) * inv_min, (p.y - ey) * inv_max) * fy + cam.cy - 1.5f;
@@ -109,13 +109,16 @@ __device__ __forceinline__ VoxelFootprint preprocess_voxel(const Camera& cam, co
         corner[k] = make_float3(((p.x + ax.x) + ay.x) + az.x, ((p.y + ax.y) + ay.y) + az.y,
                                 ((p.z + ax.z) + ay.z) + az.z);
     }
-    float x_lo = INFINITY, x_hi = -INFINITY, y_lo = INFINITY, y_hi = -INFINITY;
+    // The extremes of x/z and y/z over the points, mapped to pixels once: the map (a scale by the
+    // positive focal length, then the offsets) rounds monotonically, so the extremes of the
+    // mapped points are the mapped extremes, bit for bit.
+    float rx_lo = INFINITY, rx_hi = -INFINITY, ry_lo = INFINITY, ry_hi = -INFINITY;
     bool any = false;
     auto add = [&](float3 p) {
-        const float inv_z = 1.f / p.z;
-        const float px = p.x * inv_z * fx + cam.cx - 0.5f, py = p.y * inv_z * fy + cam.cy - 0.5f;
-        x_lo = fminf(x_lo, px); x_hi = fmaxf(x_hi, px);
-        y_lo = fminf(y_lo, py); y_hi = fmaxf(y_hi, py);
+        const float inv_z = footprint_rcp(p.z);
+        const float rx = p.x * inv_z, ry = p.y * inv_z;
+        rx_lo = fminf(rx_lo, rx); rx_hi = fmaxf(rx_hi, rx);
+        ry_lo = fminf(ry_lo, ry); ry_hi = fmaxf(ry_hi, ry);
         any = true;
     };
     float z_min = corner[0].z;
@@ -146,10 +149,10 @@ __device__ __forceinline__ VoxelFootprint preprocess_voxel(const Camera& cam, co
     if (!any) return out;
     // A hundredth of a pixel of margin keeps the rectangle conservative under rounding.
     const float margin = 1e-2f;
-    x_lo = fminf(fmaxf(x_lo, -1.f), float(cam.width)) - margin;
-    x_hi = fminf(fmaxf(x_hi, -1.f), float(cam.width)) + margin;
-    y_lo = fminf(fmaxf(y_lo, -1.f), float(cam.height)) - margin;
-    y_hi = fminf(fmaxf(y_hi, -1.f), float(cam.height)) + margin;
+    const float x_lo = fminf(fmaxf(rx_lo * fx + cam.cx - 0.5f, -1.f), float(cam.width)) - margin;
+    const float x_hi = fminf(fmaxf(rx_hi * fx + cam.cx - 0.5f, -1.f), float(cam.width)) + margin;
+    const float y_lo = fminf(fmaxf(ry_lo * fy + cam.cy - 0.5f, -1.f), float(cam.height)) - margin;
+    const float y_hi = fminf(fmaxf(ry_hi * fy + cam.cy - 0.5f, -1.f), float(cam.height)) + margin;
     const int x0 = max(int(ceilf(x_lo)), 0), x1 = min(int(floorf(x_hi)), cam.width - 1);
     const int y0 = max(int(ceilf(y_lo)), 0), y1 = min(int(floorf(y_hi)), cam.height - 1);
     if (x0 > x1 || y0 > y1) return out;
@@ -213,9 +216,11 @@ preprocess_kernel(Camera cam, RequestedPixels requests, int n, const int64_t* __
     // here too, over all voxels: taken over the voxels in view in the footprint loop, the path
     // was loaded a second time there, and waiting on that load was 13% of the kernel's stall
     // samples (R6M). A level used only out of view costs the item sort three more key bits.
+    // A path's used levels depend on its lowest set bit alone: the most any path uses are those
+    // of the paths' bitwise OR.
     const int stride = gridDim.x * blockDim.x;
     unsigned long long fingerprint = 0;
-    unsigned levels = 0;
+    uint64_t paths_or = 0;
     for (int first = blockIdx.x * blockDim.x + threadIdx.x; first < n; first += 4 * stride) {
         uint64_t path[4];
 #pragma unroll
@@ -227,9 +232,10 @@ preprocess_kernel(Camera cam, RequestedPixels requests, int n, const int64_t* __
         for (int k = 0; k < 4; ++k)
             if (first + k * stride < n) {
                 fingerprint += path_fingerprint(path[k], first + k * stride);
-                levels = max(levels, unsigned(used_levels(path[k])));
+                paths_or |= path[k];
             }
     }
+    unsigned levels = unsigned(used_levels(paths_or));
 #pragma unroll
     for (int d = 16; d > 0; d >>= 1) fingerprint += __shfl_down_sync(FULL_MASK, fingerprint, d);
     if (threadIdx.x % 32 == 0) warp_fingerprint[warp] = fingerprint;
@@ -254,10 +260,10 @@ preprocess_kernel(Camera cam, RequestedPixels requests, int n, const int64_t* __
             len_next = lengths[u];
         }
         const VoxelFootprint f = preprocess_voxel(cam, requests, c, len);
-        item_tiles[v] = f.tiles;
         octant_mask[v] = uint8_t(f.octant_mask);  // 0 when culled: the items' scan reads every voxel's
-        if (f.tiles > 0) {  // nothing reads the rectangle of a voxel without entries
+        if (f.tiles > 0) {  // nothing reads the rectangle or tile count of a voxel without entries
             pixel_rect[v] = make_short4(short(f.rect.x), short(f.rect.y), short(f.rect.z), short(f.rect.w));
+            item_tiles[v] = f.tiles;
             const unsigned octants = __popc(f.octant_mask);
             entries += unsigned(f.tiles) * octants;
             ++in_view;
