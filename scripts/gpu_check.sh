@@ -16,7 +16,8 @@
 # baseline and tree, in alternating order), GPUONLY=1 (each view's GPU time of the forward and of the
 # render with reused intersections, the host's time before the first launch hidden: bench_cuda.py
 # --gpu-only, GPUONLY_SCENES; baseline, tree and variants). Variants: each .device_data/variants/NAME.patch
-# is applied to a copy of the tree, built beside it and measured by GPUONLY (NAME in the log).
+# is applied to a copy of the tree, built beside it and measured by GPUONLY (and GAPS: its per-kernel
+# GPU times; VARIANT_TESTS=1: the GPU tests with eager octant ranks; NAME in the log).
 # The device tool brings back at most 8 files: device.txt, tests.log, bench.log (fit example
 # and benchmarks), bench.json, bench_base.json, profile.txt, ncu.txt, and a build log on failure.
 set -uo pipefail
@@ -162,9 +163,17 @@ if [ "${GPUONLY:-0}" = 1 ]; then
   python3 bench/bench_cuda.py --gpu-only --scenes ${GPUONLY_SCENES:-O6M,R1.5M,R6M} 2>&1 | tee -a "$OUT/bench.log" | grep median
   wait
   for name in "${VARIANTS[@]}"; do
+    if [ "${VARIANT_TESTS:-0}" = 1 ]; then  # the GPU tests on the variant, octant ranks cached at once
+      echo "== tests, variant $name" | tee -a "$OUT/tests.log"
+      SVRASTER_OCTANT_RANKS=eager PYTHONPATH=/tmp/variant_$name/cuda timeout "${TESTS_TIMEOUT:-240}" \
+        python3 -m pytest -q -m gpu -x -p no:cacheprovider tests 2>&1 | tee -a "$OUT/tests.log" | tail -n 3
+    fi
     echo "== gpu-only, variant $name"
     PYTHONPATH=/tmp/variant_$name/cuda python3 bench/bench_cuda.py --gpu-only \
       --scenes ${GPUONLY_SCENES:-O6M,R1.5M,R6M} 2>&1 | tee -a "$OUT/bench.log" | grep -E "median|Error"
+    if [ "${GAPS:-0}" = 1 ]; then  # the variant's per-kernel GPU times too
+      for scene in ${GAPS_SCENES:-R6M O6M}; do gaps "variant $name" "/tmp/variant_$name/cuda" "$scene"; done
+    fi
   done
 fi
 if [ -n "${STEADY:-}" ]; then
