@@ -103,10 +103,28 @@ def _check_each_setting(settings, n_pixels):
             raise ValueError(f"raster_settings.gt_color: expected shape {want} when lambda_R_concen > 0, got {_describe(gt)}")
 
 
+def _plain_voxels(octree_paths, vox_centers, vox_lengths):
+    """True when the three are plain tensors (not subclasses) of shapes [N, 1], [N, 3], [N, 1],
+    dtypes int64, float32, float32, on one device, N at most MAX_VOXELS: what check_voxels'
+    checks of types, shapes and devices accept, tested in one expression (before the frame's
+    first launch, while the GPU waits). False sends them through the checks one by one."""
+    p, c, s = octree_paths, vox_centers, vox_lengths
+    return (type(p) is torch.Tensor and type(c) is torch.Tensor and type(s) is torch.Tensor
+            and p.dtype is torch.int64 and c.dtype is torch.float32 and s.dtype is torch.float32
+            and c.dim() == 2 and p.dim() == 2 and s.dim() == 2
+            and c.shape[1] == 3 and p.shape[1] == 1 and s.shape[1] == 1
+            and p.shape[0] == c.shape[0] == s.shape[0] <= meta.MAX_VOXELS
+            and p.device == c.device == s.device)
+
+
 def check_voxels(octree_paths, vox_centers, vox_lengths, values=False):
     """Shapes, dtypes and devices always; the voxel sizes' values on CPU tensors, and on CUDA
     only with `values` (RasterSettings.debug), since reading them back stalls the GPU. A
     non-positive size cannot crash the kernels: its box is empty and it is never drawn."""
+    if _plain_voxels(octree_paths, vox_centers, vox_lengths):
+        if (values or vox_centers.device.type == "cpu") and len(vox_centers):
+            _check_sizes(vox_lengths)
+        return
     if not isinstance(vox_centers, torch.Tensor):
         raise TypeError(f"vox_centers: expected a torch.Tensor, got {_describe(vox_centers)}")
     device = vox_centers.device
@@ -116,9 +134,13 @@ def check_voxels(octree_paths, vox_centers, vox_lengths, values=False):
     check_tensor("vox_lengths", vox_lengths, (n, 1), torch.float32, device)
     if n > meta.MAX_VOXELS:
         raise ValueError(f"vox_centers: at most {meta.MAX_VOXELS} voxels are supported, got {n}")
-    if n and (values or vox_lengths.device.type == "cpu") and not bool((vox_lengths > 0).all()):
-        raise ValueError("vox_lengths: expected positive voxel sizes, got "
-                         f"min {vox_lengths.min().item()!r}")
+    if n and (values or vox_lengths.device.type == "cpu"):
+        _check_sizes(vox_lengths)
+
+
+def _check_sizes(vox_lengths):
+    if not bool((vox_lengths > 0).all()):
+        raise ValueError(f"vox_lengths: expected positive voxel sizes, got min {vox_lengths.min().item()!r}")
 
 
 def check_vox_params(params, n, device, values=False):
