@@ -1,4 +1,4 @@
-"""Where a render kernel's time goes, instruction by instruction: Nsight Compute's source
+"""Where a kernel's time goes, instruction by instruction: Nsight Compute's source
 counters (warp stall samples and executed instructions per SASS line), for one benchmark scene.
 (ncu's CUDA-line view of the same report printed no metric columns for this build.)
 Run on the device (gpu_check.sh NCU_SOURCE=1):
