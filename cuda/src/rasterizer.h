@@ -82,10 +82,11 @@ void assign_warps(int n_tiles, int n_requests, const int32_t* tile_order, const 
 // most MAX_IMAGE_SIZE pixels wide), read by binning (the render kernels read each entry's
 // rectangle within its tile, written by identify_tile_ranges), octant mask (of the octants
 // its entries are for; 0 when culled) and number of tiles each of its octants gets an entry
-// in (rectangle and tile count written only where the octant mask is not zero); the frame counts COUNT_ENTRIES, COUNT_IN_VIEW, COUNT_ITEMS and
-// COUNT_WIDE, and COUNT_USED_LEVELS and PATHS_FINGERPRINT over every voxel, culled or not; and
-// camera_position[3], the c2w translation (vox_fn's argument: on the device without a
-// host-to-device copy, which would wait for the GPU's queue, nor a launch of its own).
+// in (rectangle and tile count written only where the octant mask is not zero); the frame
+// counts COUNT_ENTRIES, COUNT_IN_VIEW, COUNT_ITEMS and COUNT_WIDE, and COUNT_USED_LEVELS and
+// PATHS_FINGERPRINT over every voxel, culled or not; and camera_position[3], the c2w
+// translation (vox_fn's argument: on the device without a host-to-device copy, which would
+// wait for the GPU's queue, nor a launch of its own).
 void preprocess(const Camera& cam, const RequestedPixels& requests, int n_voxels, const int64_t* octpaths,
                 const float* centers, const float* lengths, short4* pixel_rect, uint8_t* octant_mask,
                 int32_t* item_tiles, unsigned long long* counts, float* camera_position, cudaStream_t stream);
