@@ -1,4 +1,5 @@
 """Bad input: a clear exception naming the argument; legal edge cases render."""
+import itertools
 import math
 import re
 
@@ -87,30 +88,29 @@ def test_quick_settings_check_agrees(change):
 _VOXEL_TENSORS = [torch.zeros(5, 1, dtype=torch.int64), torch.zeros(5, 3), torch.ones(5, 1), torch.zeros(4, 1, dtype=torch.int64),
                   torch.zeros(5, 1, dtype=torch.int32), torch.zeros(5, 3, dtype=torch.float64), torch.ones(5),
                   torch.ones(5, 2), torch.zeros(5, 3, 1), torch.zeros(0, 3), torch.zeros(0, 1), -torch.ones(5, 1),
-                  torch.nn.Parameter(torch.zeros(5, 3)), torch.zeros(5, 3)[:, :1], torch.zeros(3, 5).t(), 3.0, None]
+                  torch.nn.Parameter(torch.zeros(5, 3)), torch.zeros(5, 3)[:, :1], torch.zeros(3, 5).t(),
+                  torch.ones(5, 1, device="meta"), torch.zeros(5, 1, dtype=torch.int64, device="meta"), 3.0, None]
 
 
-@settings(max_examples=300, deadline=None)
-@given(st.sampled_from(_VOXEL_TENSORS), st.sampled_from(_VOXEL_TENSORS), st.sampled_from(_VOXEL_TENSORS))
-def test_quick_voxels_check_agrees(octree_paths, vox_centers, vox_lengths):
-    """check_voxels' one-expression test (validation._plain_voxels) accepts only voxel tensors
-    that its checks one by one accept, and they still check the sizes' values on the CPU."""
-    voxels = (octree_paths, vox_centers, vox_lengths)
-    try:
-        validation.check_tensor("vox_centers", vox_centers, (None, 3), torch.float32)
-        n = vox_centers.shape[0]
-        validation.check_tensor("octree_paths", octree_paths, (n, 1), torch.int64, vox_centers.device)
-        validation.check_tensor("vox_lengths", vox_lengths, (n, 1), torch.float32, vox_centers.device)
-    except (TypeError, ValueError, AttributeError):
-        assert not validation._plain_voxels(*voxels)
-        with pytest.raises((TypeError, ValueError)):
+def test_quick_voxels_check_agrees():
+    """check_voxels' one-expression test (validation._plain_voxels) accepts exactly the plain
+    tensors that its checks one by one accept, so it raises the same errors, and the sizes'
+    values are checked on the CPU either way: every triple of the tensors above."""
+    for voxels in itertools.product(_VOXEL_TENSORS, repeat=3):
+        try:
+            validation._check_each_voxel_tensor(*voxels)
+        except (TypeError, ValueError) as exc:
+            assert not validation._plain_voxels(*voxels), voxels
+            with pytest.raises(type(exc), match=re.escape(str(exc)[:20])):
+                validation.check_voxels(*voxels)
+            continue
+        assert validation._plain_voxels(*voxels) == all(type(t) is torch.Tensor for t in voxels), voxels
+        lengths = voxels[2]
+        if len(lengths) and lengths.device.type == "cpu" and not bool((lengths > 0).all()):
+            with pytest.raises(ValueError, match="vox_lengths: expected positive"):
+                validation.check_voxels(*voxels)
+        else:
             validation.check_voxels(*voxels)
-        return
-    if n and not bool((vox_lengths > 0).all()):
-        with pytest.raises(ValueError, match="vox_lengths: expected positive"):
-            validation.check_voxels(*voxels)
-    else:
-        validation.check_voxels(*voxels)
 
 
 def test_bad_tensors(scene):

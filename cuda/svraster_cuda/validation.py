@@ -121,10 +121,13 @@ def check_voxels(octree_paths, vox_centers, vox_lengths, values=False):
     """Shapes, dtypes and devices always; the voxel sizes' values on CPU tensors, and on CUDA
     only with `values` (RasterSettings.debug), since reading them back stalls the GPU. A
     non-positive size cannot crash the kernels: its box is empty and it is never drawn."""
-    if _plain_voxels(octree_paths, vox_centers, vox_lengths):
-        if (values or vox_centers.device.type == "cpu") and len(vox_centers):
-            _check_sizes(vox_lengths)
-        return
+    if not _plain_voxels(octree_paths, vox_centers, vox_lengths):
+        _check_each_voxel_tensor(octree_paths, vox_centers, vox_lengths)
+    if len(vox_centers) and (values or vox_lengths.device.type == "cpu") and not bool((vox_lengths > 0).all()):
+        raise ValueError(f"vox_lengths: expected positive voxel sizes, got min {vox_lengths.min().item()!r}")
+
+
+def _check_each_voxel_tensor(octree_paths, vox_centers, vox_lengths):
     if not isinstance(vox_centers, torch.Tensor):
         raise TypeError(f"vox_centers: expected a torch.Tensor, got {_describe(vox_centers)}")
     device = vox_centers.device
@@ -134,13 +137,6 @@ def check_voxels(octree_paths, vox_centers, vox_lengths, values=False):
     check_tensor("vox_lengths", vox_lengths, (n, 1), torch.float32, device)
     if n > meta.MAX_VOXELS:
         raise ValueError(f"vox_centers: at most {meta.MAX_VOXELS} voxels are supported, got {n}")
-    if n and (values or vox_lengths.device.type == "cpu"):
-        _check_sizes(vox_lengths)
-
-
-def _check_sizes(vox_lengths):
-    if not bool((vox_lengths > 0).all()):
-        raise ValueError(f"vox_lengths: expected positive voxel sizes, got min {vox_lengths.min().item()!r}")
 
 
 def check_vox_params(params, n, device, values=False):
