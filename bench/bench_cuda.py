@@ -4,6 +4,7 @@
     python bench/bench_cuda.py --scenes O6M,R6M --sparse    # sparse pixels, top-K, reuse
     python bench/bench_cuda.py --scenes O6M,R6M --steady 50  # training steps back to back
     python bench/bench_cuda.py --scenes R6M --gpu-only       # each view's GPU time, host hidden
+    python bench/bench_cuda.py --scenes R6M --gpu-only --sparse  # sparse frames' GPU time
 
 Per scene: median over views of the median of repeated runs (CUDA events) of the forward
 (`rasterize_voxels`, preprocess and sort included), of forward+backward, and of the forward's
@@ -253,9 +254,11 @@ def large_images(name, sizes):
               f"{peaks[0]:.2f} / {peaks[1]:.2f} |")
 
 
-def sparse_queries(name, width, height, fraction=0.01, k=8, profile=False):
+def sparse_queries(name, width, height, fraction=0.01, k=8, profile=False, gpu=False):
     """Random pixels (`fraction` of the image, and ten times as many) rendered sparsely, fresh
-    and with reused intersections, against the dense render; and top-K of the whole image."""
+    and with reused intersections, against the dense render; and top-K of the whole image.
+    `gpu`: the forwards' GPU time (gpu_ms: the host's time before the first launch hidden)
+    beside their time with events, medians of 30 calls."""
     from svraster_cuda.renderer import intersect_voxels, rasterize_voxels_sparse, topk_contributors
     scene, params = scene_and_params(name)
     forward, forward_backward = make_step(name, scene, params)
@@ -289,8 +292,15 @@ def sparse_queries(name, width, height, fraction=0.01, k=8, profile=False):
              ("intersect_voxels (dense)", lambda: intersect_voxels(s, *voxels)),
              (f"topk k={k}, whole image, reused intersections",
               lambda: topk_contributors(s, *voxels, params["geos"], k, intersections=inter))]
+    if gpu:
+        print(f"| {name} {width}x{height} forward | events ms | GPU ms |")
+        print("|---|---|---|")
+        for label, fn in [rows[0], rows[2], rows[4], rows[6]]:
+            fn()
+            print(f"| {label} | {time_ms(fn, 30):.3f} | {gpu_ms(fn, 30):.3f} |")
+        return
     if profile:
-        timeline(f"{name} sparse {fraction:.0%} forward", sparse, 140)
+        timeline(f"{name} sparse {fraction:.0%} forward", sparse, 200)
         timeline(f"{name} sparse {fraction:.0%} forward, reused intersections", lambda: sparse(inter), 60)
         return
     print(f"| {name} {width}x{height}, {len(pixels)} / {len(pixel_sets[1])} sparse pixels | ms |")
@@ -338,6 +348,10 @@ def main():
     ap.add_argument("--steady", type=int, metavar="N", help="N training steps back to back per scene instead")
     ap.add_argument("--gpu-only", action="store_true", help="each view's GPU time of forward and render instead")
     args = ap.parse_args()
+    if args.gpu_only and args.sparse:
+        for n in args.scenes.split(","):
+            sparse_queries(n, args.width, args.height, gpu=True)
+        return
     if args.gpu_only:
         for n in args.scenes.split(","):
             gpu_only(n, args.width, args.height, args.views, args.repeat)

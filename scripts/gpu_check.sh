@@ -8,14 +8,16 @@
 # large sizes), BENCH_SCENES, BENCH_ROUNDS (baseline and tree alternate that many times; run-to-run
 # spread is 5-10%); PROFILE=1 (torch profiler, PROFILE_SCENES), NCU=1 (Nsight Compute,
 # NCU_SCENES, NCU_REGEX: kernel names, NCU_COUNT: launches), NCU_SOURCE=1 (stall samples per source
-# line: scripts/ncu_source.py, NCU_KERNELS, NCU_SCENES, NCU_VIEW, NCU_TOP, NCU_HEAD), STEADY=N (N training steps back to back,
+# line: scripts/ncu_source.py, NCU_KERNELS, NCU_SCENES, NCU_VIEW, NCU_TOP, NCU_HEAD; NCU_SPARSE=1: in a
+# fresh 1%-sparse frame), STEADY=N (N training steps back to back,
 # camera matrices on CPU and GPU; STEADY_SCENES),
 # HOST=1 (host time of the Python and C++ steps: bench/bench_host.py, HOST_SCENE), HOST_AB=N (N rounds
 # of whole frames' host time through the public API, baseline and tree in alternating processes),
 # GAPS=1 (host spans and GPU idle of unprofiled dense forwards: bench_host.py --gaps, GAPS_SCENES;
 # baseline and tree, in alternating order), GPUONLY=1 (each view's GPU time of the forward and of the
 # render with reused intersections, the host's time before the first launch hidden: bench_cuda.py
-# --gpu-only, GPUONLY_SCENES; baseline, tree and variants). Variants: each .device_data/variants/NAME.patch
+# --gpu-only, GPUONLY_SCENES; baseline, tree and variants; GPUONLY_SPARSE=1: sparse frames' GPU time
+# too, bench_cuda.py --gpu-only --sparse on O6M and R6M). Variants: each .device_data/variants/NAME.patch
 # is applied to a copy of the tree, built beside it and measured by GPUONLY (and GAPS: its per-kernel
 # GPU times; VARIANT_TESTS=1: the GPU tests with eager octant ranks; NAME in the log).
 # The device tool brings back at most 8 files: device.txt, tests.log, bench.log (fit example
@@ -87,6 +89,7 @@ if [ "${NCU_SOURCE:-0}" = 1 ]; then
   for scene in ${NCU_SCENES:-R6M}; do
     for kernel in ${NCU_KERNELS:-render_backward render_forward}; do
       python3 scripts/ncu_source.py --kernel "$kernel" --scene "$scene" --view ${NCU_VIEW:-0} --top ${NCU_TOP:-40} \
+        $([ "${NCU_SPARSE:-0}" = 1 ] && echo --sparse) \
         >"$LOGS/source.txt" 2>&1
       cat "$LOGS/source.txt" >>"$OUT/ncu.txt"
       head -n ${NCU_HEAD:-30} "$LOGS/source.txt"
@@ -158,9 +161,13 @@ if [ "${GPUONLY:-0}" = 1 ]; then
     echo "== gpu-only, baseline"
     PYTHONPATH=$PWD/.device_data/base/cuda python3 bench/bench_cuda.py --gpu-only \
       --scenes ${GPUONLY_SCENES:-O6M,R1.5M,R6M} 2>&1 | tee -a "$OUT/bench.log" | grep median
+    [ "${GPUONLY_SPARSE:-0}" = 1 ] && PYTHONPATH=$PWD/.device_data/base/cuda python3 bench/bench_cuda.py --gpu-only \
+      --sparse --scenes O6M,R6M 2>&1 | tee -a "$OUT/bench.log" | grep -E "^\| (dense|sparse|[OR][0-9.]+M )"
   fi
   echo "== gpu-only, this tree"
   python3 bench/bench_cuda.py --gpu-only --scenes ${GPUONLY_SCENES:-O6M,R1.5M,R6M} 2>&1 | tee -a "$OUT/bench.log" | grep median
+  [ "${GPUONLY_SPARSE:-0}" = 1 ] && python3 bench/bench_cuda.py --gpu-only --sparse --scenes O6M,R6M 2>&1 \
+    | tee -a "$OUT/bench.log" | grep -E "^\| (dense|sparse|[OR][0-9.]+M )"
   wait
   for name in "${VARIANTS[@]}"; do
     if [ "${VARIANT_TESTS:-0}" = 1 ]; then  # the GPU tests on the variant, octant ranks cached at once
@@ -171,6 +178,8 @@ if [ "${GPUONLY:-0}" = 1 ]; then
     echo "== gpu-only, variant $name"
     PYTHONPATH=/tmp/variant_$name/cuda python3 bench/bench_cuda.py --gpu-only \
       --scenes ${GPUONLY_SCENES:-O6M,R1.5M,R6M} 2>&1 | tee -a "$OUT/bench.log" | grep -E "median|Error"
+    [ "${GPUONLY_SPARSE:-0}" = 1 ] && PYTHONPATH=/tmp/variant_$name/cuda python3 bench/bench_cuda.py --gpu-only \
+      --sparse --scenes O6M,R6M 2>&1 | tee -a "$OUT/bench.log" | grep -E "^\| (dense|sparse|[OR][0-9.]+M )|Error"
     if [ "${GAPS:-0}" = 1 ]; then  # the variant's per-kernel GPU times too
       for scene in ${GAPS_SCENES:-R6M O6M}; do gaps "variant $name" "/tmp/variant_$name/cuda" "$scene"; done
     fi

@@ -4,6 +4,7 @@ counters (warp stall samples and executed instructions per SASS line), for one b
 Run on the device (gpu_check.sh NCU_SOURCE=1):
 
     python3 scripts/ncu_source.py --kernel render_backward --scene R6M [--top 40]
+    python3 scripts/ncu_source.py --kernel preprocess --scene R6M --sparse   # a 1%-sparse frame's
 """
 import argparse
 import csv
@@ -47,15 +48,27 @@ def main():
     ap.add_argument("--scene", default="R6M")
     ap.add_argument("--top", type=int, default=40)
     ap.add_argument("--view", type=int, default=0, help="which of bench_cuda.py's 8 orbit views")
+    ap.add_argument("--sparse", action="store_true",
+                    help="the kernel in a fresh 1%%-sparse frame (bench_cuda.py --sparse --profile; view 0)")
     args = ap.parse_args()
     bench = Path(__file__).resolve().parent.parent / "bench" / "bench_cuda.py"
+    # The third launch: the dense frames' warm-up (or, sparse, the dense intersections built
+    # first) before it.
+    frames = ["--sparse", "--profile"] if args.sparse else ["--views", "8", "--only-view", str(args.view), "--repeat", "1"]
     with tempfile.TemporaryDirectory() as tmp:
         report = str(Path(tmp) / "source")
         subprocess.run(["ncu", "--kernel-name", f"regex:{args.kernel}", "--launch-skip", "2", "--launch-count", "1",
-                        "--section", "SourceCounters", "--section", "WarpStateStats", "-o", report,
-                        sys.executable, str(bench), "--scenes", args.scene, "--views", "8", "--only-view", str(args.view),
-                        "--repeat", "1"],
+                        "--section", "SourceCounters", "--section", "WarpStateStats", "--section", "SpeedOfLight",
+                        "--section", "Occupancy", "--section", "LaunchStats", "-o", report,
+                        sys.executable, str(bench), "--scenes", args.scene, *frames],
                        check=True, capture_output=True)
+        details = subprocess.run(["ncu", "--import", report + ".ncu-rep", "--page", "details"],
+                                 capture_output=True, text=True).stdout
+        keys = ("Duration", "Registers Per Thread", "Achieved Occupancy", "Theoretical Occupancy", "Block Limit",
+                "Compute (SM) Throughput", "Memory Throughput", "Grid Size", "Block Size")
+        for line in details.splitlines():
+            if any(k in line for k in keys):
+                print(line.strip())
         rows = sass_page(report + ".ncu-rep")
         if not rows:
             return
