@@ -224,6 +224,38 @@ def test_sparse_empty_pixel_list(device):
     assert ids.shape == (3, 0) and weights.shape == (3, 0)
 
 
+def test_reference_binning_test_against_pixels():
+    """The reference's sparse binning test (mirrored by math.cuh's bins_into, whose lists the
+    CUDA tests compare with the reference's) against the pixels themselves: a rectangle is
+    binned into a tile exactly when one of the tile's requested pixels lies inside it (tiles
+    of at most MAX_EXACT_TILES), every bit of the 64-bit tile masks, row 7 (the sign bit) too."""
+    from svraster_cuda import meta
+    from svraster_cuda.reference.binning import bins_into
+    from svraster_cuda.reference.requests import request_masks
+    t, tiles_x, tiles_y = meta.TILE_SIZE, 3, 2
+    settings = make_settings((0, 0, -3.0), (0, 0, 0), width=tiles_x * t, height=tiles_y * t)
+    gen = torch.Generator().manual_seed(5)
+    for n_pixels in (1, 3, 12):
+        pixels = torch.stack([torch.randint(0, tiles_y * t, (n_pixels,), generator=gen),
+                              torch.randint(0, tiles_x * t, (n_pixels,), generator=gen)], 1)
+        requests = request_masks(settings, pixels)
+        image = torch.zeros(tiles_y * t, tiles_x * t, dtype=torch.bool)
+        image[pixels[:, 0], pixels[:, 1]] = True
+        # Rectangles in image pixels (x0, y0, x1, y1) and each tile they touch.
+        corners = torch.stack([torch.randint(0, tiles_x * t, (400,), generator=gen),
+                               torch.randint(0, tiles_y * t, (400,), generator=gen)], 1)
+        sizes = torch.randint(0, 11, (400, 2), generator=gen)
+        rects = torch.cat([corners, (corners + sizes).minimum(torch.tensor([tiles_x * t - 1, tiles_y * t - 1]))], 1)
+        for rect in rects:
+            x0, y0, x1, y1 = rect.tolist()
+            for ty in range(y0 // t, y1 // t + 1):
+                for tx in range(x0 // t, x1 // t + 1):
+                    tile = torch.tensor([ty * tiles_x + tx])
+                    got = bins_into(requests, rect[None], tile, torch.tensor([1]), tiles_x)
+                    inside = image[max(y0, ty * t):min(y1, ty * t + t - 1) + 1,
+                                   max(x0, tx * t):min(x1, tx * t + t - 1) + 1]
+                    assert bool(got) == bool(inside.any()), (rect.tolist(), tx, ty, pixels.tolist())
+
 # ---------------------------------------------------------------- reusable intersections
 
 

@@ -106,8 +106,8 @@ void check_no_outside(const svr::Camera& cam, int64_t n_outside, int64_t n_reque
 }
 
 // Stages 1-4 for the whole image, or (sparse, `pixels` given) for the tiles holding requested
-// pixels. Returns ([in_view, ranges, entries, entry_rects, tile_order, row_masks,
-// camera_position], fingerprint); row_masks [n_tiles, TILE_SIZE] int32 (bit x of row y: pixel
+// pixels. Returns ([in_view, ranges, entries, entry_rects, tile_order, tile_masks,
+// camera_position], fingerprint); tile_masks [n_tiles] int64 (bit TILE_SIZE * y + x: pixel
 // (x, y) of the tile is requested) is empty for the whole image; camera_position is float32
 // [3] (vox_fn's); fingerprint is the frame's PATHS_FINGERPRINT (as int64). `ranks`
 // (octant_ranks' [4, N], built for octpaths of fingerprint `ranks_fingerprint`) place the
@@ -134,19 +134,17 @@ std::tuple<std::vector<Tensor>, int64_t> rasterize_preprocess(const std::vector<
     C10_CUDA_CHECK(cudaMemsetAsync(counts.data_ptr(), 0, sizeof(ULL) * svr::N_FRAME_COUNTS, stream));
     ULL* counters = ptr<ULL>(counts);
 
-    Tensor row_masks = torch::empty({0}, opts.dtype(at::kInt)), tile_summary, tile_sat;
-    svr::RequestedPixels requests{nullptr, nullptr, nullptr};
+    Tensor tile_masks = torch::empty({0}, opts.dtype(at::kLong)), tile_sat;
+    svr::RequestedPixels requests{nullptr, nullptr};
     if (pixels) {
         check_pixels(*pixels, vox_centers);
-        row_masks = torch::empty({n_tiles, TILE_SIZE}, opts.dtype(at::kInt));
-        C10_CUDA_CHECK(cudaMemsetAsync(row_masks.data_ptr(), 0, sizeof(int32_t) * row_masks.numel(), stream));
-        tile_summary = torch::empty({n_tiles}, opts.dtype(at::kInt));
+        tile_masks = torch::empty({n_tiles}, opts.dtype(at::kLong));
+        C10_CUDA_CHECK(cudaMemsetAsync(tile_masks.data_ptr(), 0, sizeof(int64_t) * n_tiles, stream));
         tile_sat = torch::empty({cam.tiles_y() + 1, cam.tiles_x() + 1}, opts.dtype(at::kInt));
-        svr::mark_requests(cam, int(pixels->size(0)), ptr<int64_t>(*pixels), ptr<uint32_t>(row_masks),
-                           ptr<uint32_t>(tile_summary), ptr<int32_t>(tile_sat), counters + svr::COUNT_OUTSIDE_REQUESTS,
-                           stream);
+        svr::mark_requests(cam, int(pixels->size(0)), ptr<int64_t>(*pixels), ptr<uint64_t>(tile_masks),
+                           ptr<int32_t>(tile_sat), counters + svr::COUNT_OUTSIDE_REQUESTS, stream);
         C10_CUDA_KERNEL_LAUNCH_CHECK();
-        requests = {ptr<uint32_t>(tile_summary), ptr<int32_t>(tile_sat), ptr<uint32_t>(row_masks)};
+        requests = {ptr<uint64_t>(tile_masks), ptr<int32_t>(tile_sat)};
     }
 
     Tensor pixel_rect = torch::empty({n, 4}, opts.dtype(at::kShort));
@@ -291,7 +289,7 @@ std::tuple<std::vector<Tensor>, int64_t> rasterize_preprocess(const std::vector<
     svr::select_in_view(int(n), ptr<uint8_t>(octant_mask), ptr<int64_t>(in_view), select_scratch.data_ptr(),
                         size_t(select_scratch.numel()), stream);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
-    return {{in_view, ranges, entries, entry_rects, tile_order, row_masks, position}, c[svr::PATHS_FINGERPRINT]};
+    return {{in_view, ranges, entries, entry_rects, tile_order, tile_masks, position}, c[svr::PATHS_FINGERPRINT]};
 }
 
 // The cached octant ranks of octree_paths [N, 1] (rasterizer.h): int32 [4, N], or [0, N] where
@@ -317,7 +315,7 @@ Tensor octant_ranks(const Tensor& octree_paths) {
 // first): (requests [P, 2] int32, warp_tiles [n_warps], lane_requests [32 * n_warps]). Sized
 // for the most warps P requests can need, so that no device read is needed: spare warps have
 // tile -1. With `verify`, the requests are checked (one device read): inside the image and,
-// when `allowed` row masks are given (those the entries were binned for), among them.
+// when `allowed` tile masks are given (those the entries were binned for), among them.
 std::vector<Tensor> pixel_layout(const std::vector<double>& camera, const Tensor& pixels, const Tensor& tile_order,
                                  const std::optional<Tensor>& allowed, bool verify) {
     TORCH_CHECK_VALUE(pixels.is_cuda(), text("pixels: expected a CUDA tensor, got one on ", pixels.device()));
@@ -326,7 +324,7 @@ std::vector<Tensor> pixel_layout(const std::vector<double>& camera, const Tensor
     const svr::Camera cam = make_camera(camera);
     const int n_tiles = cam.tiles_x() * cam.tiles_y();
     check_tensor(tile_order, "tile_order", at::kInt, {n_tiles}, pixels);
-    if (allowed) check_tensor(*allowed, "allowed", at::kInt, {n_tiles, TILE_SIZE}, pixels);
+    if (allowed) check_tensor(*allowed, "allowed", at::kLong, {n_tiles}, pixels);
     const auto stream = c10::cuda::getCurrentCUDAStream();
     const auto opts = pixels.options();
     const int64_t n_requests = pixels.size(0);
@@ -340,7 +338,7 @@ std::vector<Tensor> pixel_layout(const std::vector<double>& camera, const Tensor
     Tensor invalid = torch::empty({2}, opts);
     C10_CUDA_CHECK(cudaMemsetAsync(tile_counts.data_ptr(), 0, sizeof(int32_t) * n_tiles, stream));
     C10_CUDA_CHECK(cudaMemsetAsync(invalid.data_ptr(), 0, sizeof(int64_t) * 2, stream));
-    svr::bin_requests(cam, int(n_requests), ptr<int64_t>(pixels), allowed ? ptr<uint32_t>(*allowed) : nullptr,
+    svr::bin_requests(cam, int(n_requests), ptr<int64_t>(pixels), allowed ? ptr<uint64_t>(*allowed) : nullptr,
                       ptr<int2>(requests), ptr<int32_t>(tile_of), ptr<int32_t>(rank), ptr<int32_t>(tile_counts),
                       ptr<ULL>(invalid), stream);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -549,7 +547,7 @@ std::vector<Tensor> rasterize_topk(const std::vector<double>& camera, int64_t n_
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
     m.def("rasterize_preprocess", &rasterize_preprocess,
           "preprocess, duplicateWithKeys, sort, identifyTileRanges -> ([in_view, ranges, entries, entry_rects, "
-          "tile_order, row_masks, camera_position], paths fingerprint)",
+          "tile_order, tile_masks, camera_position], paths fingerprint)",
           py::arg("camera"), py::arg("octree_paths"), py::arg("vox_centers"), py::arg("vox_lengths"),
           py::arg("pixels"), py::arg("ranks") = py::none(), py::arg("ranks_fingerprint") = 0);
     m.def("octant_ranks", &octant_ranks, "an octree's cached octant ranks -> int32 [4, N] ([0, N]: not cacheable)");

@@ -103,32 +103,28 @@ __device__ __forceinline__ int4 unpack_entry_rect(uint16_t r) {
 // Tiles in an inclusive tile rectangle.
 __device__ __forceinline__ int tile_area(int4 r) { return (r.z - r.x + 1) * (r.w - r.y + 1); }
 
+// The pixels of the tile-local rectangle [x0, x1] x [y0, y1] (inclusive, non-empty) as a tile
+// mask (rasterizer.h's RequestedPixels: bit TILE_SIZE * y + x for pixel (x, y)): its columns'
+// byte repeated over its rows' bytes.
+__device__ __forceinline__ uint64_t tile_rect_mask(int x0, int y0, int x1, int y1) {
+    const uint64_t columns = ((2u << (x1 - x0)) - 1u) << x0;
+    const uint64_t rows = (~0ull >> (TILE_SIZE * (TILE_SIZE - 1 - y1))) & (~0ull << (TILE_SIZE * y0));
+    return rows & (columns * 0x0101010101010101ull);
+}
+
 // Sparse rendering bins a voxel into tile (tx, ty) only when its pixel rectangle holds a
-// requested pixel of the tile. Rectangles spanning more than MAX_EXACT_TILES tiles (`exact`
-// false) go to every tile holding a request: cheaper, and still conservative.
-static_assert(TILE_SIZE <= 16 && TILE_SIZE % 4 == 0,
-              "a tile summary holds one bit per column and one per row of a tile; its row masks load as uint4");
+// requested pixel of the tile: one 8-byte load and a mask (a row mask a pixel row and a
+// summary of the requested rows and columns took up to five loads, two of them dependent).
+// Rectangles spanning more than MAX_EXACT_TILES tiles (`exact` false) go to every tile holding
+// a request: cheaper, and still conservative.
 __device__ __forceinline__ bool bins_into(const RequestedPixels& req, int4 rect, int tx, int ty, int tiles_x,
                                           bool exact) {
-    const int tile = ty * tiles_x + tx;
-    const uint32_t summary = req.tile_summary[tile];
-    if (!summary) return false;
+    const uint64_t requested = __ldg(req.tile_masks + ty * tiles_x + tx);
+    if (!requested) return false;
     if (!exact) return true;
     const int x0 = max(rect.x - tx * TILE_SIZE, 0), x1 = min(rect.z - tx * TILE_SIZE, TILE_SIZE - 1);
     const int y0 = max(rect.y - ty * TILE_SIZE, 0), y1 = min(rect.w - ty * TILE_SIZE, TILE_SIZE - 1);
-    const uint32_t columns = ((2u << (x1 - x0)) - 1u) << x0, rows = ((2u << (y1 - y0)) - 1u) << y0;
-    // No requested column or no requested row in the rectangle: no need to read the row masks.
-    if (!(summary & columns) || !(summary >> 16 & rows)) return false;
-    // The tile's row masks in four independent 16-byte loads (not one dependent load per row).
-    const uint4* masks = reinterpret_cast<const uint4*>(req.row_masks + tile * TILE_SIZE);
-    uint32_t hit = 0;
-#pragma unroll
-    for (int k = 0; k < TILE_SIZE / 4; ++k) {
-        const uint4 m = masks[k];
-        const uint32_t r = rows >> (4 * k);
-        hit |= ((r & 1u) ? m.x : 0u) | ((r & 2u) ? m.y : 0u) | ((r & 4u) ? m.z : 0u) | ((r & 8u) ? m.w : 0u);
-    }
-    return (hit & columns) != 0;
+    return (requested & tile_rect_mask(x0, y0, x1, y1)) != 0;
 }
 
 struct Ray {

@@ -29,7 +29,7 @@ __device__ __forceinline__ int active_tiles_in(const RequestedPixels& req, int t
 // The tiles of `tile_rect` the voxel is binned into (all of them unless pixels are requested).
 __device__ __forceinline__ int tiles_binned(const RequestedPixels& req, int tiles_x, int4 pixel_rect, int4 tile_rect) {
     const int area = tile_area(tile_rect);
-    if (!req.tile_summary) return area;
+    if (!req.tile_masks) return area;
     const int active = active_tiles_in(req, tiles_x, tile_rect);
     if (active == 0 || area > MAX_EXACT_TILES) return active;
     int count = 0;
@@ -64,7 +64,7 @@ __device__ __forceinline__ bool surely_culled(const Camera& cam, const Requested
     const float y_hi = fmaxf((p.y + ey) * inv_min, (p.y + ey) * inv_max) * fy + cam.cy + 0.5f;
     if (!(isfinite(x_lo) && isfinite(x_hi) && isfinite(y_lo) && isfinite(y_hi))) return false;
     if (x_hi < 0.f || y_hi < 0.f || x_lo > float(cam.width - 1) || y_lo > float(cam.height - 1)) return true;
-    if (!requests.tile_summary) return false;
+    if (!requests.tile_masks) return false;
     const int x0 = max(int(floorf(x_lo)), 0), x1 = min(int(ceilf(x_hi)), cam.width - 1);
     const int y0 = max(int(floorf(y_lo)), 0), y1 = min(int(ceilf(y_hi)), cam.height - 1);
     return active_tiles_in(requests, cam.tiles_x(), tile_rect(make_int4(x0, y0, x1, y1))) == 0;

@@ -33,13 +33,12 @@ constexpr uint32_t VOXEL_ID_MASK = (1u << VOXEL_ID_BITS) - 1;
 
 // Which (voxel, tile) pairs get entries: all of them, or (sparse rendering) only those where
 // the voxel's pixel rectangle holds a requested pixel of the tile (see bins_into in math.cuh).
+static_assert(TILE_SIZE * TILE_SIZE == 64, "a tile's requested pixels are one 64-bit mask");
 struct RequestedPixels {
-    const uint32_t* tile_summary;  // [n_tiles]: bit x set when column x of the tile holds a request, bit
-                                   // 16 + y when row y does (0: no request); null: every pixel is rendered
+    const uint64_t* tile_masks;  // [n_tiles]: bit TILE_SIZE * y + x set when pixel (x, y) of the tile is
+                                 // requested (0: no request); null: every pixel is rendered
     const int32_t* tile_sat;     // summed-area table of the tiles holding requests, [tiles_y + 1, tiles_x + 1] with a zero
                                  // first row and column: a rectangle's count in four reads
-    const uint32_t* row_masks;   // [n_tiles, TILE_SIZE]: bit x of row y set when pixel (x, y) of the tile
-                                 // is requested
 };
 
 // What a frame's one device-to-host read brings back: counters the kernels accumulate
@@ -57,16 +56,15 @@ enum FrameCount {
 };
 
 // --- requests.cu (sparse rendering)
-// Marks the requested pixels (int64 [P, 2] of row, col) in row_masks ([n_tiles, TILE_SIZE],
-// zeroed by the caller), counting those outside the image, and fills tile_summary and tile_sat
-// (see RequestedPixels).
-void mark_requests(const Camera& cam, int n_requests, const int64_t* pixels, uint32_t* row_masks,
-                   uint32_t* tile_summary, int32_t* tile_sat, unsigned long long* n_outside, cudaStream_t stream);
+// Marks the requested pixels (int64 [P, 2] of row, col) in tile_masks ([n_tiles], zeroed by
+// the caller), counting those outside the image, and fills tile_sat (see RequestedPixels).
+void mark_requests(const Camera& cam, int n_requests, const int64_t* pixels, uint64_t* tile_masks, int32_t* tile_sat,
+                   unsigned long long* n_outside, cudaStream_t stream);
 // Grouping requests into warps (the PixelSet below), step 1: per request its (row, col) as int2,
 // its tile (-1 when invalid) and its rank among its tile's requests (tile_counts zeroed by the
 // caller). invalid[0] counts requests outside the image; invalid[1] those not set in `allowed`
-// (row masks the entries were binned for; null allows all).
-void bin_requests(const Camera& cam, int n_requests, const int64_t* pixels, const uint32_t* allowed, int2* requests,
+// (tile masks the entries were binned for; null allows all).
+void bin_requests(const Camera& cam, int n_requests, const int64_t* pixels, const uint64_t* allowed, int2* requests,
                   int32_t* tile_of, int32_t* rank, int32_t* tile_counts, unsigned long long* invalid,
                   cudaStream_t stream);
 // Step 2: the warps of each tile in tile_order (ceil(tile_counts / 32), scanned), warp_tiles

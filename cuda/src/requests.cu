@@ -1,5 +1,5 @@
 // Sparse rendering's requested pixels (mirrors reference/requests.py): which pixels of each
-// tile are requested (row masks and a summed-area table of the tiles holding requests, read by
+// tile are requested (a 64-bit mask a tile and a summed-area table of the tiles holding requests, read by
 // preprocess and binning), and the requests grouped into warps of one tile each (the PixelSet
 // of the render kernels), the tiles of longest list first. Requests outside the image (or not
 // among the allowed ones) are counted, never followed: the caller reads the counts and raises.
@@ -9,6 +9,11 @@
 
 namespace svr {
 namespace {
+
+// A request's bit in its tile's mask (rasterizer.h's RequestedPixels).
+__device__ __forceinline__ uint64_t request_bit(int64_t row, int64_t col) {
+    return 1ull << (TILE_SIZE * int(row % TILE_SIZE) + int(col % TILE_SIZE));
+}
 
 // The tile of a request inside the image; -1 (and the count bumped) for one outside it.
 __device__ __forceinline__ int request_tile(const Camera& cam, int64_t row, int64_t col,
@@ -20,24 +25,23 @@ __device__ __forceinline__ int request_tile(const Camera& cam, int64_t row, int6
     return int(row / TILE_SIZE) * cam.tiles_x() + int(col / TILE_SIZE);
 }
 
-__global__ void mark_kernel(Camera cam, int n, const int64_t* __restrict__ pixels, uint32_t* __restrict__ row_masks,
-                            unsigned long long* __restrict__ n_outside) {
+__global__ void mark_kernel(Camera cam, int n, const int64_t* __restrict__ pixels,
+                            unsigned long long* __restrict__ tile_masks, unsigned long long* __restrict__ n_outside) {
     const int i = blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= n) return;
     const int64_t row = pixels[2 * i], col = pixels[2 * i + 1];
     const int tile = request_tile(cam, row, col, n_outside);
-    if (tile >= 0) atomicOr(row_masks + tile * TILE_SIZE + row % TILE_SIZE, 1u << (col % TILE_SIZE));
+    if (tile >= 0) atomicOr(tile_masks + tile, (unsigned long long)request_bit(row, col));
 }
 
-// tile_summary from the row masks, and the summed-area table (zero first row and column), in
+// The summed-area table of the tiles holding requests (zero first row and column), in
 // two kernels of a warp per line (one block for the whole table took 0.026 ms at 1080p): each
 // warp scans a tile row, 32 tiles per step by shuffles, then a column of the row sums the same
 // way.
 constexpr int TABLE_THREADS = 256, TABLE_WARPS = TABLE_THREADS / 32;
 
 __global__ void __launch_bounds__(TABLE_THREADS)
-tile_rows_kernel(int tiles_x, int tiles_y, const uint32_t* __restrict__ row_masks,
-                 uint32_t* __restrict__ tile_summary, int32_t* __restrict__ sat) {
+tile_rows_kernel(int tiles_x, int tiles_y, const uint64_t* __restrict__ tile_masks, int32_t* __restrict__ sat) {
     const int stride = tiles_x + 1;
     const int lane = int(threadIdx.x & 31), ty = int(blockIdx.x * TABLE_WARPS + threadIdx.x / 32);
     if (blockIdx.x == 0)
@@ -48,20 +52,7 @@ tile_rows_kernel(int tiles_x, int tiles_y, const uint32_t* __restrict__ row_mask
     int carry = 0;
     for (int x0 = 0; x0 < tiles_x; x0 += 32) {
         const int tx = x0 + lane, tile = ty * tiles_x + tx;
-        int active = 0;
-        if (tx < tiles_x) {
-            const uint4* masks = reinterpret_cast<const uint4*>(row_masks + tile * TILE_SIZE);
-            uint32_t columns = 0, rows = 0;
-#pragma unroll
-            for (int k = 0; k < TILE_SIZE / 4; ++k) {
-                const uint4 m = masks[k];
-                columns |= m.x | m.y | m.z | m.w;
-                rows |= uint32_t(m.x != 0) << (4 * k) | uint32_t(m.y != 0) << (4 * k + 1) |
-                        uint32_t(m.z != 0) << (4 * k + 2) | uint32_t(m.w != 0) << (4 * k + 3);
-            }
-            active = columns != 0;
-            tile_summary[tile] = columns | rows << 16;
-        }
+        const int active = tx < tiles_x && tile_masks[tile] != 0;
         const int sum = warp_inclusive_sum(active);
         if (tx < tiles_x) row[tx + 1] = carry + sum;
         carry += __shfl_sync(FULL_MASK, sum, 31);
@@ -82,14 +73,14 @@ tile_columns_kernel(int tiles_x, int tiles_y, int32_t* __restrict__ sat) {
     }
 }
 
-__global__ void bin_kernel(Camera cam, int n, const int64_t* __restrict__ pixels, const uint32_t* __restrict__ allowed,
+__global__ void bin_kernel(Camera cam, int n, const int64_t* __restrict__ pixels, const uint64_t* __restrict__ allowed,
                            int2* __restrict__ requests, int32_t* __restrict__ tile_of, int32_t* __restrict__ rank,
                            int32_t* __restrict__ tile_counts, unsigned long long* __restrict__ invalid) {
     const int i = blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= n) return;
     const int64_t row = pixels[2 * i], col = pixels[2 * i + 1];
     int tile = request_tile(cam, row, col, invalid);
-    if (tile >= 0 && allowed && !(allowed[tile * TILE_SIZE + row % TILE_SIZE] >> (col % TILE_SIZE) & 1u)) {
+    if (tile >= 0 && allowed && !(allowed[tile] & request_bit(row, col))) {
         atomicAdd(invalid + 1, 1ull);
         tile = -1;
     }
@@ -136,18 +127,19 @@ size_t scan_bytes(int n_tiles) {
 
 }  // namespace
 
-void mark_requests(const Camera& cam, int n_requests, const int64_t* pixels, uint32_t* row_masks,
-                   uint32_t* tile_summary, int32_t* tile_sat, unsigned long long* n_outside, cudaStream_t stream) {
+void mark_requests(const Camera& cam, int n_requests, const int64_t* pixels, uint64_t* tile_masks, int32_t* tile_sat,
+                   unsigned long long* n_outside, cudaStream_t stream) {
     if (n_requests > 0)
-        mark_kernel<<<blocks_for(n_requests), 256, 0, stream>>>(cam, n_requests, pixels, row_masks, n_outside);
+        mark_kernel<<<blocks_for(n_requests), 256, 0, stream>>>(
+            cam, n_requests, pixels, reinterpret_cast<unsigned long long*>(tile_masks), n_outside);
     const int tiles_x = cam.tiles_x(), tiles_y = cam.tiles_y();
     const int row_blocks = (tiles_y + TABLE_WARPS - 1) / TABLE_WARPS;
     const int column_blocks = (tiles_x + TABLE_WARPS - 1) / TABLE_WARPS;
-    tile_rows_kernel<<<row_blocks, TABLE_THREADS, 0, stream>>>(tiles_x, tiles_y, row_masks, tile_summary, tile_sat);
+    tile_rows_kernel<<<row_blocks, TABLE_THREADS, 0, stream>>>(tiles_x, tiles_y, tile_masks, tile_sat);
     tile_columns_kernel<<<column_blocks, TABLE_THREADS, 0, stream>>>(tiles_x, tiles_y, tile_sat);
 }
 
-void bin_requests(const Camera& cam, int n_requests, const int64_t* pixels, const uint32_t* allowed, int2* requests,
+void bin_requests(const Camera& cam, int n_requests, const int64_t* pixels, const uint64_t* allowed, int2* requests,
                   int32_t* tile_of, int32_t* rank, int32_t* tile_counts, unsigned long long* invalid,
                   cudaStream_t stream) {
     if (n_requests == 0) return;

@@ -49,7 +49,7 @@ class CudaState(NamedTuple):
     entry_rects: torch.Tensor  # [M] int16 each entry's pixel rectangle within its tile (4 bits a side)
     tile_order: torch.Tensor  # [n_tiles] int32 render order of the tiles: longest list first
     camera_position: torch.Tensor  # [3] float32, written by preprocess
-    row_masks: torch.Tensor = None  # [n_tiles, TILE_SIZE] int32 requested pixels binned for (None: all)
+    tile_masks: torch.Tensor = None  # [n_tiles] int64 requested pixels binned for, bit TILE_SIZE * y + x (None: all)
 
 
 class SparsePixels(NamedTuple):
@@ -114,7 +114,7 @@ def rasterize_preprocess(settings, camera, octree_paths, vox_centers, vox_length
         camera, paths, vox_centers.contiguous(), vox_lengths.contiguous(),
         None if pixels is None else pixels.contiguous(), cached.ranks if usable else None,
         cached.fingerprint if usable else 0)
-    in_view, ranges, entries, entry_rects, tile_order, row_masks, position = outputs
+    in_view, ranges, entries, entry_rects, tile_order, tile_masks, position = outputs
     if policy != "off" and not (cached is not None and cached.fingerprint == fingerprint):
         if policy == "eager" or _last_fingerprint.get(device) == fingerprint:
             _octant_ranks.pop(device, None)  # its memory goes to the new ones
@@ -122,7 +122,7 @@ def rasterize_preprocess(settings, camera, octree_paths, vox_centers, vox_length
             _octant_ranks[device] = OctantRanks(fingerprint, ranks if len(ranks) else None)
         _last_fingerprint[device] = fingerprint
     return in_view, CudaState(camera, ranges, entries, entry_rects, tile_order, position,
-                              None if pixels is None else row_masks)
+                              None if pixels is None else tile_masks)
 
 
 def pixel_layout(settings, state, pixels, dtype, device, verify=False):
@@ -131,7 +131,7 @@ def pixel_layout(settings, state, pixels, dtype, device, verify=False):
     inside the image, and among the pixels `state` was binned for."""
     if pixels is None:
         return None
-    return SparsePixels(*_load().pixel_layout(state.camera, pixels.contiguous(), state.tile_order, state.row_masks,
+    return SparsePixels(*_load().pixel_layout(state.camera, pixels.contiguous(), state.tile_order, state.tile_masks,
                                               verify))
 
 

@@ -61,13 +61,13 @@ class TileIntersections:
 
     @property
     def sparse(self):
-        """Built for a pixel subset (the state keeps the row masks it was binned for)."""
-        return self.state.row_masks is not None
+        """Built for a pixel subset (the state keeps the tile masks of the pixels it was binned for)."""
+        return self.state.tile_masks is not None
 
     def __repr__(self):
         scope = "all pixels"
         if self.sparse:
-            scope = f"requested pixels in {int((self.state.row_masks != 0).any(1).sum())} tiles"
+            scope = f"requested pixels in {int((self.state.tile_masks != 0).sum())} tiles"
         return (f"TileIntersections({int(self.camera[0])}x{int(self.camera[1])} image, {self.voxels[0][1][0]} voxels, "
                 f"{len(self.in_view)} in view, {scope})")
 

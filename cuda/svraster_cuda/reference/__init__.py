@@ -27,8 +27,8 @@ class ReferenceState(NamedTuple):
     binning: Binning
 
     @property
-    def row_masks(self):
-        """The requested pixels the entries were binned for ([n_tiles, TILE_SIZE]), None: all."""
+    def tile_masks(self):
+        """The requested pixels the entries were binned for ([n_tiles] int64 masks), None: all."""
         requests = self.preprocessed.requests
         return None if requests is None else requests[1]
 
@@ -37,7 +37,7 @@ def pixel_layout(settings, state, pixels, dtype, device, verify=False):
     """The rays to render: every pixel (pixels None) or the requested (row, col) pairs [P, 2];
     `verify` checks those first (inside the image, among the pixels `state` was binned for)."""
     if pixels is not None and verify:
-        check_requests(settings, pixels, state.row_masks)
+        check_requests(settings, pixels, state.tile_masks)
     d_cam, rd, cam_norm = pixel_rays(settings, dtype, device)
     W, H = settings.image_width, settings.image_height
     if pixels is None:

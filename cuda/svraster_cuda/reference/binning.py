@@ -53,18 +53,20 @@ def bins_into(requests, pixel_rect, tile, rect_tiles, tiles_x):
     """Sparse rendering bins a voxel into a tile only when its pixel rectangle holds a requested
     pixel of the tile; rectangles spanning more than MAX_EXACT_TILES tiles go to every tile
     holding a request (mirrors math.cuh)."""
-    tile_active, row_masks = requests
+    tile_active, tile_masks = requests
     t = meta.TILE_SIZE
     tx, ty = tile % tiles_x, tile // tiles_x
     x0 = (pixel_rect[:, 0] - tx * t).clamp(min=0)
     x1 = (pixel_rect[:, 2] - tx * t).clamp(max=t - 1)
     y0 = (pixel_rect[:, 1] - ty * t).clamp(min=0)
     y1 = (pixel_rect[:, 3] - ty * t).clamp(max=t - 1)
+    # The rectangle's pixels as a tile mask: its columns' bits in each of its rows.
     columns = ((2 << (x1 - x0)) - 1) << x0
     rows = torch.arange(t, device=tile.device)
     in_rows = (rows >= y0[:, None]) & (rows <= y1[:, None])
-    covers = ((row_masks[tile].long() & columns[:, None]) != 0) & in_rows
-    return tile_active[tile] & ((rect_tiles > meta.MAX_EXACT_TILES) | covers.any(1))
+    rect_mask = ((columns[:, None] << (t * rows)) * in_rows).sum(1)
+    covers = (tile_masks[tile] & rect_mask) != 0
+    return tile_active[tile] & ((rect_tiles > meta.MAX_EXACT_TILES) | covers)
 
 
 def sort_entries(group, rank, voxel):

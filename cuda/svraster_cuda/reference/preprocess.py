@@ -16,7 +16,7 @@ class Preprocessed(NamedTuple):
     pixel_rect: torch.Tensor    # [N, 4] int64: conservative x0, y0, x1, y1 (inclusive)
     octant_mask: torch.Tensor   # [N] int64: bit q set when rays of octant q can reach the voxel
     n_duplicates: torch.Tensor  # [N] int64: tiles x octants (tiles holding requests, when sparse); 0 if culled
-    requests: tuple             # (tile_active [n_tiles] bool, row_masks [n_tiles, TILE_SIZE]) or None
+    requests: tuple             # (tile_active [n_tiles] bool, tile_masks [n_tiles] int64) or None
 
 
 def tile_grid(settings):
@@ -34,7 +34,7 @@ def active_tiles_in_rect(tile_rect, tile_active, tiles_x, tiles_y):
 
 
 def preprocess(settings, vox_centers, vox_lengths, requests=None):
-    """`requests` (tile_active, row_masks) of requested pixels restricts the entries to the
+    """`requests` (tile_active, tile_masks) of requested pixels restricts the entries to the
     tiles holding them (sparse rendering); binning then keeps only the (voxel, tile) pairs
     whose rectangle holds a requested pixel."""
     dtype, device = vox_centers.dtype, vox_centers.device
