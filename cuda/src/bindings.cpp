@@ -105,10 +105,52 @@ void check_no_outside(const svr::Camera& cam, int64_t n_outside, int64_t n_reque
                                            " are outside"));
 }
 
+// Requested pixels grouped into warps of one tile (rasterizer.h's PixelSet), step 1 (bin_requests):
+// per request its (row, col), tile and rank in its tile, and each tile's count.
+struct BinnedRequests {
+    Tensor requests, tile_of, rank, tile_counts;
+};
+
+BinnedRequests bin_requests(const svr::Camera& cam, const Tensor& pixels, const Tensor* allowed, Tensor* tile_masks,
+                            unsigned long long* n_outside, unsigned long long* n_not_allowed, cudaStream_t stream) {
+    const auto opts = pixels.options().dtype(at::kInt);
+    const int64_t n_requests = pixels.size(0);
+    BinnedRequests b{torch::empty({n_requests, 2}, opts), torch::empty({n_requests}, opts),
+                     torch::empty({n_requests}, opts), torch::empty({cam.tiles_x() * cam.tiles_y()}, opts)};
+    // Zeros and -1 fills as memsets (no fill kernels: a frame's host time is most of a small one).
+    C10_CUDA_CHECK(cudaMemsetAsync(b.tile_counts.data_ptr(), 0, sizeof(int32_t) * b.tile_counts.numel(), stream));
+    svr::bin_requests(cam, int(n_requests), ptr<int64_t>(pixels), allowed ? ptr<uint64_t>(*allowed) : nullptr,
+                      tile_masks ? ptr<uint64_t>(*tile_masks) : nullptr, ptr<int2>(b.requests), ptr<int32_t>(b.tile_of),
+                      ptr<int32_t>(b.rank), ptr<int32_t>(b.tile_counts), n_outside, n_not_allowed, stream);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    return b;
+}
+
+// Step 2: the warps of the tiles in `tile_order` (longest list first) -> [requests [P, 2] int32,
+// warp_tiles [n_warps], lane_requests [32 * n_warps]]. Sized for the most warps P requests can
+// need, so that no device read is needed: spare warps have tile -1.
+std::vector<Tensor> assign_warps(const Tensor& tile_order, const BinnedRequests& b, cudaStream_t stream) {
+    const auto opts = tile_order.options();
+    const int64_t n_tiles = tile_order.numel(), n_requests = b.requests.size(0);
+    const int64_t max_warps = std::min<int64_t>(n_requests, n_tiles) + n_requests / 32;
+    Tensor warp_start = torch::empty({n_tiles}, opts);
+    Tensor warp_tiles = torch::empty({max_warps}, opts);
+    Tensor lane_requests = torch::empty({32 * max_warps}, opts);
+    C10_CUDA_CHECK(cudaMemsetAsync(warp_tiles.data_ptr(), 0xff, sizeof(int32_t) * warp_tiles.numel(), stream));
+    C10_CUDA_CHECK(cudaMemsetAsync(lane_requests.data_ptr(), 0xff, sizeof(int32_t) * lane_requests.numel(), stream));
+    Tensor scratch = torch::empty({int64_t(svr::assign_warps_scratch_bytes(int(n_tiles)))}, opts.dtype(at::kByte));
+    svr::assign_warps(int(n_tiles), int(n_requests), ptr<int32_t>(tile_order), ptr<int32_t>(b.tile_counts),
+                      ptr<int32_t>(b.tile_of), ptr<int32_t>(b.rank), scratch.data_ptr(), ptr<int32_t>(warp_start),
+                      ptr<int32_t>(warp_tiles), ptr<int32_t>(lane_requests), stream);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    return {b.requests, warp_tiles, lane_requests};
+}
+
 // Stages 1-4 for the whole image, or (sparse, `pixels` given) for the tiles holding requested
 // pixels. Returns ([in_view, ranges, entries, entry_rects, tile_order, tile_masks,
-// camera_position], fingerprint); tile_masks [n_tiles] int64 (bit TILE_SIZE * y + x: pixel
-// (x, y) of the tile is requested) is empty for the whole image; camera_position is float32
+// camera_position, requests, warp_tiles, lane_requests], fingerprint); tile_masks [n_tiles]
+// int64 (bit TILE_SIZE * y + x: pixel (x, y) of the tile is requested) and the pixels' layout
+// in warps (requests, warp_tiles, lane_requests: pixel_layout's) are empty for the whole image; camera_position is float32
 // [3] (vox_fn's); fingerprint is the frame's PATHS_FINGERPRINT (as int64). `ranks`
 // (octant_ranks' [4, N], built for octpaths of fingerprint `ranks_fingerprint`) place the
 // items without a sort where the fingerprints agree.
@@ -134,15 +176,19 @@ std::tuple<std::vector<Tensor>, int64_t> rasterize_preprocess(const std::vector<
     C10_CUDA_CHECK(cudaMemsetAsync(counts.data_ptr(), 0, sizeof(ULL) * svr::N_FRAME_COUNTS, stream));
     ULL* counters = ptr<ULL>(counts);
 
+    // Requested pixels: their tiles' masks and the table of the tiles holding them (read by
+    // preprocess and binning), and their grouping into warps up to the tile order's.
     Tensor tile_masks = torch::empty({0}, opts.dtype(at::kLong)), tile_sat;
     svr::RequestedPixels requests{nullptr, nullptr};
+    BinnedRequests binned;
     if (pixels) {
         check_pixels(*pixels, vox_centers);
         tile_masks = torch::empty({n_tiles}, opts.dtype(at::kLong));
         C10_CUDA_CHECK(cudaMemsetAsync(tile_masks.data_ptr(), 0, sizeof(int64_t) * n_tiles, stream));
+        binned = bin_requests(cam, *pixels, nullptr, &tile_masks, counters + svr::COUNT_OUTSIDE_REQUESTS, nullptr,
+                              stream);
         tile_sat = torch::empty({cam.tiles_y() + 1, cam.tiles_x() + 1}, opts.dtype(at::kInt));
-        svr::mark_requests(cam, int(pixels->size(0)), ptr<int64_t>(*pixels), ptr<uint64_t>(tile_masks),
-                           ptr<int32_t>(tile_sat), counters + svr::COUNT_OUTSIDE_REQUESTS, stream);
+        svr::tile_table(cam, ptr<uint64_t>(tile_masks), ptr<int32_t>(tile_sat), stream);
         C10_CUDA_KERNEL_LAUNCH_CHECK();
         requests = {ptr<uint64_t>(tile_masks), ptr<int32_t>(tile_sat)};
     }
@@ -185,9 +231,9 @@ std::tuple<std::vector<Tensor>, int64_t> rasterize_preprocess(const std::vector<
                                stream);
         C10_CUDA_KERNEL_LAUNCH_CHECK();
     };
-    // Whole-image frames usually see most of the octree: there the ranks are bet on before
-    // the counts come back. Requested pixels usually bin few items, which the sort orders faster.
-    if (ranks && !pixels)
+    // The ranks are bet on before the counts come back: queued behind the counts' copy, the
+    // marks run while the host reads the counts and allocates.
+    if (ranks)
         mark_ranked_items();
     else
         scan_item_offsets();
@@ -199,8 +245,12 @@ std::tuple<std::vector<Tensor>, int64_t> rasterize_preprocess(const std::vector<
                       text("vox_centers: this view needs ", n_entries, " tile-voxel entries; at most 2^31 - 1 are "
                            "supported (fewer voxels or a smaller image)"));
     // The ranks cost a pass over all voxels (mark and place: 0.09 ms at 6M voxels), the sort
-    // about as much per third of them in items (five radix passes of 64-bit keys).
-    const bool ranked = ranks && c[svr::PATHS_FINGERPRINT] == ranks_fingerprint && 3 * n_items >= n;
+    // about as much per third of them in items (five radix passes of 64-bit keys). Requested
+    // pixels take the ranks whenever they are current: their frames wait on the host's
+    // launches after the read, and the place kernel is one where the sort queues a dozen
+    // (its items' listing over all voxels costs about what placing them does).
+    const bool ranked =
+        ranks && c[svr::PATHS_FINGERPRINT] == ranks_fingerprint && (pixels || 3 * n_items >= n);
     const svr::KeyLayout layout(n_tiles, int(c[svr::COUNT_USED_LEVELS]), int(n), ranked);
     const bool packed = layout.packed_items();
     // The GPU waits from the read until the items' kernel is queued: only its buffers are
@@ -283,13 +333,16 @@ std::tuple<std::vector<Tensor>, int64_t> rasterize_preprocess(const std::vector<
     Tensor order_scratch = torch::empty({int64_t(svr::order_tiles_scratch_bytes())}, opts.dtype(at::kByte));
     svr::order_tiles(n_tiles, ptr<int2>(ranges), order_scratch.data_ptr(), ptr<int32_t>(tile_order), stream);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
+    const std::vector<Tensor> warps =
+        pixels ? assign_warps(tile_order, binned, stream) : std::vector<Tensor>(3, torch::empty({0}, opts.dtype(at::kInt)));
     // Queued last: only vox_fn needs it (the GPU reaches it after the sort, the host at once).
     Tensor in_view = torch::empty({c[svr::COUNT_IN_VIEW]}, opts.dtype(at::kLong));
     Tensor select_scratch = torch::empty({int64_t(svr::in_view_scratch_bytes(int(n)))}, opts.dtype(at::kByte));
     svr::select_in_view(int(n), ptr<uint8_t>(octant_mask), ptr<int64_t>(in_view), select_scratch.data_ptr(),
                         size_t(select_scratch.numel()), stream);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
-    return {{in_view, ranges, entries, entry_rects, tile_order, tile_masks, position}, c[svr::PATHS_FINGERPRINT]};
+    return {{in_view, ranges, entries, entry_rects, tile_order, tile_masks, position, warps[0], warps[1], warps[2]},
+            c[svr::PATHS_FINGERPRINT]};
 }
 
 // The cached octant ranks of octree_paths [N, 1] (rasterizer.h): int32 [4, N], or [0, N] where
@@ -312,12 +365,12 @@ Tensor octant_ranks(const Tensor& octree_paths) {
 }
 
 // Requested pixels grouped into warps of one tile, the tiles in `tile_order` (longest list
-// first): (requests [P, 2] int32, warp_tiles [n_warps], lane_requests [32 * n_warps]). Sized
-// for the most warps P requests can need, so that no device read is needed: spare warps have
-// tile -1. With `verify`, the requests are checked (one device read): inside the image and,
-// when `allowed` tile masks are given (those the entries were binned for), among them.
+// first): assign_warps' [requests, warp_tiles, lane_requests], for intersections reused (a fresh
+// frame's come with its preprocess). The requests are checked first (one device read): inside
+// the image and, when `allowed` tile masks are given (those the entries were binned for),
+// among them.
 std::vector<Tensor> pixel_layout(const std::vector<double>& camera, const Tensor& pixels, const Tensor& tile_order,
-                                 const std::optional<Tensor>& allowed, bool verify) {
+                                 const std::optional<Tensor>& allowed) {
     TORCH_CHECK_VALUE(pixels.is_cuda(), text("pixels: expected a CUDA tensor, got one on ", pixels.device()));
     const c10::cuda::CUDAGuard guard(pixels.device());
     check_pixels(pixels, pixels);
@@ -326,41 +379,17 @@ std::vector<Tensor> pixel_layout(const std::vector<double>& camera, const Tensor
     check_tensor(tile_order, "tile_order", at::kInt, {n_tiles}, pixels);
     if (allowed) check_tensor(*allowed, "allowed", at::kLong, {n_tiles}, pixels);
     const auto stream = c10::cuda::getCurrentCUDAStream();
-    const auto opts = pixels.options();
-    const int64_t n_requests = pixels.size(0);
-    const int64_t max_warps = std::min<int64_t>(n_requests, n_tiles) + n_requests / 32;
-
-    Tensor requests = torch::empty({n_requests, 2}, opts.dtype(at::kInt));
-    Tensor tile_of = torch::empty({n_requests}, opts.dtype(at::kInt));
-    Tensor rank = torch::empty({n_requests}, opts.dtype(at::kInt));
-    // Zeros and -1 fills as memsets (no fill kernels: a frame's host time is most of a small one).
-    Tensor tile_counts = torch::empty({n_tiles}, opts.dtype(at::kInt));
-    Tensor invalid = torch::empty({2}, opts);
-    C10_CUDA_CHECK(cudaMemsetAsync(tile_counts.data_ptr(), 0, sizeof(int32_t) * n_tiles, stream));
+    Tensor invalid = torch::empty({2}, pixels.options());
     C10_CUDA_CHECK(cudaMemsetAsync(invalid.data_ptr(), 0, sizeof(int64_t) * 2, stream));
-    svr::bin_requests(cam, int(n_requests), ptr<int64_t>(pixels), allowed ? ptr<uint64_t>(*allowed) : nullptr,
-                      ptr<int2>(requests), ptr<int32_t>(tile_of), ptr<int32_t>(rank), ptr<int32_t>(tile_counts),
-                      ptr<ULL>(invalid), stream);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-    if (verify) {
-        const Tensor host_invalid = invalid.cpu();
-        const int64_t* bad = host_invalid.data_ptr<int64_t>();
-        check_no_outside(cam, bad[0], n_requests);
-        TORCH_CHECK_VALUE(bad[1] == 0,
-                          "pixels: some requested pixels are not among those `intersections` was built for; build it "
-                          "with these pixels (or without pixels)");
-    }
-    Tensor warp_start = torch::empty({n_tiles}, opts.dtype(at::kInt));
-    Tensor warp_tiles = torch::empty({max_warps}, opts.dtype(at::kInt));
-    Tensor lane_requests = torch::empty({32 * max_warps}, opts.dtype(at::kInt));
-    C10_CUDA_CHECK(cudaMemsetAsync(warp_tiles.data_ptr(), 0xff, sizeof(int32_t) * warp_tiles.numel(), stream));
-    C10_CUDA_CHECK(cudaMemsetAsync(lane_requests.data_ptr(), 0xff, sizeof(int32_t) * lane_requests.numel(), stream));
-    Tensor scratch = torch::empty({int64_t(svr::assign_warps_scratch_bytes(n_tiles))}, opts.dtype(at::kByte));
-    svr::assign_warps(n_tiles, int(n_requests), ptr<int32_t>(tile_order), ptr<int32_t>(tile_counts),
-                      ptr<int32_t>(tile_of), ptr<int32_t>(rank), scratch.data_ptr(), ptr<int32_t>(warp_start),
-                      ptr<int32_t>(warp_tiles), ptr<int32_t>(lane_requests), stream);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-    return {requests, warp_tiles, lane_requests};
+    const BinnedRequests binned = bin_requests(cam, pixels, allowed ? &*allowed : nullptr, nullptr, ptr<ULL>(invalid),
+                                               ptr<ULL>(invalid) + 1, stream);
+    const Tensor host_invalid = invalid.cpu();
+    const int64_t* bad = host_invalid.data_ptr<int64_t>();
+    check_no_outside(cam, bad[0], pixels.size(0));
+    TORCH_CHECK_VALUE(bad[1] == 0,
+                      "pixels: some requested pixels are not among those `intersections` was built for; build it "
+                      "with these pixels (or without pixels)");
+    return assign_warps(tile_order, binned, stream);
 }
 
 // `rgbs` may be undefined where colours are not read (top-K).
@@ -547,11 +576,12 @@ std::vector<Tensor> rasterize_topk(const std::vector<double>& camera, int64_t n_
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
     m.def("rasterize_preprocess", &rasterize_preprocess,
           "preprocess, duplicateWithKeys, sort, identifyTileRanges -> ([in_view, ranges, entries, entry_rects, "
-          "tile_order, tile_masks, camera_position], paths fingerprint)",
+          "tile_order, tile_masks, camera_position, requests, warp_tiles, lane_requests], paths fingerprint)",
           py::arg("camera"), py::arg("octree_paths"), py::arg("vox_centers"), py::arg("vox_lengths"),
           py::arg("pixels"), py::arg("ranks") = py::none(), py::arg("ranks_fingerprint") = 0);
     m.def("octant_ranks", &octant_ranks, "an octree's cached octant ranks -> int32 [4, N] ([0, N]: not cacheable)");
-    m.def("pixel_layout", &pixel_layout, "requested pixels grouped into warps -> [requests, warp_tiles, lane_requests]");
+    m.def("pixel_layout", &pixel_layout,
+          "requested pixels (checked) grouped into warps -> [requests, warp_tiles, lane_requests]");
     m.def("rasterize_voxels", &rasterize_voxels,
           "forward render -> [color, depth, normal, T, max_w, aux, last] + (zero_gradients) the backward's zeroed "
           "[dL_dgeos, dL_drgbs, priority]");

@@ -56,17 +56,17 @@ enum FrameCount {
 };
 
 // --- requests.cu (sparse rendering)
-// Marks the requested pixels (int64 [P, 2] of row, col) in tile_masks ([n_tiles], zeroed by
-// the caller), counting those outside the image, and fills tile_sat (see RequestedPixels).
-void mark_requests(const Camera& cam, int n_requests, const int64_t* pixels, uint64_t* tile_masks, int32_t* tile_sat,
-                   unsigned long long* n_outside, cudaStream_t stream);
-// Grouping requests into warps (the PixelSet below), step 1: per request its (row, col) as int2,
-// its tile (-1 when invalid) and its rank among its tile's requests (tile_counts zeroed by the
-// caller). invalid[0] counts requests outside the image; invalid[1] those not set in `allowed`
-// (tile masks the entries were binned for; null allows all).
-void bin_requests(const Camera& cam, int n_requests, const int64_t* pixels, const uint64_t* allowed, int2* requests,
-                  int32_t* tile_of, int32_t* rank, int32_t* tile_counts, unsigned long long* invalid,
-                  cudaStream_t stream);
+// The requested pixels (int64 [P, 2] of row, col) grouped into warps of one tile (the PixelSet
+// below), step 1: per request its (row, col) as int2, its tile (-1 when invalid) and its rank
+// among its tile's requests (tile_counts zeroed by the caller); n_outside counts the requests
+// outside the image. A fresh frame's requests also set their bits in `tile_masks` ([n_tiles],
+// zeroed by the caller; else null); those of reused intersections must be set in `allowed`
+// (the tile masks the entries were binned for; else null), n_not_allowed counts the others.
+void bin_requests(const Camera& cam, int n_requests, const int64_t* pixels, const uint64_t* allowed,
+                  uint64_t* tile_masks, int2* requests, int32_t* tile_of, int32_t* rank, int32_t* tile_counts,
+                  unsigned long long* n_outside, unsigned long long* n_not_allowed, cudaStream_t stream);
+// The summed-area table of the tiles holding requests (see RequestedPixels), from tile_masks.
+void tile_table(const Camera& cam, const uint64_t* tile_masks, int32_t* tile_sat, cudaStream_t stream);
 // Step 2: the warps of each tile in tile_order (ceil(tile_counts / 32), scanned), warp_tiles
 // and lane_requests (both prefilled with -1 by the caller: spare warps, idle lanes).
 // `scratch` holds assign_warps_scratch_bytes(n_tiles) bytes.

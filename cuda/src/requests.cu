@@ -25,15 +25,6 @@ __device__ __forceinline__ int request_tile(const Camera& cam, int64_t row, int6
     return int(row / TILE_SIZE) * cam.tiles_x() + int(col / TILE_SIZE);
 }
 
-__global__ void mark_kernel(Camera cam, int n, const int64_t* __restrict__ pixels,
-                            unsigned long long* __restrict__ tile_masks, unsigned long long* __restrict__ n_outside) {
-    const int i = blockIdx.x * blockDim.x + threadIdx.x;
-    if (i >= n) return;
-    const int64_t row = pixels[2 * i], col = pixels[2 * i + 1];
-    const int tile = request_tile(cam, row, col, n_outside);
-    if (tile >= 0) atomicOr(tile_masks + tile, (unsigned long long)request_bit(row, col));
-}
-
 // The summed-area table of the tiles holding requests (zero first row and column), in
 // two kernels of a warp per line (one block for the whole table took 0.026 ms at 1080p): each
 // warp scans a tile row, 32 tiles per step by shuffles, then a column of the row sums the same
@@ -74,20 +65,23 @@ tile_columns_kernel(int tiles_x, int tiles_y, int32_t* __restrict__ sat) {
 }
 
 __global__ void bin_kernel(Camera cam, int n, const int64_t* __restrict__ pixels, const uint64_t* __restrict__ allowed,
-                           int2* __restrict__ requests, int32_t* __restrict__ tile_of, int32_t* __restrict__ rank,
-                           int32_t* __restrict__ tile_counts, unsigned long long* __restrict__ invalid) {
+                           unsigned long long* __restrict__ tile_masks, int2* __restrict__ requests,
+                           int32_t* __restrict__ tile_of, int32_t* __restrict__ rank, int32_t* __restrict__ tile_counts,
+                           unsigned long long* __restrict__ n_outside, unsigned long long* __restrict__ n_not_allowed) {
     const int i = blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= n) return;
     const int64_t row = pixels[2 * i], col = pixels[2 * i + 1];
-    int tile = request_tile(cam, row, col, invalid);
+    int tile = request_tile(cam, row, col, n_outside);
     if (tile >= 0 && allowed && !(allowed[tile] & request_bit(row, col))) {
-        atomicAdd(invalid + 1, 1ull);
+        atomicAdd(n_not_allowed, 1ull);
         tile = -1;
     }
     requests[i] = tile >= 0 ? make_int2(int(row), int(col)) : make_int2(0, 0);
     tile_of[i] = tile;
+    if (tile < 0) return;
+    if (tile_masks) atomicOr(tile_masks + tile, (unsigned long long)request_bit(row, col));
     // The lane order inside a tile's warps is free: each lane's outputs depend on its pixel only.
-    if (tile >= 0) rank[i] = atomicAdd(tile_counts + tile, 1);
+    rank[i] = atomicAdd(tile_counts + tile, 1);
 }
 
 __global__ void ordered_warps_kernel(int n_tiles, const int32_t* __restrict__ tile_order,
@@ -127,11 +121,7 @@ size_t scan_bytes(int n_tiles) {
 
 }  // namespace
 
-void mark_requests(const Camera& cam, int n_requests, const int64_t* pixels, uint64_t* tile_masks, int32_t* tile_sat,
-                   unsigned long long* n_outside, cudaStream_t stream) {
-    if (n_requests > 0)
-        mark_kernel<<<blocks_for(n_requests), 256, 0, stream>>>(
-            cam, n_requests, pixels, reinterpret_cast<unsigned long long*>(tile_masks), n_outside);
+void tile_table(const Camera& cam, const uint64_t* tile_masks, int32_t* tile_sat, cudaStream_t stream) {
     const int tiles_x = cam.tiles_x(), tiles_y = cam.tiles_y();
     const int row_blocks = (tiles_y + TABLE_WARPS - 1) / TABLE_WARPS;
     const int column_blocks = (tiles_x + TABLE_WARPS - 1) / TABLE_WARPS;
@@ -139,12 +129,13 @@ void mark_requests(const Camera& cam, int n_requests, const int64_t* pixels, uin
     tile_columns_kernel<<<column_blocks, TABLE_THREADS, 0, stream>>>(tiles_x, tiles_y, tile_sat);
 }
 
-void bin_requests(const Camera& cam, int n_requests, const int64_t* pixels, const uint64_t* allowed, int2* requests,
-                  int32_t* tile_of, int32_t* rank, int32_t* tile_counts, unsigned long long* invalid,
-                  cudaStream_t stream) {
+void bin_requests(const Camera& cam, int n_requests, const int64_t* pixels, const uint64_t* allowed,
+                  uint64_t* tile_masks, int2* requests, int32_t* tile_of, int32_t* rank, int32_t* tile_counts,
+                  unsigned long long* n_outside, unsigned long long* n_not_allowed, cudaStream_t stream) {
     if (n_requests == 0) return;
-    bin_kernel<<<blocks_for(n_requests), 256, 0, stream>>>(cam, n_requests, pixels, allowed, requests, tile_of, rank,
-                                                           tile_counts, invalid);
+    bin_kernel<<<blocks_for(n_requests), 256, 0, stream>>>(cam, n_requests, pixels, allowed,
+                                                           reinterpret_cast<unsigned long long*>(tile_masks), requests,
+                                                           tile_of, rank, tile_counts, n_outside, n_not_allowed);
 }
 
 size_t assign_warps_scratch_bytes(int n_tiles) { return scan_bytes(n_tiles) + 2 * sizeof(int32_t) * size_t(n_tiles); }

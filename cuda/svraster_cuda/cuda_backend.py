@@ -42,6 +42,13 @@ def available():
     return _load() is not None
 
 
+class SparsePixels(NamedTuple):
+    """Requested pixels grouped by tile into warps of at most 32 (rasterizer.h's PixelSet)."""
+    requests: torch.Tensor       # [P, 2] int32 (row, col)
+    warp_tiles: torch.Tensor     # [n_warps] int32, -1 for a spare warp
+    lane_requests: torch.Tensor  # [n_warps * 32] int32, -1 for an idle lane
+
+
 class CudaState(NamedTuple):
     camera: list            # the 31 numbers of rasterizer.h's Camera
     ranges: torch.Tensor    # [n_tiles, 2] int32
@@ -50,13 +57,7 @@ class CudaState(NamedTuple):
     tile_order: torch.Tensor  # [n_tiles] int32 render order of the tiles: longest list first
     camera_position: torch.Tensor  # [3] float32, written by preprocess
     tile_masks: torch.Tensor = None  # [n_tiles] int64 requested pixels binned for, bit TILE_SIZE * y + x (None: all)
-
-
-class SparsePixels(NamedTuple):
-    """Requested pixels grouped by tile into warps of at most 32 (rasterizer.h's PixelSet)."""
-    requests: torch.Tensor       # [P, 2] int32 (row, col)
-    warp_tiles: torch.Tensor     # [n_warps] int32, -1 for a spare warp
-    lane_requests: torch.Tensor  # [n_warps * 32] int32, -1 for an idle lane
+    layout: SparsePixels = None  # the layout of the pixels binned for, laid out by the preprocess call
 
 
 def _pixel_args(state, layout):
@@ -114,25 +115,29 @@ def rasterize_preprocess(settings, camera, octree_paths, vox_centers, vox_length
         camera, paths, vox_centers.contiguous(), vox_lengths.contiguous(),
         None if pixels is None else pixels.contiguous(), cached.ranks if usable else None,
         cached.fingerprint if usable else 0)
-    in_view, ranges, entries, entry_rects, tile_order, tile_masks, position = outputs
+    in_view, ranges, entries, entry_rects, tile_order, tile_masks, position, *layout = outputs
     if policy != "off" and not (cached is not None and cached.fingerprint == fingerprint):
         if policy == "eager" or _last_fingerprint.get(device) == fingerprint:
             _octant_ranks.pop(device, None)  # its memory goes to the new ones
             ranks = _load().octant_ranks(paths)
             _octant_ranks[device] = OctantRanks(fingerprint, ranks if len(ranks) else None)
         _last_fingerprint[device] = fingerprint
-    return in_view, CudaState(camera, ranges, entries, entry_rects, tile_order, position,
-                              None if pixels is None else tile_masks)
+    if pixels is None:
+        return in_view, CudaState(camera, ranges, entries, entry_rects, tile_order, position)
+    return in_view, CudaState(camera, ranges, entries, entry_rects, tile_order, position, tile_masks,
+                              SparsePixels(*layout))
 
 
 def pixel_layout(settings, state, pixels, dtype, device, verify=False):
     """None for the whole image; for requested pixels, their grouping into warps of one tile,
     the tiles of longest list first (no device read). `verify` checks them first (one read):
-    inside the image, and among the pixels `state` was binned for."""
+    inside the image, and among the pixels `state` was binned for. Without `verify`, `pixels`
+    are those `state` was built for, which its preprocess call laid out (and checked)."""
     if pixels is None:
         return None
-    return SparsePixels(*_load().pixel_layout(state.camera, pixels.contiguous(), state.tile_order, state.tile_masks,
-                                              verify))
+    if not verify:
+        return state.layout
+    return SparsePixels(*_load().pixel_layout(state.camera, pixels.contiguous(), state.tile_order, state.tile_masks))
 
 
 def rasterize_forward(settings, state, layout, vox_centers, vox_lengths, geos, rgbs, zero_gradients=False):
