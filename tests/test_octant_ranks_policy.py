@@ -15,10 +15,11 @@ class FakeExtension:
     def __init__(self):
         self.offered, self.built = [], 0
 
-    def rasterize_preprocess(self, camera, paths, centers, lengths, pixels, ranks=None, ranks_fingerprint=0):
+    def rasterize_preprocess(self, camera, paths, centers, lengths, pixels, ranks=None, ranks_fingerprint=0,
+                             lay_out=False):
         assert ranks is None or ranks.shape == (4, len(paths))
         self.offered.append(None if ranks is None else ranks_fingerprint)
-        return [torch.empty(0)] * 7, int(paths.sum()) + len(paths)
+        return [torch.empty(0)] * 10, int(paths.sum()) + len(paths)
 
     def octant_ranks(self, paths):
         self.built += 1

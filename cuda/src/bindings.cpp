@@ -149,8 +149,9 @@ std::vector<Tensor> assign_warps(const Tensor& tile_order, const BinnedRequests&
 // Stages 1-4 for the whole image, or (sparse, `pixels` given) for the tiles holding requested
 // pixels. Returns ([in_view, ranges, entries, entry_rects, tile_order, tile_masks,
 // camera_position, requests, warp_tiles, lane_requests], fingerprint); tile_masks [n_tiles]
-// int64 (bit TILE_SIZE * y + x: pixel (x, y) of the tile is requested) and the pixels' layout
-// in warps (requests, warp_tiles, lane_requests: pixel_layout's) are empty for the whole image; camera_position is float32
+// int64 (bit TILE_SIZE * y + x: pixel (x, y) of the tile is requested) is empty for the whole
+// image, and the pixels' layout in warps (requests, warp_tiles, lane_requests: pixel_layout's)
+// unless `lay_out` (a frame rendering them at once); camera_position is float32
 // [3] (vox_fn's); fingerprint is the frame's PATHS_FINGERPRINT (as int64). `ranks`
 // (octant_ranks' [4, N], built for octpaths of fingerprint `ranks_fingerprint`) place the
 // items without a sort where the fingerprints agree.
@@ -159,7 +160,7 @@ std::tuple<std::vector<Tensor>, int64_t> rasterize_preprocess(const std::vector<
                                                               const Tensor& vox_lengths,
                                                               const std::optional<Tensor>& pixels,
                                                               const std::optional<Tensor>& ranks,
-                                                              int64_t ranks_fingerprint) {
+                                                              int64_t ranks_fingerprint, bool lay_out) {
     const int64_t n = voxel_count(vox_centers, "vox_centers");
     const c10::cuda::CUDAGuard guard(vox_centers.device());
     check_tensor(vox_centers, "vox_centers", at::kFloat, {n, 3}, vox_centers);
@@ -177,7 +178,8 @@ std::tuple<std::vector<Tensor>, int64_t> rasterize_preprocess(const std::vector<
     ULL* counters = ptr<ULL>(counts);
 
     // Requested pixels: their tiles' masks and the table of the tiles holding them (read by
-    // preprocess and binning), and their grouping into warps up to the tile order's.
+    // preprocess and binning), and their grouping into warps up to the tile order's (the bin
+    // kernel takes the tiles and ranks the layout needs while it sets the masks).
     Tensor tile_masks = torch::empty({0}, opts.dtype(at::kLong)), tile_sat;
     svr::RequestedPixels requests{nullptr, nullptr};
     BinnedRequests binned;
@@ -333,8 +335,8 @@ std::tuple<std::vector<Tensor>, int64_t> rasterize_preprocess(const std::vector<
     Tensor order_scratch = torch::empty({int64_t(svr::order_tiles_scratch_bytes())}, opts.dtype(at::kByte));
     svr::order_tiles(n_tiles, ptr<int2>(ranges), order_scratch.data_ptr(), ptr<int32_t>(tile_order), stream);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
-    const std::vector<Tensor> warps =
-        pixels ? assign_warps(tile_order, binned, stream) : std::vector<Tensor>(3, torch::empty({0}, opts.dtype(at::kInt)));
+    const std::vector<Tensor> warps = pixels && lay_out ? assign_warps(tile_order, binned, stream)
+                                                        : std::vector<Tensor>(3, torch::empty({0}, opts.dtype(at::kInt)));
     // Queued last: only vox_fn needs it (the GPU reaches it after the sort, the host at once).
     Tensor in_view = torch::empty({c[svr::COUNT_IN_VIEW]}, opts.dtype(at::kLong));
     Tensor select_scratch = torch::empty({int64_t(svr::in_view_scratch_bytes(int(n)))}, opts.dtype(at::kByte));
@@ -578,7 +580,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
           "preprocess, duplicateWithKeys, sort, identifyTileRanges -> ([in_view, ranges, entries, entry_rects, "
           "tile_order, tile_masks, camera_position, requests, warp_tiles, lane_requests], paths fingerprint)",
           py::arg("camera"), py::arg("octree_paths"), py::arg("vox_centers"), py::arg("vox_lengths"),
-          py::arg("pixels"), py::arg("ranks") = py::none(), py::arg("ranks_fingerprint") = 0);
+          py::arg("pixels"), py::arg("ranks") = py::none(), py::arg("ranks_fingerprint") = 0,
+          py::arg("lay_out") = false);
     m.def("octant_ranks", &octant_ranks, "an octree's cached octant ranks -> int32 [4, N] ([0, N]: not cacheable)");
     m.def("pixel_layout", &pixel_layout,
           "requested pixels (checked) grouped into warps -> [requests, warp_tiles, lane_requests]");

@@ -57,7 +57,7 @@ class CudaState(NamedTuple):
     tile_order: torch.Tensor  # [n_tiles] int32 render order of the tiles: longest list first
     camera_position: torch.Tensor  # [3] float32, written by preprocess
     tile_masks: torch.Tensor = None  # [n_tiles] int64 requested pixels binned for, bit TILE_SIZE * y + x (None: all)
-    layout: SparsePixels = None  # the layout of the pixels binned for, laid out by the preprocess call
+    layout: SparsePixels = None  # the pixels binned for, laid out by the preprocess call (lay_out)
 
 
 def _pixel_args(state, layout):
@@ -102,10 +102,11 @@ def _octant_ranks_policy():
     return policy
 
 
-def rasterize_preprocess(settings, camera, octree_paths, vox_centers, vox_lengths, pixels=None):
+def rasterize_preprocess(settings, camera, octree_paths, vox_centers, vox_lengths, pixels=None, lay_out=False):
     """`camera`: validation.camera_args(settings), computed once by the caller. With `pixels`
     (int64 [P, 2]), only the tiles holding them; pixels outside the image raise ValueError
-    (checked in the frame's one device read)."""
+    (checked in the frame's one device read). `lay_out`: the frame renders those pixels at once,
+    and the call lays them out for it (the state's `layout`, pixel_layout's without `verify`)."""
     policy = _octant_ranks_policy()
     device = vox_centers.device
     cached = _octant_ranks.get(device) if policy != "off" else None
@@ -114,7 +115,7 @@ def rasterize_preprocess(settings, camera, octree_paths, vox_centers, vox_length
     outputs, fingerprint = _load().rasterize_preprocess(
         camera, paths, vox_centers.contiguous(), vox_lengths.contiguous(),
         None if pixels is None else pixels.contiguous(), cached.ranks if usable else None,
-        cached.fingerprint if usable else 0)
+        cached.fingerprint if usable else 0, lay_out)
     in_view, ranges, entries, entry_rects, tile_order, tile_masks, position, *layout = outputs
     if policy != "off" and not (cached is not None and cached.fingerprint == fingerprint):
         if policy == "eager" or _last_fingerprint.get(device) == fingerprint:
@@ -125,14 +126,14 @@ def rasterize_preprocess(settings, camera, octree_paths, vox_centers, vox_length
     if pixels is None:
         return in_view, CudaState(camera, ranges, entries, entry_rects, tile_order, position)
     return in_view, CudaState(camera, ranges, entries, entry_rects, tile_order, position, tile_masks,
-                              SparsePixels(*layout))
+                              SparsePixels(*layout) if lay_out else None)
 
 
 def pixel_layout(settings, state, pixels, dtype, device, verify=False):
     """None for the whole image; for requested pixels, their grouping into warps of one tile,
     the tiles of longest list first (no device read). `verify` checks them first (one read):
     inside the image, and among the pixels `state` was binned for. Without `verify`, `pixels`
-    are those `state` was built for, which its preprocess call laid out (and checked)."""
+    are those `state` was built for, which its preprocess call laid out (`lay_out`) and checked."""
     if pixels is None:
         return None
     if not verify:

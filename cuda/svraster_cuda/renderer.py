@@ -86,9 +86,11 @@ def _check_inputs(raster_settings, octree_paths, vox_centers, vox_lengths, pixel
     return camera
 
 
-def _intersect(raster_settings, camera, octree_paths, vox_centers, vox_lengths, pixels):
+def _intersect(raster_settings, camera, octree_paths, vox_centers, vox_lengths, pixels, lay_out=False):
+    """`lay_out`: the pixels are rendered at once (the backend may lay them out in this call)."""
     impl = backend.for_device(vox_centers.device)
-    in_view, state = impl.rasterize_preprocess(raster_settings, camera, octree_paths, vox_centers, vox_lengths, pixels)
+    in_view, state = impl.rasterize_preprocess(raster_settings, camera, octree_paths, vox_centers, vox_lengths, pixels,
+                                               lay_out)
     return TileIntersections(impl, state, in_view, camera, _voxel_signature(octree_paths, vox_centers, vox_lengths))
 
 
@@ -107,7 +109,7 @@ def _reuse(intersections, raster_settings, camera, octree_paths, vox_centers, vo
     Pixels are checked (inside the image, among those binned for) once: by the new
     intersections' preprocess, or by the layout of reused ones."""
     if intersections is None:
-        inter = _intersect(raster_settings, camera, octree_paths, vox_centers, vox_lengths, pixels)
+        inter = _intersect(raster_settings, camera, octree_paths, vox_centers, vox_lengths, pixels, lay_out=True)
         return inter, inter.impl.pixel_layout(raster_settings, inter.state, pixels, vox_centers.dtype,
                                               vox_centers.device)
     if not isinstance(intersections, TileIntersections):

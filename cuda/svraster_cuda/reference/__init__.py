@@ -59,10 +59,10 @@ def camera_position(settings, _state, device):
     return settings.c2w_matrix[:3, 3].to(device)
 
 
-def rasterize_preprocess(settings, _camera, octree_paths, vox_centers, vox_lengths, pixels=None):
+def rasterize_preprocess(settings, _camera, octree_paths, vox_centers, vox_lengths, pixels=None, _lay_out=False):
     """Stages 1-4, for every pixel or (sparse) the requested (row, col) pairs `pixels` [P, 2]
     (ValueError for one outside the image). Returns (indices of the voxels with entries [K],
-    state)."""
+    state). The pixels are laid out by pixel_layout alone (`_lay_out` is the CUDA path's)."""
     requests = None
     if pixels is not None:
         check_requests(settings, pixels)
