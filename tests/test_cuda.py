@@ -377,6 +377,29 @@ def test_cached_octant_ranks(cuda, monkeypatch):
         intersect_voxels(settings, *dev)
 
 
+def assert_layout(layout, pixels, width, tile_order):
+    """`layout` (cuda_backend.SparsePixels) groups `pixels` into warps of one tile each: every
+    request in one lane, the warps' tiles in `tile_order` (None: index order), spare warps
+    (tile -1, no lanes) last."""
+    from svraster_cuda import meta
+    assert torch.equal(layout.requests.cpu(), pixels.int())
+    tiles_x = math.ceil(width / meta.TILE_SIZE)
+    pixel_tiles = (pixels[:, 0] // meta.TILE_SIZE) * tiles_x + pixels[:, 1] // meta.TILE_SIZE
+    warp_tiles = layout.warp_tiles.cpu().long()
+    lanes = layout.lane_requests.cpu().long().view(-1, 32)
+    taken = lanes[lanes >= 0]
+    assert torch.equal(torch.sort(taken).values, torch.arange(len(pixels)))
+    lane_tiles = torch.where(lanes >= 0, pixel_tiles[lanes.clamp(min=0)], warp_tiles[:, None])
+    assert (lane_tiles == warp_tiles[:, None]).all()
+    used = warp_tiles >= 0
+    n_used = int(used.sum())
+    assert used[:n_used].all() and not used[n_used:].any() and not (lanes[~used] >= 0).any()
+    place = warp_tiles[:n_used]
+    if tile_order is not None:
+        place = torch.argsort(tile_order)[place]
+    assert (place[1:] >= place[:-1]).all()
+
+
 def assert_same_lists(got, ref, n_tiles):
     """The CUDA lists (a tile's octants interleaved) read, octant by octant, exactly as the
     reference's (tile, octant) groups: same voxels, same front-to-back order."""
@@ -438,13 +461,14 @@ def test_culling_matches_reference(cuda, seed):
     """The voxels with entries, their number of entries and the sorted tile lists are the
     reference's: for cameras inside and outside the scene, looking partly away from it, wide and
     narrow, with an off-centre principal point, for every pixel and for requested pixels (the
-    kernel's quick bound before the exact footprint must cull nothing the exact test keeps).
-    Seeds 6 and 7 render 320x240, where near voxels span more than MAX_EXACT_TILES tiles and
+    kernel's quick bound before the exact footprint must cull nothing the exact test keeps),
+    and the requested pixels' layout in warps is a grouping by tile in the order that each
+    kind of lists takes (assert_layout). Seeds 6 and 7 render 320x240, where near voxels span more than MAX_EXACT_TILES tiles and
     are binned into every tile holding a request; there voxels spanning more than
     WIDE_CANDIDATES tiles, whose items are binned by a warp each, sit among others (but for the
     single pixel)."""
-    from svraster_cuda import cuda_backend, meta
-    from svraster_cuda.renderer import intersect_voxels
+    from svraster_cuda import cuda_backend, meta, validation
+    from svraster_cuda.renderer import _intersect, intersect_voxels
     gen = torch.Generator().manual_seed(seed)
     octpath, _, centers, lengths = random_octree(seed, max_level=5, split_prob=0.5, keep_prob=0.8)
     eye = (torch.rand(3, generator=gen) * 5 - 2.5).tolist()
@@ -465,12 +489,24 @@ def test_culling_matches_reference(cuda, seed):
         assert torch.equal(torch.sort(got.in_view.cpu()).values, torch.sort(ref.in_view).values)
         assert got.state.entries.numel() == len(ref.state.binning.entry_voxel)
         assert_same_lists(got, ref, n_tiles)
-        # The tiles' render order: each tile once, the lengths descending to within a sixteenth
-        # of an octave (the order's buckets).
-        order = got.state.tile_order.cpu().long()
-        assert torch.equal(torch.sort(order).values, torch.arange(n_tiles))
-        list_lengths = (got.state.ranges[:, 1] - got.state.ranges[:, 0]).cpu()[order].double()
-        assert (list_lengths[1:] <= list_lengths[:-1] * 2 ** (1 / 16) * (1 + 1e-5)).all()
+        if subset is None:
+            # The tiles' render order: each tile once, the lengths descending to within a
+            # sixteenth of an octave (the order's buckets).
+            order = got.state.tile_order.cpu().long()
+            assert torch.equal(torch.sort(order).values, torch.arange(n_tiles))
+            list_lengths = (got.state.ranges[:, 1] - got.state.ranges[:, 0]).cpu()[order].double()
+            assert (list_lengths[1:] <= list_lengths[:-1] * 2 ** (1 / 16) * (1 + 1e-5)).all()
+            # Requested pixels over the whole image's lists: warps in its render order.
+            layout = cuda_backend.pixel_layout(settings, got.state, pixels.to(cuda), None, None, verify=True)
+            assert_layout(layout, pixels, width, order)
+        else:
+            # Over lists binned for them: tile index order, laid out for reused intersections
+            # (checked) and by a fresh frame's preprocess call.
+            layout = cuda_backend.pixel_layout(settings, got.state, subset.to(cuda), None, None, verify=True)
+            assert_layout(layout, subset, width, None)
+            voxels = (octpath.to(cuda), centers.to(cuda), lengths.to(cuda))
+            fresh = _intersect(settings, validation.camera_args(settings), *voxels, subset.to(cuda), lay_out=True)
+            assert_layout(fresh.state.layout, subset, width, None)
         if seed >= 6:
             rect = ref.state.preprocessed.tile_rect
             area = (rect[:, 2] - rect[:, 0] + 1).clamp(min=0) * (rect[:, 3] - rect[:, 1] + 1).clamp(min=0)

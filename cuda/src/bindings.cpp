@@ -126,12 +126,14 @@ BinnedRequests bin_requests(const svr::Camera& cam, const Tensor& pixels, const 
     return b;
 }
 
-// Step 2: the warps of the tiles in `tile_order` (longest list first) -> [requests [P, 2] int32,
-// warp_tiles [n_warps], lane_requests [32 * n_warps]]. Sized for the most warps P requests can
-// need, so that no device read is needed: spare warps have tile -1.
-std::vector<Tensor> assign_warps(const Tensor& tile_order, const BinnedRequests& b, cudaStream_t stream) {
-    const auto opts = tile_order.options();
-    const int64_t n_tiles = tile_order.numel(), n_requests = b.requests.size(0);
+// Step 2: the warps of the tiles in `tile_order` ([n_tiles]: the whole image's lists, longest
+// first; null: index order) -> [requests [P, 2] int32, warp_tiles [n_warps], lane_requests
+// [32 * n_warps]]. Sized for the most warps P requests can need, so that no device read is
+// needed: spare warps have tile -1.
+std::vector<Tensor> assign_warps(int64_t n_tiles, const int32_t* tile_order, const BinnedRequests& b,
+                                 cudaStream_t stream) {
+    const auto opts = b.tile_counts.options();
+    const int64_t n_requests = b.requests.size(0);
     const int64_t max_warps = std::min<int64_t>(n_requests, n_tiles) + n_requests / 32;
     Tensor warp_start = torch::empty({n_tiles}, opts);
     Tensor warp_tiles = torch::empty({max_warps}, opts);
@@ -139,7 +141,7 @@ std::vector<Tensor> assign_warps(const Tensor& tile_order, const BinnedRequests&
     C10_CUDA_CHECK(cudaMemsetAsync(warp_tiles.data_ptr(), 0xff, sizeof(int32_t) * warp_tiles.numel(), stream));
     C10_CUDA_CHECK(cudaMemsetAsync(lane_requests.data_ptr(), 0xff, sizeof(int32_t) * lane_requests.numel(), stream));
     Tensor scratch = torch::empty({int64_t(svr::assign_warps_scratch_bytes(int(n_tiles)))}, opts.dtype(at::kByte));
-    svr::assign_warps(int(n_tiles), int(n_requests), ptr<int32_t>(tile_order), ptr<int32_t>(b.tile_counts),
+    svr::assign_warps(int(n_tiles), int(n_requests), tile_order, ptr<int32_t>(b.tile_counts),
                       ptr<int32_t>(b.tile_of), ptr<int32_t>(b.rank), scratch.data_ptr(), ptr<int32_t>(warp_start),
                       ptr<int32_t>(warp_tiles), ptr<int32_t>(lane_requests), stream);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -148,9 +150,10 @@ std::vector<Tensor> assign_warps(const Tensor& tile_order, const BinnedRequests&
 
 // Stages 1-4 for the whole image, or (sparse, `pixels` given) for the tiles holding requested
 // pixels. Returns ([in_view, ranges, entries, entry_rects, tile_order, tile_masks,
-// camera_position, requests, warp_tiles, lane_requests], fingerprint); tile_masks [n_tiles]
-// int64 (bit TILE_SIZE * y + x: pixel (x, y) of the tile is requested) is empty for the whole
-// image, and the pixels' layout in warps (requests, warp_tiles, lane_requests: pixel_layout's)
+// camera_position, requests, warp_tiles, lane_requests], fingerprint); tile_order (the whole
+// image's render order) is empty for requested pixels; tile_masks [n_tiles] int64 (bit
+// TILE_SIZE * y + x: pixel (x, y) of the tile is requested) is empty for the whole image, and
+// the pixels' layout in warps (requests, warp_tiles, lane_requests: pixel_layout's)
 // unless `lay_out` (a frame rendering them at once); camera_position is float32
 // [3] (vox_fn's); fingerprint is the frame's PATHS_FINGERPRINT (as int64). `ranks`
 // (octant_ranks' [4, N], built for octpaths of fingerprint `ranks_fingerprint`) place the
@@ -178,8 +181,8 @@ std::tuple<std::vector<Tensor>, int64_t> rasterize_preprocess(const std::vector<
     ULL* counters = ptr<ULL>(counts);
 
     // Requested pixels: their tiles' masks and the table of the tiles holding them (read by
-    // preprocess and binning), and their grouping into warps up to the tile order's (the bin
-    // kernel takes the tiles and ranks the layout needs while it sets the masks).
+    // preprocess and binning); the bin kernel also takes the tiles and ranks that their
+    // grouping into warps needs (assign_warps, queued after preprocess).
     Tensor tile_masks = torch::empty({0}, opts.dtype(at::kLong)), tile_sat;
     svr::RequestedPixels requests{nullptr, nullptr};
     BinnedRequests binned;
@@ -234,11 +237,13 @@ std::tuple<std::vector<Tensor>, int64_t> rasterize_preprocess(const std::vector<
         C10_CUDA_KERNEL_LAUNCH_CHECK();
     };
     // The ranks are bet on before the counts come back: queued behind the counts' copy, the
-    // marks run while the host reads the counts and allocates.
+    // marks run while the host reads the counts and allocates; so does the requests' layout.
     if (ranks)
         mark_ranked_items();
     else
         scan_item_offsets();
+    const std::vector<Tensor> warps = pixels && lay_out ? assign_warps(n_tiles, nullptr, binned, stream)
+                                                        : std::vector<Tensor>(3, torch::empty({0}, opts.dtype(at::kInt)));
     counts_copied.synchronize();
     const int64_t* c = host_counts.data_ptr<int64_t>();
     if (pixels) check_no_outside(cam, c[svr::COUNT_OUTSIDE_REQUESTS], pixels->size(0));
@@ -331,12 +336,14 @@ std::tuple<std::vector<Tensor>, int64_t> rasterize_preprocess(const std::vector<
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     sorted_keys.reset();
     pixel_rect.reset();
-    Tensor tile_order = torch::empty({n_tiles}, opts.dtype(at::kInt));
-    Tensor order_scratch = torch::empty({int64_t(svr::order_tiles_scratch_bytes())}, opts.dtype(at::kByte));
-    svr::order_tiles(n_tiles, ptr<int2>(ranges), order_scratch.data_ptr(), ptr<int32_t>(tile_order), stream);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-    const std::vector<Tensor> warps = pixels && lay_out ? assign_warps(tile_order, binned, stream)
-                                                        : std::vector<Tensor>(3, torch::empty({0}, opts.dtype(at::kInt)));
+    // Only the whole image's blocks take the tiles longest list first (a sparse frame's warps
+    // come in tile index order, laid out before the read).
+    Tensor tile_order = torch::empty({pixels ? 0 : n_tiles}, opts.dtype(at::kInt));
+    if (!pixels) {
+        Tensor order_scratch = torch::empty({int64_t(svr::order_tiles_scratch_bytes())}, opts.dtype(at::kByte));
+        svr::order_tiles(n_tiles, ptr<int2>(ranges), order_scratch.data_ptr(), ptr<int32_t>(tile_order), stream);
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+    }
     // Queued last: only vox_fn needs it (the GPU reaches it after the sort, the host at once).
     Tensor in_view = torch::empty({c[svr::COUNT_IN_VIEW]}, opts.dtype(at::kLong));
     Tensor select_scratch = torch::empty({int64_t(svr::in_view_scratch_bytes(int(n)))}, opts.dtype(at::kByte));
@@ -366,11 +373,11 @@ Tensor octant_ranks(const Tensor& octree_paths) {
     return ok ? ranks : ranks.narrow(0, 0, 0);
 }
 
-// Requested pixels grouped into warps of one tile, the tiles in `tile_order` (longest list
-// first): assign_warps' [requests, warp_tiles, lane_requests], for intersections reused (a fresh
-// frame's come with its preprocess). The requests are checked first (one device read): inside
-// the image and, when `allowed` tile masks are given (those the entries were binned for),
-// among them.
+// Requested pixels grouped into warps of one tile, for intersections reused (a fresh frame's
+// come with its preprocess): assign_warps' [requests, warp_tiles, lane_requests], the tiles in
+// `tile_order` (the whole image's, longest list first; empty for the lists of requested
+// pixels: index order). The requests are checked first (one device read): inside the image
+// and, when `allowed` tile masks are given (those the entries were binned for), among them.
 std::vector<Tensor> pixel_layout(const std::vector<double>& camera, const Tensor& pixels, const Tensor& tile_order,
                                  const std::optional<Tensor>& allowed) {
     TORCH_CHECK_VALUE(pixels.is_cuda(), text("pixels: expected a CUDA tensor, got one on ", pixels.device()));
@@ -378,7 +385,7 @@ std::vector<Tensor> pixel_layout(const std::vector<double>& camera, const Tensor
     check_pixels(pixels, pixels);
     const svr::Camera cam = make_camera(camera);
     const int n_tiles = cam.tiles_x() * cam.tiles_y();
-    check_tensor(tile_order, "tile_order", at::kInt, {n_tiles}, pixels);
+    check_tensor(tile_order, "tile_order", at::kInt, {allowed ? 0 : n_tiles}, pixels);
     if (allowed) check_tensor(*allowed, "allowed", at::kLong, {n_tiles}, pixels);
     const auto stream = c10::cuda::getCurrentCUDAStream();
     Tensor invalid = torch::empty({2}, pixels.options());
@@ -391,7 +398,7 @@ std::vector<Tensor> pixel_layout(const std::vector<double>& camera, const Tensor
     TORCH_CHECK_VALUE(bad[1] == 0,
                       "pixels: some requested pixels are not among those `intersections` was built for; build it "
                       "with these pixels (or without pixels)");
-    return assign_warps(tile_order, binned, stream);
+    return assign_warps(n_tiles, ptr<int32_t>(tile_order), binned, stream);
 }
 
 // `rgbs` may be undefined where colours are not read (top-K).

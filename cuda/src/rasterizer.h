@@ -67,9 +67,9 @@ void bin_requests(const Camera& cam, int n_requests, const int64_t* pixels, cons
                   unsigned long long* n_outside, unsigned long long* n_not_allowed, cudaStream_t stream);
 // The summed-area table of the tiles holding requests (see RequestedPixels), from tile_masks.
 void tile_table(const Camera& cam, const uint64_t* tile_masks, int32_t* tile_sat, cudaStream_t stream);
-// Step 2: the warps of each tile in tile_order (ceil(tile_counts / 32), scanned), warp_tiles
-// and lane_requests (both prefilled with -1 by the caller: spare warps, idle lanes).
-// `scratch` holds assign_warps_scratch_bytes(n_tiles) bytes.
+// Step 2: the warps of each tile in tile_order (null: index order; ceil(tile_counts / 32),
+// scanned), warp_tiles and lane_requests (both prefilled with -1 by the caller: spare warps,
+// idle lanes). `scratch` holds assign_warps_scratch_bytes(n_tiles) bytes.
 size_t assign_warps_scratch_bytes(int n_tiles);
 void assign_warps(int n_tiles, int n_requests, const int32_t* tile_order, const int32_t* tile_counts,
                   const int32_t* tile_of, const int32_t* rank, void* scratch, int32_t* warp_start,
@@ -210,8 +210,9 @@ void order_tiles(int n_tiles, const int2* ranges, void* scratch, int32_t* tile_o
 // The pixels a render covers: the whole image (blocks of a tile, outputs [C, H, W]) or a
 // list of requested pixels (outputs [C, P] in request order), grouped by tile into warps of at
 // most 32 so that a warp still walks one tile's list.
-// Tiles (whole image) or warps (requests) come longest list first: the long lists start early
-// instead of trailing behind the rest of the grid.
+// The whole image's tiles come longest list first: the long lists start early instead of
+// trailing behind the rest of the grid. Requests' warps come in that order over the whole
+// image's lists, in tile index order over a sparse frame's own (requests.cu).
 struct PixelSet {
     const int32_t* tile_order;     // whole image: [n_tiles] the tiles, longest list first
     int n_requests;                // P; 0 for the whole image

@@ -1,8 +1,11 @@
 // Sparse rendering's requested pixels (mirrors reference/requests.py): which pixels of each
 // tile are requested (a 64-bit mask a tile and a summed-area table of the tiles holding requests, read by
 // preprocess and binning), and the requests grouped into warps of one tile each (the PixelSet
-// of the render kernels), the tiles of longest list first. Requests outside the image (or not
-// among the allowed ones) are counted, never followed: the caller reads the counts and raises.
+// of the render kernels): the tiles in a given order (the whole image's lists reused, longest
+// first), else in index order (a sparse frame's own short lists: a layout that needs no list
+// lengths is queued before the frame's device read, while the GPU is busy with preprocess).
+// Requests outside the image (or not among the allowed ones) are counted, never followed: the
+// caller reads the counts and raises.
 #include <cub/device/device_scan.cuh>
 
 #include "math.cuh"
@@ -87,7 +90,7 @@ __global__ void bin_kernel(Camera cam, int n, const int64_t* __restrict__ pixels
 __global__ void ordered_warps_kernel(int n_tiles, const int32_t* __restrict__ tile_order,
                                      const int32_t* __restrict__ tile_counts, int32_t* __restrict__ warps) {
     const int i = blockIdx.x * blockDim.x + threadIdx.x;
-    if (i < n_tiles) warps[i] = (tile_counts[tile_order[i]] + 31) / 32;
+    if (i < n_tiles) warps[i] = (tile_counts[tile_order ? tile_order[i] : i] + 31) / 32;
 }
 
 __global__ void warp_tiles_kernel(int n_tiles, const int32_t* __restrict__ tile_order,
@@ -95,7 +98,7 @@ __global__ void warp_tiles_kernel(int n_tiles, const int32_t* __restrict__ tile_
                                   int32_t* __restrict__ warp_start, int32_t* __restrict__ warp_tiles) {
     const int i = blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= n_tiles) return;
-    const int tile = tile_order[i];
+    const int tile = tile_order ? tile_order[i] : i;
     const int start = warp_end[i] - warps[i];
     warp_start[tile] = start;
     for (int w = 0; w < warps[i]; ++w) warp_tiles[start + w] = tile;

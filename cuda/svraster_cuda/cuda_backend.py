@@ -54,7 +54,7 @@ class CudaState(NamedTuple):
     ranges: torch.Tensor    # [n_tiles, 2] int32
     entries: torch.Tensor   # [M] int32, sorted: octant << 29 | voxel id
     entry_rects: torch.Tensor  # [M] int16 each entry's pixel rectangle within its tile (4 bits a side)
-    tile_order: torch.Tensor  # [n_tiles] int32 render order of the tiles: longest list first
+    tile_order: torch.Tensor  # [n_tiles] int32 the whole image's render order, longest list first ([0] with pixels)
     camera_position: torch.Tensor  # [3] float32, written by preprocess
     tile_masks: torch.Tensor = None  # [n_tiles] int64 requested pixels binned for, bit TILE_SIZE * y + x (None: all)
     layout: SparsePixels = None  # the pixels binned for, laid out by the preprocess call (lay_out)
@@ -130,8 +130,9 @@ def rasterize_preprocess(settings, camera, octree_paths, vox_centers, vox_length
 
 
 def pixel_layout(settings, state, pixels, dtype, device, verify=False):
-    """None for the whole image; for requested pixels, their grouping into warps of one tile,
-    the tiles of longest list first (no device read). `verify` checks them first (one read):
+    """None for the whole image; for requested pixels, their grouping into warps of one tile
+    (the tiles longest list first over the whole image's lists, in index order over lists
+    binned for requested pixels; no device read). `verify` checks them first (one read):
     inside the image, and among the pixels `state` was binned for. Without `verify`, `pixels`
     are those `state` was built for, which its preprocess call laid out (`lay_out`) and checked."""
     if pixels is None:
