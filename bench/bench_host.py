@@ -3,11 +3,16 @@ C++ time goes, for the frames whose GPU work is short (small scenes, sparse pixe
 
     python bench/bench_host.py [--scene R1.5M] [--pixels 20736] [--frames] [--label NAME]
     python bench/bench_host.py --gaps --scene R6M    # where an unprofiled dense frame's GPU waits
+    python bench/bench_host.py --ab BASE/cuda/svraster_cuda --scene R6M   # two builds, one process
 
 Each row is the mean over repeated calls; "+ sync" rows include waiting for the GPU.
 `--frames` times whole frames through the public API only (300 sparse, 100 dense), so that
 two builds can be compared in alternating processes (gpu_check.sh HOST_AB=N): the host time
 of one process can differ from another's by 10%, so compare over several rounds.
+`--ab PATH` loads a second build of the package (PATH: its package directory, built in place)
+as `svraster_base` beside this one and times whole frames of both in one process, alternating
+in short blocks (ABBA), so that the host's speed, which differs between processes by up to 2x
+and drifts within one, weighs on both alike; the rows are medians over the blocks.
 `--gaps` splits unprofiled dense forwards (8 orbit views) at the two extension calls, with host
 clocks and CUDA events at each boundary (see `gaps`)."""
 import statistics
@@ -62,10 +67,10 @@ class _Probe:
         return call
 
 
-def gaps(scene_name, repeat=20):
+def gaps(scene_name, repeat=20, n_pixels=0):
     """Medians over views and repeats, in us from the frame's start, of where an unprofiled
     dense forward (no_grad, as bench_cuda.py times it) spends host time and where its GPU
-    waits. An event recorded on an idle stream completes at about the host's time of
+    waits (`n_pixels`: a fresh sparse forward of that many random pixels instead). An event recorded on an idle stream completes at about the host's time of
     recording, on a busy one when the work queued before it ends: "GPU idle before the render"
     is the event before the render call minus the one after the preprocess call (which
     completes when the binning's last kernel ends), where the host had not yet reached the
@@ -76,6 +81,9 @@ def gaps(scene_name, repeat=20):
     voxels = (scene["octpath"], scene["vox_centers"], scene["vox_lengths"])
     probe = _Probe(cuda_backend._load())
     cuda_backend._C = probe
+    gen = torch.Generator().manual_seed(0)
+    pixels = torch.stack([torch.randint(0, 1080, (n_pixels,), generator=gen),
+                          torch.randint(0, 1920, (n_pixels,), generator=gen)], 1).cuda()
     rows = {}
     try:
         for settings in orbit_settings(scene_name, 8, 1920, 1080, "cpu"):
@@ -84,7 +92,10 @@ def gaps(scene_name, repeat=20):
                 probe.marks = {}
                 probe.mark("start")
                 with torch.no_grad():
-                    renderer.rasterize_voxels(settings, *voxels, lambda *a: params)
+                    if n_pixels:
+                        renderer.rasterize_voxels_sparse(settings, *voxels, lambda *a: params, pixels)
+                    else:
+                        renderer.rasterize_voxels(settings, *voxels, lambda *a: params)
                 probe.mark("end")
                 torch.cuda.synchronize()
                 if i < 3:
@@ -107,11 +118,13 @@ def gaps(scene_name, repeat=20):
                     rows.setdefault(k, []).append(v)
     finally:
         cuda_backend._C = probe.module
-    print(f"| {scene_name} 1920x1080 dense forward, unprofiled | median us |")
+    kind = f"fresh sparse forward of {n_pixels} pixels" if n_pixels else "dense forward"
+    print(f"| {scene_name} 1920x1080 {kind}, unprofiled | median us |")
     print("|---|---|")
     for k, v in rows.items():
         print(f"| {k} | {statistics.median(v):.1f} |")
-    gpu_timeline(scene_name, voxels, params)
+    if not n_pixels:
+        gpu_timeline(scene_name, voxels, params)
 
 
 def gpu_timeline(scene_name, voxels, params):
@@ -143,6 +156,75 @@ def gpu_timeline(scene_name, voxels, params):
     print(f"  first to last: {span:.1f} us, busy {busy:.1f} us, idle {span - busy:.1f} us")
 
 
+def load_base(path):
+    """The package at `path` (a directory holding __init__.py and its built _C) as svraster_base."""
+    import importlib.util
+    path = Path(path).resolve()
+    spec = importlib.util.spec_from_file_location("svraster_base", path / "__init__.py",
+                                                  submodule_search_locations=[str(path)])
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["svraster_base"] = module
+    spec.loader.exec_module(module)
+    import svraster_base.renderer  # noqa: F401
+    import svraster_base.cuda_backend
+    if not svraster_base.cuda_backend.available():
+        raise SystemExit(f"--ab: no built extension in {path}")
+    return sys.modules["svraster_base.renderer"]
+
+
+def ab(scene_name, base_path, n_pixels, blocks=40, block=10):
+    """Whole frames through the public API of the baseline (`base_path`) and of this tree, in
+    one process: `blocks` rounds of `block` frames each, the builds' order alternating (ABBA).
+    Prints the median over rounds of the mean frame's host time (with a sync), in us."""
+    base = load_base(base_path)
+    scene = make_scene(scene_name, "cuda")
+    settings = orbit_settings(scene_name, 1, 1920, 1080, "cpu")[0]
+    voxels = (scene["octpath"], scene["vox_centers"], scene["vox_lengths"])
+    params = {"geos": scene["geos"], "rgbs": scene["rgbs"],
+              "subdiv_p": torch.zeros(len(scene["geos"]), 1, device="cuda")}
+    gen = torch.Generator().manual_seed(0)
+    pixels = torch.stack([torch.randint(0, settings.image_height, (n_pixels,), generator=gen),
+                          torch.randint(0, settings.image_width, (n_pixels,), generator=gen)], 1).cuda()
+    builds = {"base": base, "tree": renderer}
+    # Each build's own settings (its RasterSettings class) and intersections.
+    own = {k: r.RasterSettings(**settings._asdict()) for k, r in builds.items()}
+    dense = {k: r.intersect_voxels(own[k], *voxels) for k, r in builds.items()}
+    sparse = {k: r.intersect_voxels(own[k], *voxels, pixels=pixels) for k, r in builds.items()}
+
+    def frames(k):
+        r, s = builds[k], own[k]
+        return {
+            "dense forward": lambda: r.rasterize_voxels(s, *voxels, lambda *a: params),
+            "dense forward, reused intersections":
+                lambda: r.rasterize_voxels(s, *voxels, lambda *a: params, intersections=dense[k]),
+            "sparse forward": lambda: r.rasterize_voxels_sparse(s, *voxels, lambda *a: params, pixels),
+            "sparse forward, reused intersections":
+                lambda: r.rasterize_voxels_sparse(s, *voxels, lambda *a: params, pixels, intersections=sparse[k]),
+        }
+    calls = {k: frames(k) for k in builds}
+    rows = {}
+    with torch.no_grad():
+        for name in calls["tree"]:
+            for k in builds:
+                for _ in range(5):
+                    calls[k][name]()
+            for i in range(blocks):
+                for k in (("base", "tree") if i % 4 in (0, 3) else ("tree", "base")):
+                    fn = calls[k][name]
+                    torch.cuda.synchronize()
+                    start = time.perf_counter()
+                    for _ in range(block):
+                        fn()
+                        torch.cuda.synchronize()
+                    rows.setdefault((name, k), []).append((time.perf_counter() - start) / block * 1e6)
+    print(f"| {scene_name} 1920x1080, {n_pixels} sparse pixels, one process ({blocks} blocks of {block}) "
+          "| base us | tree us | tree / base |")
+    print("|---|---|---|---|")
+    for name in calls["tree"]:
+        b, t = (statistics.median(rows[(name, k)]) for k in ("base", "tree"))
+        print(f"| {name} | {b:.1f} | {t:.1f} | {t / b:.3f} |")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--scene", default="R1.5M")
@@ -150,9 +232,13 @@ def main():
     ap.add_argument("--frames", action="store_true", help="whole frames only, through the public API")
     ap.add_argument("--label", default="", help="printed in the table's heading (e.g. base, tree)")
     ap.add_argument("--gaps", action="store_true", help="host spans and GPU idle of dense forwards instead")
+    ap.add_argument("--sparse", action="store_true", help="--gaps of fresh sparse forwards of --pixels pixels")
+    ap.add_argument("--ab", metavar="PATH", help="a baseline's package directory: both builds' frames, one process")
     args = ap.parse_args()
     if args.gaps:
-        return gaps(args.scene)
+        return gaps(args.scene, n_pixels=args.pixels if args.sparse else 0)
+    if args.ab:
+        return ab(args.scene, args.ab, args.pixels)
 
     scene = make_scene(args.scene, "cuda")
     settings = orbit_settings(args.scene, 1, 1920, 1080, "cpu")[0]

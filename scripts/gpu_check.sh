@@ -13,6 +13,7 @@
 # camera matrices on CPU and GPU; STEADY_SCENES),
 # HOST=1 (host time of the Python and C++ steps: bench/bench_host.py, HOST_SCENE), HOST_AB=N (N rounds
 # of whole frames' host time through the public API, baseline and tree in alternating processes),
+# AB=1 (whole frames of baseline and tree in one process, alternating blocks: bench_host.py --ab, AB_SCENES),
 # GAPS=1 (host spans and GPU idle of unprofiled dense forwards: bench_host.py --gaps, GAPS_SCENES;
 # baseline and tree, in alternating order), GPUONLY=1 (each view's GPU time of the forward and of the
 # render with reused intersections, the host's time before the first launch hidden: bench_cuda.py
@@ -133,6 +134,13 @@ if [ -n "${HOST_AB:-}" ] && [ -d .device_data/base ]; then
     PYTHONPATH=$PWD/.device_data/base/cuda python3 bench/bench_host.py --frames --label base \
       --scene ${HOST_SCENE:-R1.5M} 2>&1 | tee -a "$OUT/bench.log" | tail -n 6
     python3 bench/bench_host.py --frames --label tree --scene ${HOST_SCENE:-R1.5M} 2>&1 | tee -a "$OUT/bench.log" | tail -n 6
+  done
+fi
+if [ "${AB:-0}" = 1 ] && [ -d .device_data/base ]; then
+  wait  # the baseline's build
+  for scene in ${AB_SCENES:-R6M}; do
+    python3 bench/bench_host.py --ab .device_data/base/cuda/svraster_cuda --scene "$scene" 2>&1 \
+      | tee -a "$OUT/bench.log" | tail -n 6
   done
 fi
 if [ "${GAPS:-0}" = 1 ]; then
