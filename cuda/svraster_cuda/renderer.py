@@ -185,10 +185,14 @@ def _render(raster_settings, inter, layout, vox_centers, vox_lengths, vox_fn):
     cam_pos = _camera_position(raster_settings, inter, vox_centers.device)
     params = vox_fn(inter.in_view, cam_pos, raster_settings.color_mode)
     validation.check_vox_params(params, len(vox_centers), vox_centers.device, values=raster_settings.debug)
-    # Inside forward, needs_input_grad also holds under torch.no_grad(): whether a backward can
-    # follow is known only here.
-    backward_follows = torch.is_grad_enabled() and any(
-        params[name].requires_grad for name in ("geos", "rgbs", "subdiv_p"))
+    if not torch.is_grad_enabled():
+        # The same outputs without the autograd Function's bookkeeping (a frame's host time).
+        outputs, _, _ = inter.impl.rasterize_forward(raster_settings, inter.state, layout, vox_centers, vox_lengths,
+                                                     params["geos"], params["rgbs"])
+        return outputs
+    # Grad mode is on: a backward can follow where a parameter requires grad (needs_input_grad
+    # inside forward would not tell it from no_grad).
+    backward_follows = any(params[name].requires_grad for name in ("geos", "rgbs", "subdiv_p"))
     return _RasterizeVoxels.apply(inter, layout, raster_settings, vox_centers, vox_lengths,
                                   params["geos"], params["rgbs"], params["subdiv_p"], backward_follows)
 
