@@ -174,18 +174,25 @@ def load_base(path):
 
 def ab(scene_name, base_path, n_pixels, blocks=40, block=10):
     """Whole frames through the public API of the baseline (`base_path`) and of this tree, in
-    one process: `blocks` rounds of `block` frames each, the builds' order alternating (ABBA).
+    one process (forwards under no_grad, as bench_cuda.py times them; fwd+bwd with the loss
+    color.sum() + T.sum()): `blocks` rounds of `block` frames each, the builds' order alternating (ABBA).
     Prints the median over rounds of the mean frame's host time (with a sync), in us."""
     base = load_base(base_path)
     scene = make_scene(scene_name, "cuda")
     settings = orbit_settings(scene_name, 1, 1920, 1080, "cpu")[0]
     voxels = (scene["octpath"], scene["vox_centers"], scene["vox_lengths"])
-    params = {"geos": scene["geos"], "rgbs": scene["rgbs"],
-              "subdiv_p": torch.zeros(len(scene["geos"]), 1, device="cuda")}
+    params = {"geos": scene["geos"].requires_grad_(), "rgbs": scene["rgbs"].requires_grad_(),
+              "subdiv_p": torch.zeros(len(scene["geos"]), 1, device="cuda", requires_grad=True)}
     gen = torch.Generator().manual_seed(0)
     pixels = torch.stack([torch.randint(0, settings.image_height, (n_pixels,), generator=gen),
                           torch.randint(0, settings.image_width, (n_pixels,), generator=gen)], 1).cuda()
     builds = {"base": base, "tree": renderer}
+
+    def forward_backward(render):
+        for p in params.values():
+            p.grad = None  # as optimizer.zero_grad() does
+        color, _, _, T, _ = render()
+        (color.sum() + T.sum()).backward()
     # Each build's own settings (its RasterSettings class) and intersections.
     own = {k: r.RasterSettings(**settings._asdict()) for k, r in builds.items()}
     dense = {k: r.intersect_voxels(own[k], *voxels) for k, r in builds.items()}
@@ -193,30 +200,35 @@ def ab(scene_name, base_path, n_pixels, blocks=40, block=10):
 
     def frames(k):
         r, s = builds[k], own[k]
+
+        def no_grad(fn):
+            return torch.no_grad()(fn)
         return {
-            "dense forward": lambda: r.rasterize_voxels(s, *voxels, lambda *a: params),
+            "dense forward": no_grad(lambda: r.rasterize_voxels(s, *voxels, lambda *a: params)),
+            "dense fwd+bwd": lambda: forward_backward(lambda: r.rasterize_voxels(s, *voxels, lambda *a: params)),
+            "sparse fwd+bwd": lambda: forward_backward(
+                lambda: r.rasterize_voxels_sparse(s, *voxels, lambda *a: params, pixels)),
             "dense forward, reused intersections":
-                lambda: r.rasterize_voxels(s, *voxels, lambda *a: params, intersections=dense[k]),
-            "sparse forward": lambda: r.rasterize_voxels_sparse(s, *voxels, lambda *a: params, pixels),
-            "sparse forward, reused intersections":
-                lambda: r.rasterize_voxels_sparse(s, *voxels, lambda *a: params, pixels, intersections=sparse[k]),
+                no_grad(lambda: r.rasterize_voxels(s, *voxels, lambda *a: params, intersections=dense[k])),
+            "sparse forward": no_grad(lambda: r.rasterize_voxels_sparse(s, *voxels, lambda *a: params, pixels)),
+            "sparse forward, reused intersections": no_grad(
+                lambda: r.rasterize_voxels_sparse(s, *voxels, lambda *a: params, pixels, intersections=sparse[k])),
         }
     calls = {k: frames(k) for k in builds}
     rows = {}
-    with torch.no_grad():
-        for name in calls["tree"]:
-            for k in builds:
-                for _ in range(5):
-                    calls[k][name]()
-            for i in range(blocks):
-                for k in (("base", "tree") if i % 4 in (0, 3) else ("tree", "base")):
-                    fn = calls[k][name]
+    for name in calls["tree"]:
+        for k in builds:
+            for _ in range(5):
+                calls[k][name]()
+        for i in range(blocks):
+            for k in (("base", "tree") if i % 4 in (0, 3) else ("tree", "base")):
+                fn = calls[k][name]
+                torch.cuda.synchronize()
+                start = time.perf_counter()
+                for _ in range(block):
+                    fn()
                     torch.cuda.synchronize()
-                    start = time.perf_counter()
-                    for _ in range(block):
-                        fn()
-                        torch.cuda.synchronize()
-                    rows.setdefault((name, k), []).append((time.perf_counter() - start) / block * 1e6)
+                rows.setdefault((name, k), []).append((time.perf_counter() - start) / block * 1e6)
     print(f"| {scene_name} 1920x1080, {n_pixels} sparse pixels, one process ({blocks} blocks of {block}) "
           "| base us | tree us | tree / base |")
     print("|---|---|---|---|")
