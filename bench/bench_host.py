@@ -43,8 +43,8 @@ def mean_us(fn, repeat):
 
 class _Probe:
     """Stands in for the extension module: a CUDA event and a host clock reading before and
-    after each call of the two calls a dense frame makes."""
-    CALLS = ("rasterize_preprocess", "rasterize_voxels")
+    after each of the calls a frame makes (the backward's too)."""
+    CALLS = ("rasterize_preprocess", "rasterize_voxels", "rasterize_voxels_backward")
 
     def __init__(self, module):
         self.module, self.marks = module, {}
@@ -67,17 +67,18 @@ class _Probe:
         return call
 
 
-def gaps(scene_name, repeat=20, n_pixels=0):
+def gaps(scene_name, repeat=20, n_pixels=0, backward=False):
     """Medians over views and repeats, in us from the frame's start, of where an unprofiled
     dense forward (no_grad, as bench_cuda.py times it) spends host time and where its GPU
-    waits (`n_pixels`: a fresh sparse forward of that many random pixels instead). An event recorded on an idle stream completes at about the host's time of
+    waits (`n_pixels`: a fresh sparse forward of that many random pixels instead; `backward`:
+    a training step, the forward in grad mode, the loss color.sum() + T.sum() and its backward). An event recorded on an idle stream completes at about the host's time of
     recording, on a busy one when the work queued before it ends: "GPU idle before the render"
     is the event before the render call minus the one after the preprocess call (which
     completes when the binning's last kernel ends), where the host had not yet reached the
     render's launch."""
     scene = make_scene(scene_name, "cuda")
-    params = {"geos": scene["geos"], "rgbs": scene["rgbs"],
-              "subdiv_p": torch.zeros(len(scene["geos"]), 1, device="cuda")}
+    params = {"geos": scene["geos"].requires_grad_(backward), "rgbs": scene["rgbs"].requires_grad_(backward),
+              "subdiv_p": torch.zeros(len(scene["geos"]), 1, device="cuda", requires_grad=backward)}
     voxels = (scene["octpath"], scene["vox_centers"], scene["vox_lengths"])
     probe = _Probe(cuda_backend._load())
     cuda_backend._C = probe
@@ -90,12 +91,18 @@ def gaps(scene_name, repeat=20, n_pixels=0):
             for i in range(repeat + 3):
                 torch.cuda.synchronize()
                 probe.marks = {}
+                for p in params.values():
+                    p.grad = None
                 probe.mark("start")
-                with torch.no_grad():
+                with torch.set_grad_enabled(backward):
                     if n_pixels:
-                        renderer.rasterize_voxels_sparse(settings, *voxels, lambda *a: params, pixels)
+                        out = renderer.rasterize_voxels_sparse(settings, *voxels, lambda *a: params, pixels)
                     else:
-                        renderer.rasterize_voxels(settings, *voxels, lambda *a: params)
+                        out = renderer.rasterize_voxels(settings, *voxels, lambda *a: params)
+                if backward:
+                    loss = out[0].sum() + out[3].sum()
+                    probe.mark("backward")
+                    loss.backward()
                 probe.mark("end")
                 torch.cuda.synchronize()
                 if i < 3:
@@ -109,21 +116,36 @@ def gaps(scene_name, repeat=20, n_pixels=0):
                     "host: Python between the calls (vox_fn, checks, autograd)":
                         host["rasterize_voxels in"] - host["rasterize_preprocess out"],
                     "host: render call": host["rasterize_voxels out"] - host["rasterize_voxels in"],
+                }
+                if backward:
+                    spans.update({
+                        "host: from the render call to backward() (loss)":
+                            host["backward"] - host["rasterize_voxels out"],
+                        "host: from backward() to the backward call (autograd, Python)":
+                            host["rasterize_voxels_backward in"] - host["backward"],
+                        "host: backward call": host["rasterize_voxels_backward out"] - host["rasterize_voxels_backward in"],
+                        "host: from the backward call to backward()'s return":
+                            host["end"] - host["rasterize_voxels_backward out"],
+                        "GPU: render kernel's end to the backward call":
+                            gpu["rasterize_voxels_backward in"] - gpu["rasterize_voxels out"],
+                    })
+                spans.update({
                     "host: the whole call": host["end"],
                     "GPU: binning's last kernel ends": gpu["rasterize_preprocess out"],
                     "GPU: idle before the render": gpu["rasterize_voxels in"] - gpu["rasterize_preprocess out"],
                     "GPU: frame (events)": gpu["end"],
-                }
+                })
                 for k, v in spans.items():
                     rows.setdefault(k, []).append(v)
     finally:
         cuda_backend._C = probe.module
     kind = f"fresh sparse forward of {n_pixels} pixels" if n_pixels else "dense forward"
+    kind += " + backward" if backward else ""
     print(f"| {scene_name} 1920x1080 {kind}, unprofiled | median us |")
     print("|---|---|")
     for k, v in rows.items():
         print(f"| {k} | {statistics.median(v):.1f} |")
-    if not n_pixels:
+    if not n_pixels and not backward:
         gpu_timeline(scene_name, voxels, params)
 
 
@@ -245,10 +267,11 @@ def main():
     ap.add_argument("--label", default="", help="printed in the table's heading (e.g. base, tree)")
     ap.add_argument("--gaps", action="store_true", help="host spans and GPU idle of dense forwards instead")
     ap.add_argument("--sparse", action="store_true", help="--gaps of fresh sparse forwards of --pixels pixels")
+    ap.add_argument("--backward", action="store_true", help="--gaps of training steps (forward and backward)")
     ap.add_argument("--ab", metavar="PATH", help="a baseline's package directory: both builds' frames, one process")
     args = ap.parse_args()
     if args.gaps:
-        return gaps(args.scene, n_pixels=args.pixels if args.sparse else 0)
+        return gaps(args.scene, n_pixels=args.pixels if args.sparse else 0, backward=args.backward)
     if args.ab:
         return ab(args.scene, args.ab, args.pixels)
 
