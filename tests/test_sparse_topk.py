@@ -1,6 +1,7 @@
 """Top-K contributors, reusable tile intersections and sparse pixel rendering (reference and
 CUDA): top-K against a brute-force per-pixel ranking, sparse against the dense render (values
-and gradients), reuse against fresh calls, and the errors for stale objects and bad input."""
+and gradients), reuse against fresh calls, frames under no_grad against grad mode, and the
+errors for stale objects and bad input."""
 import pytest
 import torch
 
@@ -179,6 +180,25 @@ def test_sparse_equals_dense(device, n_samp, which):
         assert (out_s[4] - out_d[4]).abs().max() <= 1e-6
     # The priority sums |dL/dalpha * alpha| per request: equal to the dense one without repeats.
     assert_close_grads(sp, de, priority=which != "duplicates")
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_no_grad_frames_match_grad_mode(device):
+    """Under torch.no_grad() a frame skips the autograd Function (renderer._render); its outputs
+    are those of a frame in grad mode, bit for bit, dense and sparse, and carry no graph."""
+    device = device_or_skip(device)
+    octpath, centers, lengths, geos, rgbs = scene(5, device=device)
+    settings = make_settings((2.0, 1.7, -1.2), (0, 0, 0), width=24, height=16, **FULL)
+    pixels = random_pixels(40, settings, 5, device)
+    g, r, s = leaves(geos, rgbs)
+    for render in (lambda: rasterize_voxels(settings, octpath, centers, lengths, vox_fn_of(g, r, s)),
+                   lambda: rasterize_voxels_sparse(settings, octpath, centers, lengths, vox_fn_of(g, r, s), pixels)):
+        with torch.no_grad():
+            fast = render()
+        traced = render()
+        assert traced[0].requires_grad and not any(t.requires_grad for t in fast)
+        for a, b in zip(fast, traced):
+            assert a.numel() > 0 and torch.equal(a, b.detach())
 
 
 @pytest.mark.parametrize("device", DEVICES)
