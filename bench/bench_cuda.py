@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import make_scene, orbit_settings  # noqa: E402
+from common import make_scene, orbit_settings, random_pixels  # noqa: E402
 
 from svraster_cuda.renderer import rasterize_voxels  # noqa: E402
 
@@ -265,11 +265,8 @@ def sparse_queries(name, width, height, fraction=0.01, k=8, profile=False, gpu=F
     s = orbit_settings(name, 1, width, height, "cpu")[0]
     gen = torch.Generator().manual_seed(0)
 
-    def random_pixels(n):
-        return torch.stack([torch.randint(0, height, (n,), generator=gen),
-                            torch.randint(0, width, (n,), generator=gen)], 1).cuda()
     fractions = (fraction, 10 * fraction)
-    pixel_sets = [random_pixels(int(f * width * height)) for f in fractions]
+    pixel_sets = [random_pixels(int(f * width * height), width, height, gen) for f in fractions]
     pixels = pixel_sets[0]
     voxels = (scene["octpath"], scene["vox_centers"], scene["vox_lengths"])
     inter = intersect_voxels(s, *voxels)

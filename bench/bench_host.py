@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import make_scene, orbit_settings  # noqa: E402
+from common import make_scene, orbit_settings, random_pixels  # noqa: E402
 
 from svraster_cuda import cuda_backend, renderer, validation  # noqa: E402
 
@@ -71,7 +71,8 @@ def gaps(scene_name, repeat=20, n_pixels=0, backward=False):
     """Medians over views and repeats, in us from the frame's start, of where an unprofiled
     dense forward (no_grad, as bench_cuda.py times it) spends host time and where its GPU
     waits (`n_pixels`: a fresh sparse forward of that many random pixels instead; `backward`:
-    a training step, the forward in grad mode, the loss color.sum() + T.sum() and its backward). An event recorded on an idle stream completes at about the host's time of
+    a training step, the forward in grad mode, the loss color.sum() + T.sum() and its
+    backward). An event recorded on an idle stream completes at about the host's time of
     recording, on a busy one when the work queued before it ends: "GPU idle before the render"
     is the event before the render call minus the one after the preprocess call (which
     completes when the binning's last kernel ends), where the host had not yet reached the
@@ -82,9 +83,7 @@ def gaps(scene_name, repeat=20, n_pixels=0, backward=False):
     voxels = (scene["octpath"], scene["vox_centers"], scene["vox_lengths"])
     probe = _Probe(cuda_backend._load())
     cuda_backend._C = probe
-    gen = torch.Generator().manual_seed(0)
-    pixels = torch.stack([torch.randint(0, 1080, (n_pixels,), generator=gen),
-                          torch.randint(0, 1920, (n_pixels,), generator=gen)], 1).cuda()
+    pixels = random_pixels(n_pixels, 1920, 1080, torch.Generator().manual_seed(0))
     rows = {}
     try:
         for settings in orbit_settings(scene_name, 8, 1920, 1080, "cpu"):
@@ -123,7 +122,8 @@ def gaps(scene_name, repeat=20, n_pixels=0, backward=False):
                             host["backward"] - host["rasterize_voxels out"],
                         "host: from backward() to the backward call (autograd, Python)":
                             host["rasterize_voxels_backward in"] - host["backward"],
-                        "host: backward call": host["rasterize_voxels_backward out"] - host["rasterize_voxels_backward in"],
+                        "host: backward call":
+                            host["rasterize_voxels_backward out"] - host["rasterize_voxels_backward in"],
                         "host: from the backward call to backward()'s return":
                             host["end"] - host["rasterize_voxels_backward out"],
                         "GPU: render kernel's end to the backward call":
@@ -205,9 +205,7 @@ def ab(scene_name, base_path, n_pixels, blocks=40, block=10):
     voxels = (scene["octpath"], scene["vox_centers"], scene["vox_lengths"])
     params = {"geos": scene["geos"].requires_grad_(), "rgbs": scene["rgbs"].requires_grad_(),
               "subdiv_p": torch.zeros(len(scene["geos"]), 1, device="cuda", requires_grad=True)}
-    gen = torch.Generator().manual_seed(0)
-    pixels = torch.stack([torch.randint(0, settings.image_height, (n_pixels,), generator=gen),
-                          torch.randint(0, settings.image_width, (n_pixels,), generator=gen)], 1).cuda()
+    pixels = random_pixels(n_pixels, settings.image_width, settings.image_height, torch.Generator().manual_seed(0))
     builds = {"base": base, "tree": renderer}
 
     def forward_backward(render):
@@ -222,9 +220,7 @@ def ab(scene_name, base_path, n_pixels, blocks=40, block=10):
 
     def frames(k):
         r, s = builds[k], own[k]
-
-        def no_grad(fn):
-            return torch.no_grad()(fn)
+        no_grad = torch.no_grad()  # as a decorator of each forward
         return {
             "dense forward": no_grad(lambda: r.rasterize_voxels(s, *voxels, lambda *a: params)),
             "dense fwd+bwd": lambda: forward_backward(lambda: r.rasterize_voxels(s, *voxels, lambda *a: params)),
@@ -281,9 +277,7 @@ def main():
     device = scene["vox_centers"].device
     params = {"geos": scene["geos"], "rgbs": scene["rgbs"],
               "subdiv_p": torch.zeros(len(scene["geos"]), 1, device=device)}
-    gen = torch.Generator().manual_seed(0)
-    pixels = torch.stack([torch.randint(0, settings.image_height, (args.pixels,), generator=gen),
-                          torch.randint(0, settings.image_width, (args.pixels,), generator=gen)], 1).to(device)
+    pixels = random_pixels(args.pixels, settings.image_width, settings.image_height, torch.Generator().manual_seed(0))
     dense = renderer.intersect_voxels(settings, *voxels)
     sparse = renderer.intersect_voxels(settings, *voxels, pixels=pixels)
 

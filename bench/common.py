@@ -37,3 +37,9 @@ def make_scene(name, device):
     level, translucent, shell, band = SCENES[name]
     scene = procedural_scene(level, translucent=translucent, shell_level=shell, band=band)
     return {k: v.to(device) for k, v in scene.items()}
+
+
+def random_pixels(n, width, height, generator):
+    """n random (row, col) pixels of a width x height image: int64 [n, 2] on the CUDA device."""
+    return torch.stack([torch.randint(0, height, (n,), generator=generator),
+                        torch.randint(0, width, (n,), generator=generator)], 1).cuda()

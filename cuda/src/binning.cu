@@ -95,8 +95,9 @@ struct BitCount {
 };
 
 // Stage 2c, whole image: a thread per item writes its entries, tile rows in order. Requested
-// pixels: each candidate tile costs a bins_into test (a load of the tile's request mask), and a thread per voxel ran its tests one after the other (0.160 ms at R6M,
-// 1% of the pixels). There the lanes of a warp walk the candidates of their 32 items
+// pixels: each candidate tile costs a bins_into test (a load of the tile's request mask), and
+// a thread per voxel ran its tests one after the other (0.160 ms at R6M, 1% of the pixels,
+// with session 7's tests). There the lanes of a warp walk the candidates of their 32 items
 // together, 32 at a time in the same order, and keep the binned ones by ballot (0.130 ms). The
 // same walk for the whole image was slower than a thread each (0.139 against 0.125 ms): more
 // instructions per entry, and no tests to spread.

@@ -1,11 +1,11 @@
 // Sparse rendering's requested pixels (mirrors reference/requests.py): which pixels of each
-// tile are requested (a 64-bit mask a tile and a summed-area table of the tiles holding requests, read by
-// preprocess and binning), and the requests grouped into warps of one tile each (the PixelSet
-// of the render kernels): the tiles in a given order (the whole image's lists reused, longest
-// first), else in index order (a sparse frame's own short lists: a layout that needs no list
-// lengths is queued before the frame's device read, while the GPU is busy with preprocess).
-// Requests outside the image (or not among the allowed ones) are counted, never followed: the
-// caller reads the counts and raises.
+// tile are requested (a 64-bit mask a tile, and a summed-area table of the tiles holding
+// requests; read by preprocess and binning), and the requests grouped into warps of one tile
+// each (the PixelSet of the render kernels): the tiles in a given order (the whole image's
+// lists reused, longest first), else in index order (a sparse frame's own short lists: a
+// layout that needs no list lengths is queued before the frame's device read, while the GPU
+// is busy with preprocess). Requests outside the image (or not among the allowed ones) are
+// counted, never followed: the caller reads the counts and raises.
 #include <cub/device/device_scan.cuh>
 
 #include "math.cuh"
