@@ -68,7 +68,25 @@ _NUMBERS = st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.integers
 def test_quick_settings_check_agrees(change):
     """check_settings' one-expression test of plain settings (validation._plainly_valid)
     accepts only settings that the checks one by one accept, and returns the same camera."""
-    s = SETTINGS._replace(**change)
+    _assert_quick_settings_check_agrees(SETTINGS._replace(**change))
+
+
+@pytest.mark.parametrize("name", ["image_width", "image_height", "n_samp_per_vox", "tanfovx", "tanfovy", "cx", "cy",
+                                  "bg_color", "near", "lambda_R_concen", "lambda_ascending", "lambda_dist",
+                                  "w2c_matrix", "c2w_matrix"])
+def test_quick_settings_check_agrees_field_by_field(name):
+    """The same agreement with one setting changed at a time, through values at and beyond
+    each range's ends (random combinations seldom change a single setting alone)."""
+    values = [-1, -1e-9, 0, 0.0, 1, 3, 4, 2.5, 16384, 16385, 10 ** 400, math.nan, math.inf, -math.inf, True,
+              np.float32(0.5), torch.tensor(0.3), "1"]
+    if name.endswith("matrix"):
+        values = [np.eye(4), torch.eye(4).tolist(), torch.eye(4, dtype=torch.int64), torch.eye(3),
+                  torch.eye(4, dtype=torch.float64), torch.nn.Parameter(torch.eye(4)), torch.eye(4) * math.inf, None]
+    for value in values:
+        _assert_quick_settings_check_agrees(SETTINGS._replace(**{name: value}))
+
+
+def _assert_quick_settings_check_agrees(s):
     try:
         validation._check_each_setting(s, None)
     except (ValueError, TypeError, OverflowError) as exc:
