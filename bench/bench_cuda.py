@@ -310,7 +310,8 @@ def sparse_queries(name, width, height, fraction=0.01, k=8, profile=False, gpu=F
 def steady_state(name, width, height, steps, views=8):
     """Training steps back to back, as a training loop queues them (no synchronisation between
     steps; the orbit views in turn): ms per step, with the settings' camera matrices on the CPU
-    and on the GPU (reading those back waits for the GPU's queue before a frame is queued)."""
+    and on the GPU (read by preprocess on the device since session 22; read back by the host
+    before, which waited for the GPU's queue before a frame was queued)."""
     scene, params = scene_and_params(name)
     _, forward_backward = make_step(name, scene, params)
     print(f"| {name} {width}x{height}, {steps} steps back to back | ms per step |")

@@ -10,7 +10,7 @@
 # NCU_SCENES, NCU_REGEX: kernel names, NCU_COUNT: launches), NCU_SOURCE=1 (stall samples per source
 # line: scripts/ncu_source.py, NCU_KERNELS, NCU_SCENES, NCU_VIEW, NCU_TOP, NCU_HEAD; NCU_SPARSE=1: in a
 # fresh 1%-sparse frame), STEADY=N (N training steps back to back,
-# camera matrices on CPU and GPU; STEADY_SCENES),
+# camera matrices on CPU and GPU; STEADY_SCENES; baseline and tree),
 # HOST=1 (host time of the Python and C++ steps: bench/bench_host.py, HOST_SCENE), HOST_AB=N (N rounds
 # of whole frames' host time through the public API, baseline and tree in alternating processes),
 # AB=1 (whole frames of baseline and tree in one process, alternating blocks: bench_host.py --ab, AB_SCENES),
@@ -194,5 +194,12 @@ if [ "${GPUONLY:-0}" = 1 ]; then
   done
 fi
 if [ -n "${STEADY:-}" ]; then
+  if [ -d .device_data/base ]; then
+    wait  # the baseline's build
+    echo "== steady state, baseline"
+    PYTHONPATH=$PWD/.device_data/base/cuda python3 bench/bench_cuda.py --scenes ${STEADY_SCENES:-O6M,R6M} \
+      --steady "$STEADY" 2>&1 | tee -a "$OUT/bench.log" | tail -n 12
+    echo "== steady state, this tree"
+  fi
   python3 bench/bench_cuda.py --scenes ${STEADY_SCENES:-O6M,R6M} --steady "$STEADY" 2>&1 | tee -a "$OUT/bench.log" | tail -n 12
 fi

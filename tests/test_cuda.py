@@ -111,6 +111,102 @@ def test_vox_fn_camera_position(cuda, matrix_device, dtype):
         assert torch.equal(cam_pos.cpu(), settings.c2w_matrix[:3, 3].cpu())
 
 
+def _on_device(settings, cuda, layout="contiguous"):
+    """The settings with their matrices as float32 CUDA tensors (column-major: a transposed view)."""
+    def move(m):
+        m = m.to(cuda, torch.float32)
+        return m.t().contiguous().t() if layout == "column-major" else m
+    return settings._replace(w2c_matrix=move(settings.w2c_matrix), c2w_matrix=move(settings.c2w_matrix))
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "column-major"])
+def test_device_matrices_match_host_matrices(cuda, layout):
+    """Float32 CUDA matrices are read by preprocess on the device (validation.DeviceCamera):
+    every output equals the one with the same matrices on the host, bit for bit, and so does
+    every gradient up to the order of the backward's float atomics, for dense and sparse
+    frames, top-K and reused intersections; the frame synchronises with the device through no
+    PyTorch operation (the matrices are not read back before it)."""
+    from svraster_cuda.renderer import intersect_voxels, rasterize_voxels_sparse, topk_contributors
+    octpath, centers, lengths, geos, rgbs = random_scene(11)
+    gt = torch.rand(3, 21, 30, generator=torch.Generator().manual_seed(2))
+    host = make_settings((1.9, -1.6, 1.2), (0, 0, 0), width=30, height=21, n_samp_per_vox=2, bg_color=0.2,
+                         lambda_R_concen=0.3, gt_color=gt.to(cuda), **FULL)
+    dev = _on_device(host, cuda, layout)
+    voxels = (octpath.to(cuda), centers.to(cuda), lengths.to(cuda))
+    pixels = torch.tensor([[0, 0], [20, 29], [7, 11], [7, 11], [13, 2]], device=cuda)
+    weights = [torch.randn(3, 21, 30, generator=torch.Generator().manual_seed(k)).to(cuda) for k in range(4)]
+    geos_c, rgbs_c = geos.to(cuda), rgbs.to(cuda)
+
+    def frame(settings, sparse=False, intersections=None):
+        # Only device-to-device copies here (a host-to-device copy synchronises).
+        g, r = geos_c.clone().requires_grad_(), rgbs_c.clone().requires_grad_()
+        s = torch.zeros(len(g), 1, device=cuda, requires_grad=True)
+        vox_fn = lambda *a: {"geos": g, "rgbs": r, "subdiv_p": s}  # noqa: E731
+        if sparse:
+            out = rasterize_voxels_sparse(settings, *voxels, vox_fn, pixels, intersections=intersections)
+            w = [x[:, pixels[:, 0], pixels[:, 1]] for x in weights]
+        else:
+            out = rasterize_voxels(settings, *voxels, vox_fn, intersections=intersections)
+            w = weights
+        sum((o * x[:len(o)]).sum() for o, x in zip(out[:4], w)).backward()
+        return [o.detach() for o in out], [g.grad, r.grad, s.grad]
+
+    def assert_equal(a, b):
+        assert len(a) == len(b)
+        for x, y in zip(a, b):
+            assert torch.equal(x, y)
+
+    def assert_same_frame(a, b):
+        assert_equal(a[0], b[0])
+        for x, y in zip(a[1], b[1]):  # atomics add in any order: an ulp or so of the largest
+            assert (x - y).abs().max() <= 1e-5 * y.abs().max()
+
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        on_device = [frame(dev), frame(dev, sparse=True)]
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert_same_frame(on_device[0], frame(host))
+    assert_same_frame(on_device[1], frame(host, sparse=True))
+    top = topk_contributors(dev, *voxels, geos_c, 3, pixels=pixels)
+    assert_equal(top, topk_contributors(host, *voxels, geos_c, 3, pixels=pixels))
+    # Intersections built with matrices on the device hold their values: they serve settings
+    # with the same matrices anywhere, and refuse another pose.
+    inter = intersect_voxels(dev, *voxels)
+    assert inter.camera == intersect_voxels(host, *voxels).camera
+    assert_same_frame(frame(host, intersections=inter), on_device[0])
+    assert_same_frame(frame(dev, intersections=inter), on_device[0])
+    sparse_inter = intersect_voxels(dev, *voxels, pixels=pixels)
+    assert_same_frame(frame(dev, sparse=True, intersections=sparse_inter), on_device[1])
+    moved = _on_device(make_settings((1.9, -1.6, 1.3), (0, 0, 0), width=30, height=21), cuda, layout)
+    with pytest.raises(ValueError, match="intersections: built for another camera"):
+        rasterize_voxels(moved, *voxels, lambda *a: None, intersections=inter)
+
+
+@pytest.mark.parametrize("name", ["w2c_matrix", "c2w_matrix"])
+@pytest.mark.parametrize("bad", [math.nan, math.inf])
+def test_device_matrices_not_finite(cuda, name, bad):
+    """A matrix on the device is checked where its values come back, with the frame's counts:
+    a clear error naming it, for dense and sparse frames, and a working context after it."""
+    from svraster_cuda.renderer import rasterize_voxels_sparse
+    octpath, centers, lengths, geos, rgbs = random_scene(5)
+    settings = _on_device(make_settings((2.0, 2.0, 2.0), (0, 0, 0), width=16, height=16), cuda)
+    matrix = getattr(settings, name).clone()
+    matrix[3, 3] = bad  # a value no kernel uses is still checked, as the host's check does
+    bad_settings = settings._replace(**{name: matrix})
+    voxels = [t.to(cuda) for t in (octpath, centers, lengths)]
+    params = {"geos": geos.to(cuda), "rgbs": rgbs.to(cuda), "subdiv_p": torch.zeros(len(geos), 1, device=cuda)}
+    with pytest.raises(ValueError, match=rf"raster_settings\.{name}: expected finite values"):
+        rasterize_voxels(bad_settings, *voxels, lambda *a: params)
+    matrix[3, 3] = 1.0
+    matrix[1, 2] = bad
+    with pytest.raises(ValueError, match=rf"raster_settings\.{name}: expected finite values"):
+        rasterize_voxels_sparse(bad_settings, *voxels, lambda *a: params, torch.tensor([[3, 4]], device=cuda))
+    color = rasterize_voxels(settings, *voxels, lambda *a: params)[0]
+    torch.cuda.synchronize()
+    assert torch.isfinite(color).all() and color.abs().sum() > 0
+
+
 def test_camera_inside_voxels(cuda):
     """A single coarse voxel around the camera plus finer ones: the camera's voxel covers the
     whole screen and is integrated only in front of the near plane."""
@@ -252,6 +348,15 @@ def test_errors_leave_context_healthy(cuda):
     with pytest.raises(ValueError, match=r"pixels: expected \(row, col\) pairs with 0 <= row < 16 and 0 <= col < 16; "
                                          r"1 of the 2 are outside"):
         C.rasterize_preprocess(cam, *good[:3], torch.tensor([[0, 0], [16, 3]], device=cuda))
+    eye = torch.eye(4, device=cuda)
+    with pytest.raises(ValueError, match=r"raster_settings\.c2w_matrix: expected a CUDA tensor"):
+        C.rasterize_preprocess(cam[:7], *good[:3], None, w2c=eye, c2w=torch.eye(4))
+    with pytest.raises(ValueError, match=r"raster_settings\.w2c_matrix: expected shape \[4, 4\]"):
+        C.rasterize_preprocess(cam[:7], *good[:3], None, w2c=eye[:3], c2w=eye)
+    with pytest.raises(ValueError, match=r"w2c, c2w: expected both or neither"):
+        C.rasterize_preprocess(cam[:7], *good[:3], None, w2c=eye)
+    with pytest.raises(ValueError, match=r"camera: expected 7 numbers, got 31"):
+        C.rasterize_preprocess(cam, *good[:3], None, w2c=eye, c2w=eye)
     nan = good[3].clone()
     nan[:] = math.nan
     color = call(*good[:3], nan, good[4])[0]
@@ -362,8 +467,8 @@ def test_cached_octant_ranks(cuda, monkeypatch):
     n_tiles = math.ceil(61 / 8) * math.ceil(37 / 8)
     assert_same_lists(got, ref, n_tiles)
     camera = got.camera
-    _, fingerprint = C.rasterize_preprocess(camera, *dev, None)
-    (_, ranges, entries, *_), _ = C.rasterize_preprocess(camera, *dev, None, built.ranks, fingerprint)
+    _, fingerprint, _ = C.rasterize_preprocess(camera, *dev, None)
+    (_, ranges, entries, *_), _, _ = C.rasterize_preprocess(camera, *dev, None, built.ranks, fingerprint)
     with pytest.raises(AssertionError):
         assert_same_lists(SimpleNamespace(state=SimpleNamespace(ranges=ranges, entries=entries)), ref, n_tiles)
 

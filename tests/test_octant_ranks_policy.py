@@ -9,8 +9,9 @@ from svraster_cuda import cuda_backend
 
 
 class FakeExtension:
-    """Answers as `_C` does: the frame's outputs and its paths' fingerprint (here the paths' sum
-    plus their count), and the ranks of distinct paths ([0, N] for repeated ones)."""
+    """Answers as `_C` does: the frame's outputs, its paths' fingerprint (here the paths' sum
+    plus their count) and no device camera, and the ranks of distinct paths ([0, N] for
+    repeated ones)."""
 
     def __init__(self):
         self.offered, self.built = [], 0
@@ -19,7 +20,7 @@ class FakeExtension:
                              lay_out=False):
         assert ranks is None or ranks.shape == (4, len(paths))
         self.offered.append(None if ranks is None else ranks_fingerprint)
-        return [torch.empty(0)] * 10, int(paths.sum()) + len(paths)
+        return [torch.empty(0)] * 10, int(paths.sum()) + len(paths), []
 
     def octant_ranks(self, paths):
         self.built += 1

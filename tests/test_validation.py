@@ -103,6 +103,21 @@ def _assert_quick_settings_check_agrees(s):
     assert validation.check_settings(s, torch.device("cpu")) == expected
 
 
+def test_device_camera_only_for_float32_matrices_on_the_device():
+    """The compiled renderer leaves the matrices where they are (validation.DeviceCamera) only
+    when both are float32 on the voxels' device; otherwise their values are read here."""
+    cpu = torch.device("cpu")
+    camera = validation.check_settings(SETTINGS, cpu, matrices_stay=True)
+    assert isinstance(camera, validation.DeviceCamera)
+    assert camera.scalars == validation.camera_args(SETTINGS)[:7]
+    assert camera.w2c is SETTINGS.w2c_matrix and camera.c2w is SETTINGS.c2w_matrix
+    for name in ("w2c_matrix", "c2w_matrix"):
+        s = SETTINGS._replace(**{name: getattr(SETTINGS, name).double()})
+        assert validation.check_settings(s, cpu, matrices_stay=True) == validation.camera_args(s)
+    assert validation.check_settings(SETTINGS, torch.device("meta"), matrices_stay=True) == validation.camera_args(SETTINGS)
+    assert validation.check_settings(SETTINGS, cpu) == validation.camera_args(SETTINGS)
+
+
 _VOXEL_TENSORS = [torch.zeros(5, 1, dtype=torch.int64), torch.zeros(5, 3), torch.ones(5, 1), torch.zeros(4, 1, dtype=torch.int64),
                   torch.zeros(5, 1, dtype=torch.int32), torch.zeros(5, 3, dtype=torch.float64), torch.ones(5),
                   torch.ones(5, 2), torch.zeros(5, 3, 1), torch.zeros(0, 3), torch.zeros(0, 1), -torch.ones(5, 1),

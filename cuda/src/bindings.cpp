@@ -8,6 +8,7 @@
 #include <torch/extension.h>
 
 #include <algorithm>
+#include <cmath>
 #include <string>
 #include <tuple>
 #include <type_traits>
@@ -56,9 +57,11 @@ void check_tensor(const Tensor& t, const char* name, at::ScalarType dtype, std::
     TORCH_CHECK_VALUE(ok, text(name, ": expected shape ", c10::IntArrayRef(shape), " (-1: any), got ", t.sizes()));
 }
 
-// camera = [W, H, tanfovx, tanfovy, cx, cy, near, w2c (12 values), c2w (12 values)]
-svr::Camera make_camera(const std::vector<double>& camera) {
-    TORCH_CHECK_VALUE(camera.size() == 31, text("camera: expected 31 numbers, got ", camera.size()));
+// camera = [W, H, tanfovx, tanfovy, cx, cy, near, w2c (12 values), c2w (12 values)], or its
+// first seven numbers alone (`scalars_only`: the matrices are zero, loaded later from the device)
+svr::Camera make_camera(const std::vector<double>& camera, bool scalars_only = false) {
+    const size_t expected = scalars_only ? 7 : 31;
+    TORCH_CHECK_VALUE(camera.size() == expected, text("camera: expected ", expected, " numbers, got ", camera.size()));
     svr::Camera cam;
     cam.width = int(camera[0]);
     cam.height = int(camera[1]);
@@ -71,8 +74,8 @@ svr::Camera make_camera(const std::vector<double>& camera) {
     cam.cy = float(camera[5]);
     cam.near = float(camera[6]);
     for (int i = 0; i < 12; ++i) {
-        cam.w2c[i] = float(camera[7 + i]);
-        cam.c2w[i] = float(camera[19 + i]);
+        cam.w2c[i] = scalars_only ? 0.f : float(camera[7 + i]);
+        cam.c2w[i] = scalars_only ? 0.f : float(camera[19 + i]);
     }
     return cam;
 }
@@ -148,37 +151,65 @@ std::vector<Tensor> assign_warps(int64_t n_tiles, const int32_t* tile_order, con
     return {b.requests, warp_tiles, lane_requests};
 }
 
+// A 4x4 camera matrix, as preprocess read it from the device, must be finite (the kernels
+// ran on it: they bound every rectangle to the image, so no value makes them misbehave).
+void check_finite_matrix(const char* name, const float* m) {
+    bool finite = true;
+    for (int i = 0; i < 16; ++i) finite = finite && std::isfinite(m[i]);
+    if (finite) return;
+    std::string values = "[";
+    for (int i = 0; i < 16; ++i) {
+        if (i % 4 == 0) values += i ? "], [" : "[";
+        else values += ", ";
+        values += std::to_string(m[i]);
+    }
+    TORCH_CHECK_VALUE(false, text("raster_settings.", name, ": expected finite values, got ", values, "]]"));
+}
+
 // Stages 1-4 for the whole image, or (sparse, `pixels` given) for the tiles holding requested
 // pixels. Returns ([in_view, ranges, entries, entry_rects, tile_order, tile_masks,
-// camera_position, requests, warp_tiles, lane_requests], fingerprint); tile_order (the whole
+// camera_position, requests, warp_tiles, lane_requests], fingerprint, device camera); tile_order (the whole
 // image's render order) is empty for requested pixels; tile_masks [n_tiles] int64 (bit
 // TILE_SIZE * y + x: pixel (x, y) of the tile is requested) is empty for the whole image, and
 // the pixels' layout in warps (requests, warp_tiles, lane_requests: pixel_layout's)
 // unless `lay_out` (a frame rendering them at once); camera_position is float32
 // [3] (vox_fn's); fingerprint is the frame's PATHS_FINGERPRINT (as int64). `ranks`
 // (octant_ranks' [4, N], built for octpaths of fingerprint `ranks_fingerprint`) place the
-// items without a sort where the fingerprints agree.
-std::tuple<std::vector<Tensor>, int64_t> rasterize_preprocess(const std::vector<double>& camera,
-                                                              const Tensor& octree_paths, const Tensor& vox_centers,
-                                                              const Tensor& vox_lengths,
-                                                              const std::optional<Tensor>& pixels,
-                                                              const std::optional<Tensor>& ranks,
-                                                              int64_t ranks_fingerprint, bool lay_out) {
+// items without a sort where the fingerprints agree. With `w2c` and `c2w` (float32 [4, 4] CUDA
+// tensors on the voxels' device), `camera` holds its first seven numbers only: preprocess loads
+// the matrices, the frame's read brings them back (checked finite then), and the device camera
+// returned is the 31 numbers (else it is empty).
+std::tuple<std::vector<Tensor>, int64_t, std::vector<double>> rasterize_preprocess(
+    const std::vector<double>& camera, const Tensor& octree_paths, const Tensor& vox_centers,
+    const Tensor& vox_lengths, const std::optional<Tensor>& pixels, const std::optional<Tensor>& ranks,
+    int64_t ranks_fingerprint, bool lay_out, const std::optional<Tensor>& w2c, const std::optional<Tensor>& c2w) {
     const int64_t n = voxel_count(vox_centers, "vox_centers");
     const c10::cuda::CUDAGuard guard(vox_centers.device());
     check_tensor(vox_centers, "vox_centers", at::kFloat, {n, 3}, vox_centers);
     check_tensor(octree_paths, "octree_paths", at::kLong, {n, 1}, vox_centers);
     check_tensor(vox_lengths, "vox_lengths", at::kFloat, {n, 1}, vox_centers);
     if (ranks) check_tensor(*ranks, "ranks", at::kInt, {4, n}, vox_centers);
-    const svr::Camera cam = make_camera(camera);
+    const bool matrices_on_device = w2c.has_value();
+    TORCH_CHECK_VALUE(matrices_on_device == c2w.has_value(), "w2c, c2w: expected both or neither");
+    if (matrices_on_device) {
+        check_tensor(*w2c, "raster_settings.w2c_matrix", at::kFloat, {4, 4}, vox_centers, false);
+        check_tensor(*c2w, "raster_settings.c2w_matrix", at::kFloat, {4, 4}, vox_centers, false);
+    }
+    svr::Camera cam = make_camera(camera, matrices_on_device);
     const int n_tiles = cam.tiles_x() * cam.tiles_y();
     const auto stream = c10::cuda::getCurrentCUDAStream();
     const auto opts = vox_centers.options();
 
-    // The frame's counters, zeroed with one memset (no kernel).
-    Tensor counts = torch::empty({svr::N_FRAME_COUNTS}, opts.dtype(at::kLong));
+    // The frame's counters, zeroed with one memset (no kernel); matrices read on the device
+    // ride behind them (32 floats in 16 words, written by preprocess) to come back in one copy.
+    const int64_t count_words = svr::N_FRAME_COUNTS + (matrices_on_device ? 16 : 0);
+    Tensor counts = torch::empty({count_words}, opts.dtype(at::kLong));
     C10_CUDA_CHECK(cudaMemsetAsync(counts.data_ptr(), 0, sizeof(ULL) * svr::N_FRAME_COUNTS, stream));
     ULL* counters = ptr<ULL>(counts);
+    svr::CameraMatrices matrices{};
+    if (matrices_on_device)
+        matrices = {ptr<float>(*w2c), ptr<float>(*c2w), {w2c->stride(0), w2c->stride(1)},
+                    {c2w->stride(0), c2w->stride(1)}, reinterpret_cast<float*>(counters + svr::N_FRAME_COUNTS)};
 
     // Requested pixels: their tiles' masks and the table of the tiles holding them (read by
     // preprocess and binning); the bin kernel also takes the tiles and ranks that their
@@ -202,7 +233,7 @@ std::tuple<std::vector<Tensor>, int64_t> rasterize_preprocess(const std::vector<
     Tensor octant_mask = torch::empty({n}, opts.dtype(at::kByte));
     Tensor item_tiles = torch::empty({n}, opts.dtype(at::kInt));
     Tensor position = torch::empty({3}, opts.dtype(at::kFloat));
-    svr::preprocess(cam, requests, int(n), ptr<int64_t>(octree_paths), ptr<float>(vox_centers), ptr<float>(vox_lengths),
+    svr::preprocess(cam, matrices_on_device ? &matrices : nullptr, requests, int(n), ptr<int64_t>(octree_paths), ptr<float>(vox_centers), ptr<float>(vox_lengths),
                     ptr<short4>(pixel_rect), ptr<uint8_t>(octant_mask), ptr<int32_t>(item_tiles), counters,
                     ptr<float>(position), stream);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -212,8 +243,8 @@ std::tuple<std::vector<Tensor>, int64_t> rasterize_preprocess(const std::vector<
     // current (and whether the requests are valid). The copy is queued before the items'
     // offsets scan (or, with ranks, their bitmap and its scan) and waited for after it: the
     // host learns the counts while the GPU scans.
-    const Tensor host_counts = torch::empty({svr::N_FRAME_COUNTS}, counts.options().device(at::kCPU).pinned_memory(true));
-    C10_CUDA_CHECK(cudaMemcpyAsync(host_counts.data_ptr(), counts.data_ptr(), sizeof(ULL) * svr::N_FRAME_COUNTS,
+    const Tensor host_counts = torch::empty({count_words}, counts.options().device(at::kCPU).pinned_memory(true));
+    C10_CUDA_CHECK(cudaMemcpyAsync(host_counts.data_ptr(), counts.data_ptr(), sizeof(ULL) * count_words,
                                    cudaMemcpyDeviceToHost, stream));
     c10::Event counts_copied(c10::DeviceType::CUDA);
     counts_copied.record(stream);
@@ -246,6 +277,16 @@ std::tuple<std::vector<Tensor>, int64_t> rasterize_preprocess(const std::vector<
                                                         : std::vector<Tensor>(3, torch::empty({0}, opts.dtype(at::kInt)));
     counts_copied.synchronize();
     const int64_t* c = host_counts.data_ptr<int64_t>();
+    // The device's matrices first: the counts of a camera that is not finite mean nothing.
+    std::vector<double> device_camera;
+    if (matrices_on_device) {
+        const float* values = reinterpret_cast<const float*>(c + svr::N_FRAME_COUNTS);
+        check_finite_matrix("w2c_matrix", values);
+        check_finite_matrix("c2w_matrix", values + 16);
+        device_camera = camera;
+        for (int i = 0; i < 12; ++i) device_camera.push_back(cam.w2c[i] = values[i]);
+        for (int i = 0; i < 12; ++i) device_camera.push_back(cam.c2w[i] = values[16 + i]);
+    }
     if (pixels) check_no_outside(cam, c[svr::COUNT_OUTSIDE_REQUESTS], pixels->size(0));
     const int64_t n_entries = c[svr::COUNT_ENTRIES], n_items = c[svr::COUNT_ITEMS];
     TORCH_CHECK_VALUE(n_entries < (int64_t(1) << 31),
@@ -351,7 +392,7 @@ std::tuple<std::vector<Tensor>, int64_t> rasterize_preprocess(const std::vector<
                         size_t(select_scratch.numel()), stream);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     return {{in_view, ranges, entries, entry_rects, tile_order, tile_masks, position, warps[0], warps[1], warps[2]},
-            c[svr::PATHS_FINGERPRINT]};
+            c[svr::PATHS_FINGERPRINT], device_camera};
 }
 
 // The cached octant ranks of octree_paths [N, 1] (rasterizer.h): int32 [4, N], or [0, N] where
@@ -585,10 +626,11 @@ std::vector<Tensor> rasterize_topk(const std::vector<double>& camera, int64_t n_
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
     m.def("rasterize_preprocess", &rasterize_preprocess,
           "preprocess, duplicateWithKeys, sort, identifyTileRanges -> ([in_view, ranges, entries, entry_rects, "
-          "tile_order, tile_masks, camera_position, requests, warp_tiles, lane_requests], paths fingerprint)",
+          "tile_order, tile_masks, camera_position, requests, warp_tiles, lane_requests], paths fingerprint, "
+          "the 31 camera numbers where the matrices were read on the device)",
           py::arg("camera"), py::arg("octree_paths"), py::arg("vox_centers"), py::arg("vox_lengths"),
           py::arg("pixels"), py::arg("ranks") = py::none(), py::arg("ranks_fingerprint") = 0,
-          py::arg("lay_out") = false);
+          py::arg("lay_out") = false, py::arg("w2c") = py::none(), py::arg("c2w") = py::none());
     m.def("octant_ranks", &octant_ranks, "an octree's cached octant ranks -> int32 [4, N] ([0, N]: not cacheable)");
     m.def("pixel_layout", &pixel_layout,
           "requested pixels (checked) grouped into warps -> [requests, warp_tiles, lane_requests]");

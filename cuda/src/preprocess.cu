@@ -193,12 +193,37 @@ constexpr int PREPROCESS_MAX_BLOCKS = 1024;
 // reported, never wrapped.
 // Four blocks a multiprocessor: the kernel fits the 64 registers that leaves without spilling
 // (with the block size alone the compiler also chose 64 registers, and spilled 32 bytes).
+// MATRICES_ON_DEVICE: the camera's matrices are loaded from `matrices` into shared memory
+// (the camera by value is the fast path: its fields are the instructions' constant operands).
+template <bool MATRICES_ON_DEVICE>
 __global__ void __launch_bounds__(PREPROCESS_BLOCK, 4)
-preprocess_kernel(Camera cam, RequestedPixels requests, int n, const int64_t* __restrict__ octpaths,
-                  const float* __restrict__ centers, const float* __restrict__ lengths,
-                  short4* __restrict__ pixel_rect, uint8_t* __restrict__ octant_mask,
-                  int32_t* __restrict__ item_tiles, unsigned long long* __restrict__ counts,
-                  float* __restrict__ camera_position) {
+preprocess_kernel(Camera cam_arg, CameraMatrices matrices, RequestedPixels requests, int n,
+                  const int64_t* __restrict__ octpaths, const float* __restrict__ centers,
+                  const float* __restrict__ lengths, short4* __restrict__ pixel_rect,
+                  uint8_t* __restrict__ octant_mask, int32_t* __restrict__ item_tiles,
+                  unsigned long long* __restrict__ counts, float* __restrict__ camera_position) {
+    __shared__ Camera shared_cam;
+    if constexpr (MATRICES_ON_DEVICE) {
+        if (threadIdx.x < 32) {
+            const int i = threadIdx.x, row = (i % 16) / 4, col = i % 4;
+            const bool c2w = i >= 16;
+            const float value = c2w ? matrices.c2w[row * matrices.c2w_strides[0] + col * matrices.c2w_strides[1]]
+                                    : matrices.w2c[row * matrices.w2c_strides[0] + col * matrices.w2c_strides[1]];
+            if (blockIdx.x == 0) matrices.values[i] = value;
+            if (row < 3) (c2w ? shared_cam.c2w : shared_cam.w2c)[4 * row + col] = value;
+        }
+        if (threadIdx.x == 32) {
+            shared_cam.width = cam_arg.width;
+            shared_cam.height = cam_arg.height;
+            shared_cam.tanfovx = cam_arg.tanfovx;
+            shared_cam.tanfovy = cam_arg.tanfovy;
+            shared_cam.cx = cam_arg.cx;
+            shared_cam.cy = cam_arg.cy;
+            shared_cam.near = cam_arg.near;
+        }
+        __syncthreads();
+    }
+    const Camera& cam = MATRICES_ON_DEVICE ? shared_cam : cam_arg;
     // Constant indices: one indexed by the thread had every thread copy the camera (124 bytes) to
     // its stack first.
     if (blockIdx.x == 0 && threadIdx.x == 0) {
@@ -309,15 +334,17 @@ preprocess_kernel(Camera cam, RequestedPixels requests, int n, const int64_t* __
 
 }  // namespace
 
-void preprocess(const Camera& cam, const RequestedPixels& requests, int n_voxels, const int64_t* octpaths,
-                const float* centers, const float* lengths, short4* pixel_rect, uint8_t* octant_mask,
-                int32_t* item_tiles, unsigned long long* counts, float* camera_position, cudaStream_t stream) {
-    // At least one block, which writes the camera position.
+void preprocess(const Camera& cam, const CameraMatrices* matrices, const RequestedPixels& requests, int n_voxels,
+                const int64_t* octpaths, const float* centers, const float* lengths, short4* pixel_rect,
+                uint8_t* octant_mask, int32_t* item_tiles, unsigned long long* counts, float* camera_position,
+                cudaStream_t stream) {
+    // At least one block, which writes the camera position (and the matrices' values).
     const int blocks =
         std::max(1, std::min((n_voxels + PREPROCESS_BLOCK - 1) / PREPROCESS_BLOCK, PREPROCESS_MAX_BLOCKS));
-    preprocess_kernel<<<blocks, PREPROCESS_BLOCK, 0, stream>>>(cam, requests, n_voxels, octpaths, centers, lengths,
-                                                               pixel_rect, octant_mask, item_tiles, counts,
-                                                               camera_position);
+    const auto kernel = matrices ? preprocess_kernel<true> : preprocess_kernel<false>;
+    kernel<<<blocks, PREPROCESS_BLOCK, 0, stream>>>(cam, matrices ? *matrices : CameraMatrices{}, requests, n_voxels,
+                                                    octpaths, centers, lengths, pixel_rect, octant_mask, item_tiles,
+                                                    counts, camera_position);
 }
 
 // CUB's selection of the indices whose octant mask is not zero, in one pass (ATen's

@@ -27,6 +27,18 @@ struct Camera {
     SVR_HOST_DEVICE int tiles_y() const { return (height + TILE_SIZE - 1) / TILE_SIZE; }
 };
 
+// Camera matrices that stay in device memory (float32 CUDA tensors, as training code often
+// keeps them): preprocess, the only kernel before the frame's device read that needs them,
+// loads them itself, so that the host does not read them back (waiting for the GPU's queue)
+// before the frame's first launch. Block 0 also stores them, all 32 values, for that read:
+// every later kernel takes the camera by value again.
+struct CameraMatrices {
+    const float* w2c;            // row-major 4x4 at element strides (row, column)
+    const float* c2w;
+    int64_t w2c_strides[2], c2w_strides[2];
+    float* values;               // [32]: w2c then c2w, row-major (written for the host's read)
+};
+
 // Entry value: octant in the top 3 bits, voxel id in the low 29 (hence MAX_VOXELS).
 constexpr int VOXEL_ID_BITS = 29;
 constexpr uint32_t VOXEL_ID_MASK = (1u << VOXEL_ID_BITS) - 1;
@@ -84,10 +96,12 @@ void assign_warps(int n_tiles, int n_requests, const int32_t* tile_order, const 
 // counts COUNT_ENTRIES, COUNT_IN_VIEW, COUNT_ITEMS and COUNT_WIDE, and COUNT_USED_LEVELS and
 // PATHS_FINGERPRINT over every voxel, culled or not; and camera_position[3], the c2w
 // translation (vox_fn's argument: on the device without a host-to-device copy, which would
-// wait for the GPU's queue, nor a launch of its own).
-void preprocess(const Camera& cam, const RequestedPixels& requests, int n_voxels, const int64_t* octpaths,
-                const float* centers, const float* lengths, short4* pixel_rect, uint8_t* octant_mask,
-                int32_t* item_tiles, unsigned long long* counts, float* camera_position, cudaStream_t stream);
+// wait for the GPU's queue, nor a launch of its own). With `matrices` (else null), cam's w2c
+// and c2w are not used: the kernel loads the matrices from device memory.
+void preprocess(const Camera& cam, const CameraMatrices* matrices, const RequestedPixels& requests, int n_voxels,
+                const int64_t* octpaths, const float* centers, const float* lengths, short4* pixel_rect,
+                uint8_t* octant_mask, int32_t* item_tiles, unsigned long long* counts, float* camera_position,
+                cudaStream_t stream);
 // The voxels in view (those with entries: a non-zero octant mask), in index order, into
 // in_view[COUNT_IN_VIEW]: vox_fn's argument. `scratch` holds scratch_bytes =
 // in_view_scratch_bytes(n_voxels) bytes.

@@ -11,6 +11,8 @@ from typing import NamedTuple
 
 import torch
 
+from . import validation
+
 
 _SRC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "src")
 _C = None
@@ -103,7 +105,8 @@ def _octant_ranks_policy():
 
 
 def rasterize_preprocess(settings, camera, octree_paths, vox_centers, vox_lengths, pixels=None, lay_out=False):
-    """`camera`: validation.camera_args(settings), computed once by the caller. With `pixels`
+    """`camera`: validation.camera_args(settings), computed once by the caller, or a
+    validation.DeviceCamera (the state then holds the 31 numbers its matrices held). With `pixels`
     (int64 [P, 2]), only the tiles holding them; pixels outside the image raise ValueError
     (checked in the frame's one device read). `lay_out`: the frame renders those pixels at once,
     and the call lays them out for it (the state's `layout`, pixel_layout's without `verify`)."""
@@ -112,10 +115,13 @@ def rasterize_preprocess(settings, camera, octree_paths, vox_centers, vox_length
     cached = _octant_ranks.get(device) if policy != "off" else None
     usable = cached is not None and cached.ranks is not None and cached.ranks.shape[1] == len(vox_centers)
     paths = octree_paths.contiguous()
-    outputs, fingerprint = _load().rasterize_preprocess(
-        camera, paths, vox_centers.contiguous(), vox_lengths.contiguous(),
+    matrices = (camera.w2c, camera.c2w) if isinstance(camera, validation.DeviceCamera) else ()
+    outputs, fingerprint, device_camera = _load().rasterize_preprocess(
+        camera.scalars if matrices else camera, paths, vox_centers.contiguous(), vox_lengths.contiguous(),
         None if pixels is None else pixels.contiguous(), cached.ranks if usable else None,
-        cached.fingerprint if usable else 0, lay_out)
+        cached.fingerprint if usable else 0, lay_out, *matrices)
+    if matrices:
+        camera = device_camera
     in_view, ranges, entries, entry_rects, tile_order, tile_masks, position, *layout = outputs
     if policy != "off" and not (cached is not None and cached.fingerprint == fingerprint):
         if policy == "eager" or _last_fingerprint.get(device) == fingerprint:

@@ -14,7 +14,7 @@ from typing import NamedTuple
 
 import torch
 
-from . import backend, meta, validation
+from . import backend, cuda_backend, meta, validation
 from .cuda_backend import release_octant_ranks
 from .params import GatherGeoParams, SH_eval
 
@@ -78,9 +78,12 @@ def _voxel_signature(octree_paths, vox_centers, vox_lengths):
 
 def _check_inputs(raster_settings, octree_paths, vox_centers, vox_lengths, pixels=None):
     """Checks everything but the pixels' values (the backends check those where they read
-    them); returns validation.camera_args(raster_settings)."""
+    them); returns validation.camera_args(raster_settings), or a validation.DeviceCamera for
+    the compiled renderer where the matrices are float32 on the voxels' device."""
     validation.check_voxels(octree_paths, vox_centers, vox_lengths, values=raster_settings.debug)
-    camera = validation.check_settings(raster_settings, vox_centers.device, None if pixels is None else len(pixels))
+    device = vox_centers.device
+    camera = validation.check_settings(raster_settings, device, None if pixels is None else len(pixels),
+                                       matrices_stay=backend.for_device(device) is cuda_backend)
     if pixels is not None:
         validation.check_pixels(pixels, vox_centers.device)
     return camera
@@ -91,6 +94,8 @@ def _intersect(raster_settings, camera, octree_paths, vox_centers, vox_lengths, 
     impl = backend.for_device(vox_centers.device)
     in_view, state = impl.rasterize_preprocess(raster_settings, camera, octree_paths, vox_centers, vox_lengths, pixels,
                                                lay_out)
+    if isinstance(camera, validation.DeviceCamera):
+        camera = state.camera  # the values its matrices held, read with the frame's counts
     return TileIntersections(impl, state, in_view, camera, _voxel_signature(octree_paths, vox_centers, vox_lengths))
 
 
@@ -115,6 +120,8 @@ def _reuse(intersections, raster_settings, camera, octree_paths, vox_centers, vo
     if not isinstance(intersections, TileIntersections):
         raise TypeError(f"intersections: expected a TileIntersections from intersect_voxels(), got "
                         f"{type(intersections).__name__}")
+    if isinstance(camera, validation.DeviceCamera):
+        camera = validation.camera_args(raster_settings)  # compared by value: read back
     if intersections.camera != camera:
         raise ValueError("intersections: built for another camera or image size than raster_settings "
                          f"(built for {int(intersections.camera[0])}x{int(intersections.camera[1])} and its pose; "

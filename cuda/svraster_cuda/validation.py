@@ -2,6 +2,7 @@
 was expected and what was received. Public tensors are float32 (float64 is refused, not cast,
 on every device: a silent cast would hide a 2x memory surprise and differ from upstream)."""
 import math
+from typing import NamedTuple
 
 import torch
 
@@ -60,11 +61,27 @@ def _plainly_valid(settings):
         return False
 
 
-def check_settings(settings, device, n_pixels=None):
+class DeviceCamera(NamedTuple):
+    """A CUDA frame's camera whose matrices are float32 on the voxels' device: the compiled
+    preprocess reads them there, and their values come back with the frame's one device read
+    (checked finite then) instead of being read back before its first launch, which would wait
+    for the GPU's queue (SVRaster's training code keeps its cameras on the GPU)."""
+    scalars: list       # camera_args' first seven numbers: W, H, tanfovx, tanfovy, cx, cy, near
+    w2c: torch.Tensor
+    c2w: torch.Tensor
+
+
+def check_settings(settings, device, n_pixels=None, matrices_stay=False):
     """Validate RasterSettings for rendering on `device` (`n_pixels` requested pixels for a
-    sparse render, whose gt_color may then also be [3, n_pixels]). Returns camera_args(settings)."""
+    sparse render, whose gt_color may then also be [3, n_pixels]). Returns camera_args(settings),
+    or with `matrices_stay` (the compiled renderer on a CUDA `device`) a DeviceCamera where
+    both matrices are float32 tensors on `device`."""
     if not _plainly_valid(settings):
         _check_each_setting(settings, n_pixels)
+    w2c, c2w = settings.w2c_matrix, settings.c2w_matrix
+    if (matrices_stay and w2c.device == device and c2w.device == device and w2c.dtype is torch.float32
+            and c2w.dtype is torch.float32):
+        return DeviceCamera(_camera_scalars(settings), w2c, c2w)
     return camera_args(settings)
 
 
@@ -166,9 +183,12 @@ def camera_args(settings):
         if not math.isfinite(sum(flat)) and not all(map(math.isfinite, flat)):
             raise ValueError(f"raster_settings.{name}: expected finite values, got {m}")
         rows[name] = flat[:12]
+    return _camera_scalars(settings) + rows["w2c_matrix"] + rows["c2w_matrix"]
+
+
+def _camera_scalars(settings):
     return [float(settings.image_width), float(settings.image_height), float(settings.tanfovx),
-            float(settings.tanfovy), float(settings.cx), float(settings.cy), float(settings.near),
-            *rows["w2c_matrix"], *rows["c2w_matrix"]]
+            float(settings.tanfovy), float(settings.cx), float(settings.cy), float(settings.near)]
 
 
 def check_pixels(pixels, device):
