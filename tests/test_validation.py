@@ -114,8 +114,9 @@ def test_device_camera_only_for_float32_matrices_on_the_device():
     for name in ("w2c_matrix", "c2w_matrix"):
         s = SETTINGS._replace(**{name: getattr(SETTINGS, name).double()})
         assert validation.check_settings(s, cpu, matrices_stay=True) == validation.camera_args(s)
-    assert validation.check_settings(SETTINGS, torch.device("meta"), matrices_stay=True) == validation.camera_args(SETTINGS)
-    assert validation.check_settings(SETTINGS, cpu) == validation.camera_args(SETTINGS)
+    expected = validation.camera_args(SETTINGS)
+    assert validation.check_settings(SETTINGS, torch.device("meta"), matrices_stay=True) == expected
+    assert validation.check_settings(SETTINGS, cpu) == expected
 
 
 _VOXEL_TENSORS = [torch.zeros(5, 1, dtype=torch.int64), torch.zeros(5, 3), torch.ones(5, 1), torch.zeros(4, 1, dtype=torch.int64),

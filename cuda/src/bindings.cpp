@@ -168,8 +168,8 @@ void check_finite_matrix(const char* name, const float* m) {
 
 // Stages 1-4 for the whole image, or (sparse, `pixels` given) for the tiles holding requested
 // pixels. Returns ([in_view, ranges, entries, entry_rects, tile_order, tile_masks,
-// camera_position, requests, warp_tiles, lane_requests], fingerprint, device camera); tile_order (the whole
-// image's render order) is empty for requested pixels; tile_masks [n_tiles] int64 (bit
+// camera_position, requests, warp_tiles, lane_requests], fingerprint, device camera);
+// tile_order (the whole image's render order) is empty for requested pixels; tile_masks [n_tiles] int64 (bit
 // TILE_SIZE * y + x: pixel (x, y) of the tile is requested) is empty for the whole image, and
 // the pixels' layout in warps (requests, warp_tiles, lane_requests: pixel_layout's)
 // unless `lay_out` (a frame rendering them at once); camera_position is float32
@@ -233,9 +233,9 @@ std::tuple<std::vector<Tensor>, int64_t, std::vector<double>> rasterize_preproce
     Tensor octant_mask = torch::empty({n}, opts.dtype(at::kByte));
     Tensor item_tiles = torch::empty({n}, opts.dtype(at::kInt));
     Tensor position = torch::empty({3}, opts.dtype(at::kFloat));
-    svr::preprocess(cam, matrices_on_device ? &matrices : nullptr, requests, int(n), ptr<int64_t>(octree_paths), ptr<float>(vox_centers), ptr<float>(vox_lengths),
-                    ptr<short4>(pixel_rect), ptr<uint8_t>(octant_mask), ptr<int32_t>(item_tiles), counters,
-                    ptr<float>(position), stream);
+    svr::preprocess(cam, matrices_on_device ? &matrices : nullptr, requests, int(n), ptr<int64_t>(octree_paths),
+                    ptr<float>(vox_centers), ptr<float>(vox_lengths), ptr<short4>(pixel_rect),
+                    ptr<uint8_t>(octant_mask), ptr<int32_t>(item_tiles), counters, ptr<float>(position), stream);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
 
     // The one device-to-host read of the frame: how many items and entries to allocate, how
