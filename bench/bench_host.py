@@ -44,7 +44,7 @@ def mean_us(fn, repeat):
 class _Probe:
     """Stands in for the extension module: a CUDA event and a host clock reading before and
     after each of the calls a frame makes (the backward's too)."""
-    CALLS = ("rasterize_preprocess", "rasterize_voxels", "rasterize_voxels_backward")
+    CALLS = ("rasterize_preprocess", "rasterize_voxels", "rasterize_voxels_autograd")
 
     def __init__(self, module):
         self.module, self.marks = module, {}
@@ -108,31 +108,26 @@ def gaps(scene_name, repeat=20, n_pixels=0, backward=False):
                     continue
                 host = {k: (t - probe.marks["start"][0]) * 1e6 for k, (t, _) in probe.marks.items()}
                 gpu = {k: probe.marks["start"][1].elapsed_time(e) * 1e3 for k, (_, e) in probe.marks.items()}
+                render = "rasterize_voxels_autograd" if backward else "rasterize_voxels"
                 spans = {
                     "host: Python before the preprocess call": host["rasterize_preprocess in"],
                     "host: preprocess call (its device read included)":
                         host["rasterize_preprocess out"] - host["rasterize_preprocess in"],
-                    "host: Python between the calls (vox_fn, checks, autograd)":
-                        host["rasterize_voxels in"] - host["rasterize_preprocess out"],
-                    "host: render call": host["rasterize_voxels out"] - host["rasterize_voxels in"],
+                    "host: Python between the calls (vox_fn, checks)":
+                        host[f"{render} in"] - host["rasterize_preprocess out"],
+                    "host: render call": host[f"{render} out"] - host[f"{render} in"],
                 }
                 if backward:
+                    # The backward runs inside the extension, called by autograd's engine.
                     spans.update({
-                        "host: from the render call to backward() (loss)":
-                            host["backward"] - host["rasterize_voxels out"],
-                        "host: from backward() to the backward call (autograd, Python)":
-                            host["rasterize_voxels_backward in"] - host["backward"],
-                        "host: backward call":
-                            host["rasterize_voxels_backward out"] - host["rasterize_voxels_backward in"],
-                        "host: from the backward call to backward()'s return":
-                            host["end"] - host["rasterize_voxels_backward out"],
-                        "GPU: render kernel's end to the backward call":
-                            gpu["rasterize_voxels_backward in"] - gpu["rasterize_voxels out"],
+                        "host: from the render call to backward() (loss)": host["backward"] - host[f"{render} out"],
+                        "host: backward() (autograd's engine and the backward call)": host["end"] - host["backward"],
+                        "GPU: render call's end to backward()'s": gpu["end"] - gpu[f"{render} out"],
                     })
                 spans.update({
                     "host: the whole call": host["end"],
                     "GPU: binning's last kernel ends": gpu["rasterize_preprocess out"],
-                    "GPU: idle before the render": gpu["rasterize_voxels in"] - gpu["rasterize_preprocess out"],
+                    "GPU: idle before the render": gpu[f"{render} in"] - gpu["rasterize_preprocess out"],
                     "GPU: frame (events)": gpu["end"],
                 })
                 for k, v in spans.items():

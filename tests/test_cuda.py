@@ -277,6 +277,55 @@ def test_gradient_views_and_repeated_backward(cuda):
     assert sparse[0].abs().max() > 0 and close(sparse[1], sparse[0])
 
 
+@pytest.mark.parametrize("leaves", ["geos", "rgbs", "subdiv_p", "all", "none"])
+def test_autograd_function_in_the_extension(cuda, leaves):
+    """The compiled renderer's autograd Function (bindings.cpp's RasterizeVoxels) against the
+    reference's Python one: a loss that leaves outputs out (their gradients come undefined and
+    are read as zeros), parameters of which only some require grad (no graph where none
+    does), and a parameter modified in place before the backward (refused, as for any saved
+    tensor)."""
+    octpath, centers, lengths, geos, rgbs = random_scene(12, max_level=4)
+    settings = make_settings((2.1, 1.4, -1.5), (0, 0, 0), width=36, height=24, **FULL)
+    weight = torch.randn(3, 24, 36, generator=torch.Generator().manual_seed(1))
+
+    def frame(device):
+        params = {"geos": geos.to(device).clone(), "rgbs": rgbs.to(device).clone(),
+                  "subdiv_p": torch.zeros(len(geos), 1, device=device)}
+        for name, t in params.items():
+            t.requires_grad_(leaves in (name, "all"))
+        out = rasterize_voxels(settings, octpath.to(device), centers.to(device), lengths.to(device),
+                               lambda *a: params)
+        return out, params
+
+    (color_r, *_), params_r = frame("cpu")
+    (color_c, depth_c, normal_c, T_c, _), params_c = frame(cuda)
+    if leaves == "none":
+        assert color_c.grad_fn is None and not T_c.requires_grad
+        return
+    assert "CppNode" in color_c.grad_fn.name(), color_c.grad_fn.name()
+    assert depth_c.requires_grad and normal_c.requires_grad and T_c.requires_grad
+    (color_r * weight).sum().backward()  # depth, normal and T get no gradient
+    (color_c * weight.to(cuda)).sum().backward()
+    for name in params_r:
+        r, c = params_r[name].grad, params_c[name].grad
+        if leaves not in (name, "all"):
+            assert r is None and c is None, name
+            continue
+        assert r.abs().max() > 0, name
+        assert (r - c.cpu()).abs().max() <= 1e-3 * r.abs().max(), name
+
+    # A saved parameter modified in place between forward and backward.
+    for device in ("cpu", cuda):
+        leaf = geos.to(device).clone().requires_grad_()
+        params = {"geos": leaf * 1.0, "rgbs": rgbs.to(device), "subdiv_p": torch.zeros(len(geos), 1, device=device)}
+        color = rasterize_voxels(settings, octpath.to(device), centers.to(device), lengths.to(device),
+                                 lambda *a: params)[0]
+        with torch.no_grad():
+            params["geos"].add_(1.0)
+        with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+            color.sum().backward()
+
+
 @pytest.mark.parametrize("ranks", ["few", "all", "coarse"])
 def test_key_layouts(cuda, ranks):
     """Few and all 48 rank bits (binning.cu's items pack rank, octant and voxel id in one sort

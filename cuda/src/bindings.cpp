@@ -605,6 +605,109 @@ std::vector<Tensor> rasterize_voxels_backward(
     return {dL_dgeos, dL_drgbs, priority};
 }
 
+// The render as the extension's own autograd Function: autograd's engine runs a training
+// step's backward straight into the extension, without the GIL, Python frames and argument
+// conversions a Python Function's backward costs (renderer._RasterizeVoxels serves the
+// reference). Differentiable in geos and rgbs; subdiv_p's gradient is the subdivision
+// priority (SPEC section 4). What both passes read beside the voxel tensors is one Frame.
+struct Frame : torch::CustomClassHolder {
+    std::vector<double> camera;
+    int64_t n_samp = 1;
+    double bg = 0;
+    bool need_depth = false, need_distortion = false, need_normal = false, track_max_w = false;
+    double lambda_R_concen = 0, lambda_ascending = 0, lambda_dist = 0;
+    Tensor gt_color, ranges, entries, entry_rects, tile_order;
+    bool sparse = false;
+    Tensor requests, warp_tiles, lane_requests;
+    // The backward's gradient buffers, zeroed by the forward behind its render kernel; the
+    // first backward takes them (a second one, through a retained graph, allocates its own).
+    std::optional<std::vector<Tensor>> zeroed;
+};
+
+struct RasterizeVoxels : torch::autograd::Function<RasterizeVoxels> {
+    static torch::autograd::variable_list forward(torch::autograd::AutogradContext* ctx,
+                                                  const c10::intrusive_ptr<Frame>& frame, bool backward_follows,
+                                                  const Tensor& vox_centers, const Tensor& vox_lengths,
+                                                  const Tensor& geos, const Tensor& rgbs, const Tensor& /*subdiv_p*/) {
+        Frame& f = *frame;
+        std::vector<Tensor> out = rasterize_voxels(
+            f.camera, f.n_samp, f.bg, f.need_depth, f.need_distortion, f.need_normal, f.track_max_w, f.ranges,
+            f.entries, f.entry_rects, vox_centers, vox_lengths, geos, rgbs, f.tile_order, f.sparse, f.requests,
+            f.warp_tiles, f.lane_requests, backward_follows);
+        if (backward_follows) f.zeroed = std::vector<Tensor>(out.begin() + 7, out.end());
+        ctx->saved_data["frame"] = c10::IValue::make_capsule(frame);
+        // T is an output: saved as one, so that the node does not hold itself. aux and last
+        // are saved alike, to be released after the backward.
+        ctx->save_for_backward({vox_centers, vox_lengths, geos, rgbs, out[3], out[5], out[6]});
+        ctx->mark_non_differentiable({out[4]});
+        // Outputs the loss leaves out get no zero-filled gradient images: read as zeros below.
+        ctx->set_materialize_grads(false);
+        return {out[0], out[1], out[2], out[3], out[4]};
+    }
+
+    static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                   torch::autograd::variable_list grads) {
+        Frame& f = *c10::static_intrusive_pointer_cast<Frame>(ctx->saved_data["frame"].toCapsule());
+        const torch::autograd::variable_list saved = ctx->get_saved_variables();
+        const Tensor &vox_centers = saved[0], &T = saved[4];
+        // An output's undefined gradient is one zero read at every pixel (the backward takes
+        // gradients in any strides).
+        Tensor zero;
+        auto or_zeros = [&](const Tensor& grad, int64_t channels) {
+            if (grad.defined()) return grad;
+            if (!zero.defined()) zero = torch::zeros({1}, T.options());
+            std::vector<int64_t> shape = T.sizes().vec();
+            shape[0] = channels;
+            return zero.expand(shape);
+        };
+        std::optional<std::vector<Tensor>> zeroed;
+        std::swap(zeroed, f.zeroed);
+        std::vector<Tensor> g = rasterize_voxels_backward(
+            f.camera, f.n_samp, f.bg, f.need_depth, f.need_normal, f.lambda_R_concen, f.lambda_ascending,
+            f.lambda_dist, f.gt_color, f.ranges, f.entries, f.entry_rects, vox_centers, saved[1], saved[2], saved[3],
+            T, saved[5], saved[6], or_zeros(grads[0], 3), f.need_depth ? or_zeros(grads[1], 3) : grads[1],
+            f.need_normal ? or_zeros(grads[2], 3) : grads[2], or_zeros(grads[3], 1), f.tile_order, f.sparse,
+            f.requests, f.warp_tiles, f.lane_requests, zeroed);
+        return {Tensor(), Tensor(), Tensor(), Tensor(), g[0], g[1], g[2]};
+    }
+};
+
+// [color, depth, normal, T, max_w] of RasterizeVoxels (autograd's graph recorded where grad
+// mode is on and geos, rgbs or subdiv_p require grad).
+std::vector<Tensor> rasterize_voxels_autograd(
+    const std::vector<double>& camera, int64_t n_samp, double bg, bool need_depth, bool need_distortion,
+    bool need_normal, bool track_max_w, double lambda_R_concen, double lambda_ascending, double lambda_dist,
+    const Tensor& gt_color, const Tensor& ranges, const Tensor& entries, const Tensor& entry_rects,
+    const Tensor& vox_centers, const Tensor& vox_lengths, const Tensor& geos, const Tensor& rgbs,
+    const Tensor& subdiv_p, const Tensor& tile_order, bool sparse, const Tensor& requests, const Tensor& warp_tiles,
+    const Tensor& lane_requests) {
+    auto frame = c10::make_intrusive<Frame>();
+    Frame& f = *frame;
+    f.camera = camera;
+    f.n_samp = n_samp;
+    f.bg = bg;
+    f.need_depth = need_depth;
+    f.need_distortion = need_distortion;
+    f.need_normal = need_normal;
+    f.track_max_w = track_max_w;
+    f.lambda_R_concen = lambda_R_concen;
+    f.lambda_ascending = lambda_ascending;
+    f.lambda_dist = lambda_dist;
+    f.gt_color = gt_color;
+    f.ranges = ranges;
+    f.entries = entries;
+    f.entry_rects = entry_rects;
+    f.tile_order = tile_order;
+    f.sparse = sparse;
+    f.requests = requests;
+    f.warp_tiles = warp_tiles;
+    f.lane_requests = lane_requests;
+    // Inside the Function's forward grad mode is off: whether a backward may follow is known here.
+    const bool backward_follows =
+        at::GradMode::is_enabled() && (geos.requires_grad() || rgbs.requires_grad() || subdiv_p.requires_grad());
+    return RasterizeVoxels::apply(frame, backward_follows, vox_centers, vox_lengths, geos, rgbs, subdiv_p);
+}
+
 std::vector<Tensor> rasterize_topk(const std::vector<double>& camera, int64_t n_samp, int64_t k, const Tensor& ranges,
                                    const Tensor& entries, const Tensor& entry_rects, const Tensor& vox_centers,
                                    const Tensor& vox_lengths, const Tensor& geos, const Tensor& tile_order, bool sparse,
@@ -637,8 +740,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
     m.def("rasterize_voxels", &rasterize_voxels,
           "forward render -> [color, depth, normal, T, max_w, aux, last] + (zero_gradients) the backward's zeroed "
           "[dL_dgeos, dL_drgbs, priority]");
-    m.def("rasterize_voxels_backward", &rasterize_voxels_backward,
-          "backward render (into `zeroed` when given) -> [dL_dgeos, dL_drgbs, priority]");
+    m.def("rasterize_voxels_autograd", &rasterize_voxels_autograd,
+          "the differentiable render, forward and backward in the extension -> [color, depth, normal, T, max_w]");
     m.def("rasterize_topk", &rasterize_topk, "per-pixel top-K contributors -> [ids, weights]");
     m.attr("MAX_NUM_LEVELS") = MAX_NUM_LEVELS;
     m.attr("MAX_N_SAMP") = MAX_N_SAMP;

@@ -148,32 +148,29 @@ def pixel_layout(settings, state, pixels, dtype, device, verify=False):
     return SparsePixels(*_load().pixel_layout(state.camera, pixels.contiguous(), state.tile_order, state.tile_masks))
 
 
-def rasterize_forward(settings, state, layout, vox_centers, vox_lengths, geos, rgbs, zero_gradients=False):
-    """The outputs, what the backward needs of the forward, and (`zero_gradients`) the
-    backward's gradient buffers, zeroed behind the render kernel (while the host computes the
-    loss and reaches the backward)."""
-    color, depth, normal, T, max_w, aux, last, *zeroed = _load().rasterize_voxels(
+def rasterize_forward(settings, state, layout, vox_centers, vox_lengths, geos, rgbs):
+    """The outputs (color, depth, normal, T, max_w) of a frame without autograd's graph."""
+    color, depth, normal, T, max_w, *_ = _load().rasterize_voxels(
         state.camera, settings.n_samp_per_vox, float(settings.bg_color), bool(settings.need_depth),
         settings.lambda_dist > 0, bool(settings.need_normal), bool(settings.track_max_w),
         state.ranges, state.entries, state.entry_rects, vox_centers.contiguous(), vox_lengths.contiguous(),
-        geos.contiguous(), rgbs.contiguous(), *_pixel_args(state, layout), bool(zero_gradients))
-    return (color, depth, normal, T, max_w), (T, aux, last), (zeroed or None)
+        geos.contiguous(), rgbs.contiguous(), *_pixel_args(state, layout), False)
+    return color, depth, normal, T, max_w
 
 
-def rasterize_backward(settings, state, layout, saved, vox_centers, vox_lengths, geos, rgbs, dL_dcolor, dL_ddepth,
-                       dL_dnormal, dL_dT, zeroed=None):
-    """Gradients; the incoming ones and the ground truth in any strides. `zeroed`: rasterize_forward's buffers,
-    written in place (each may serve one backward only)."""
-    T, aux, last = saved
+def rasterize_differentiable(settings, state, layout, vox_centers, vox_lengths, geos, rgbs, subdiv_p):
+    """The outputs with autograd's graph, through the extension's own autograd Function
+    (bindings.cpp's RasterizeVoxels: a training step's backward runs without Python), with
+    renderer._RasterizeVoxels' semantics. The incoming gradients and the ground truth are
+    read in any strides."""
     gt = settings.gt_color
     gt = gt.to(device=geos.device, dtype=torch.float32) if settings.lambda_R_concen > 0 else geos.new_empty(0)
-    grad_geos, grad_rgbs, priority = _load().rasterize_voxels_backward(
+    return _load().rasterize_voxels_autograd(
         state.camera, settings.n_samp_per_vox, float(settings.bg_color), bool(settings.need_depth),
-        bool(settings.need_normal), float(settings.lambda_R_concen), float(settings.lambda_ascending),
-        float(settings.lambda_dist), gt, state.ranges, state.entries, state.entry_rects, vox_centers.contiguous(),
-        vox_lengths.contiguous(), geos.contiguous(), rgbs.contiguous(), T, aux, last,
-        dL_dcolor, dL_ddepth, dL_dnormal, dL_dT, *_pixel_args(state, layout), zeroed)
-    return grad_geos, grad_rgbs, priority
+        settings.lambda_dist > 0, bool(settings.need_normal), bool(settings.track_max_w),
+        float(settings.lambda_R_concen), float(settings.lambda_ascending), float(settings.lambda_dist), gt,
+        state.ranges, state.entries, state.entry_rects, vox_centers.contiguous(), vox_lengths.contiguous(),
+        geos.contiguous(), rgbs.contiguous(), subdiv_p, *_pixel_args(state, layout))
 
 
 def rasterize_topk(settings, state, layout, vox_centers, vox_lengths, geos, k):

@@ -1,8 +1,9 @@
 """Public rendering API, a drop-in for SVRaster's `svraster_cuda.renderer`.
 
 `rasterize_voxels` runs preprocess and binning, asks `vox_fn` for the parameters of the voxels
-in view, then `_RasterizeVoxels` composites them differentiably. CUDA tensors use the compiled
-extension when it is there; everything else uses the PyTorch reference (same results).
+in view, then composites them differentiably (an autograd Function: the extension's own, in
+C++, for CUDA tensors where the compiled extension is there; `_RasterizeVoxels` over the PyTorch
+reference for everything else, with the same results).
 
 Beyond upstream: `intersect_voxels` keeps preprocess/sort/tile ranges of one camera as a
 `TileIntersections` for reuse, `rasterize_voxels_sparse` renders a list of pixels (only the
@@ -192,49 +193,34 @@ def _render(raster_settings, inter, layout, vox_centers, vox_lengths, vox_fn):
     cam_pos = _camera_position(raster_settings, inter, vox_centers.device)
     params = vox_fn(inter.in_view, cam_pos, raster_settings.color_mode)
     validation.check_vox_params(params, len(vox_centers), vox_centers.device, values=raster_settings.debug)
+    geos, rgbs, subdiv_p = params["geos"], params["rgbs"], params["subdiv_p"]
     if not torch.is_grad_enabled():
         # The same outputs without the autograd Function's bookkeeping (a frame's host time).
-        outputs, _, _ = inter.impl.rasterize_forward(raster_settings, inter.state, layout, vox_centers, vox_lengths,
-                                                     params["geos"], params["rgbs"])
-        return outputs
-    # Grad mode is on: a backward can follow where a parameter requires grad (needs_input_grad
-    # inside forward would not tell it from no_grad).
-    backward_follows = any(params[name].requires_grad for name in ("geos", "rgbs", "subdiv_p"))
-    return _RasterizeVoxels.apply(inter, layout, raster_settings, vox_centers, vox_lengths,
-                                  params["geos"], params["rgbs"], params["subdiv_p"], backward_follows)
+        return inter.impl.rasterize_forward(raster_settings, inter.state, layout, vox_centers, vox_lengths, geos, rgbs)
+    if inter.impl is cuda_backend:
+        return cuda_backend.rasterize_differentiable(raster_settings, inter.state, layout, vox_centers, vox_lengths,
+                                                     geos, rgbs, subdiv_p)
+    return _RasterizeVoxels.apply(inter, layout, raster_settings, vox_centers, vox_lengths, geos, rgbs, subdiv_p)
 
 
 class _RasterizeVoxels(torch.autograd.Function):
-    """Differentiable in geos and rgbs; the gradient written to `subdiv_p` is the subdivision
-    priority sum_pixels |dL/dalpha * alpha| (SPEC section 4), not a true gradient.
-    `backward_follows`: grad mode is on and a backward may come, so the forward prepares its
-    gradient buffers (the CUDA path zeroes them behind the render kernel, while the host
-    computes the loss)."""
+    """The reference's differentiable render (the compiled renderer has the same Function in
+    C++, bindings.cpp's RasterizeVoxels, so that a training step's backward runs without
+    Python). Differentiable in geos and rgbs; the gradient written to `subdiv_p` is the
+    subdivision priority sum_pixels |dL/dalpha * alpha| (SPEC section 4), not a true gradient."""
 
     @staticmethod
-    def forward(ctx, intersections, layout, raster_settings, vox_centers, vox_lengths, geos, rgbs, subdiv_p,
-                backward_follows=False):
-        impl, state = intersections.impl, intersections.state
-        (color, depth, normal, T, max_w), saved, zeroed = impl.rasterize_forward(
-            raster_settings, state, layout, vox_centers, vox_lengths, geos, rgbs, zero_gradients=backward_follows)
-        ctx.impl, ctx.state, ctx.layout, ctx.raster_settings = impl, state, layout, raster_settings
-        # Gradient buffers the backward writes into (not outputs: no reference cycle); a second
-        # backward (retain_graph) finds them taken and allocates its own.
-        ctx.zeroed = zeroed
-        # Outputs kept for backward go through save_for_backward: as plain ctx attributes they
-        # would form a reference cycle (output -> grad_fn -> ctx -> output) that keeps every
-        # frame's buffers alive until Python's garbage collector runs.
-        saved = tuple(saved or ())
-        ctx.n_saved = len(saved)
-        ctx.save_for_backward(vox_centers, vox_lengths, geos, rgbs, *saved)
+    def forward(ctx, intersections, layout, raster_settings, vox_centers, vox_lengths, geos, rgbs, subdiv_p):
+        color, depth, normal, T, max_w = intersections.impl.rasterize_forward(
+            raster_settings, intersections.state, layout, vox_centers, vox_lengths, geos, rgbs)
+        ctx.impl, ctx.state, ctx.layout, ctx.raster_settings = (intersections.impl, intersections.state, layout,
+                                                                raster_settings)
+        ctx.save_for_backward(vox_centers, vox_lengths, geos, rgbs)
         ctx.mark_non_differentiable(max_w)
         return color, depth, normal, T, max_w
 
     @staticmethod
     def backward(ctx, dL_dcolor, dL_ddepth, dL_dnormal, dL_dT, _dL_dmax_w):
-        vox_centers, vox_lengths, geos, rgbs, *saved = ctx.saved_tensors
-        zeroed, ctx.zeroed = ctx.zeroed, None
         grad_geos, grad_rgbs, priority = ctx.impl.rasterize_backward(
-            ctx.raster_settings, ctx.state, ctx.layout, saved, vox_centers, vox_lengths, geos, rgbs,
-            dL_dcolor, dL_ddepth, dL_dnormal, dL_dT, zeroed)
-        return None, None, None, None, None, grad_geos, grad_rgbs, priority, None
+            ctx.raster_settings, ctx.state, ctx.layout, *ctx.saved_tensors, dL_dcolor, dL_ddepth, dL_dnormal, dL_dT)
+        return None, None, None, None, None, grad_geos, grad_rgbs, priority

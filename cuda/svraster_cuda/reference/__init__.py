@@ -77,11 +77,10 @@ def rasterize_preprocess(settings, _camera, octree_paths, vox_centers, vox_lengt
     return in_view, ReferenceState(pre, binning)
 
 
-def rasterize_forward(settings, state, rays, vox_centers, vox_lengths, geos, rgbs, zero_gradients=False):
+def rasterize_forward(settings, state, rays, vox_centers, vox_lengths, geos, rgbs):
     """Stage 5 for the rays of `pixel_layout`. Returns the outputs (color [3,*S], depth [3,*S]
-    or empty, normal [3,*S] or empty, T [1,*S], max_w [N,1] or empty; S = rays.shape), what
-    the backward needs besides (nothing here: it recomputes) and the backward's gradient
-    buffers prepared in advance (none here: `zero_gradients` is for the CUDA path)."""
+    or empty, normal [3,*S] or empty, T [1,*S], max_w [N,1] or empty; S = rays.shape), without
+    autograd's graph (renderer._RasterizeVoxels differentiates them; its backward recomputes)."""
     dtype, device = geos.dtype, geos.device
     n_pix = len(rays.group)
     binning = state.binning
@@ -117,11 +116,11 @@ def rasterize_forward(settings, state, rays, vox_centers, vox_lengths, geos, rgb
                image(normal, 3) if normal is not None else empty,
                image(trans[:, None], 1),
                max_w[:, None].to(dtype) if max_w is not None else empty)
-    return outputs, None, None
+    return outputs
 
 
-def rasterize_backward(settings, state, rays, _saved, vox_centers, vox_lengths, geos, rgbs, dL_dcolor, dL_ddepth,
-                       dL_dnormal, dL_dT, _zeroed=None):
+def rasterize_backward(settings, state, rays, vox_centers, vox_lengths, geos, rgbs, dL_dcolor, dL_ddepth, dL_dnormal,
+                       dL_dT):
     """Gradients (dL/dgeos [N,8], dL/drgbs [N,3], subdivision priority [N,1])."""
     return render_backward(settings, state, rays, vox_centers, vox_lengths, geos, rgbs, dL_dcolor, dL_ddepth,
                            dL_dnormal, dL_dT)
