@@ -326,6 +326,35 @@ def test_autograd_function_in_the_extension(cuda, leaves):
             color.sum().backward()
 
 
+def test_gradient_buffers_are_separate_tensors(cuda):
+    """The backward's gradient buffers (zeroed by the forward) become the parameters' .grad as
+    they are: contiguous tensors, not views (which would refuse detach_()); zero_grad without
+    set_to_none clears them in place, and the next steps add into them."""
+    octpath, centers, lengths, geos, rgbs = random_scene(13, max_level=4)
+    settings = make_settings((-1.9, 1.6, 1.3), (0, 0, 0), width=32, height=24, lambda_ascending=0.2)
+    voxels = [t.to(cuda) for t in (octpath, centers, lengths)]
+    params = {"geos": geos.to(cuda).requires_grad_(), "rgbs": rgbs.to(cuda).requires_grad_(),
+              "subdiv_p": torch.zeros(len(geos), 1, device=cuda, requires_grad=True)}
+
+    def step():
+        color, _, _, T, _ = rasterize_voxels(settings, *voxels, lambda *a: params)
+        (color.sum() + T.sum()).backward()
+
+    step()
+    grads = [p.grad for p in params.values()]
+    assert all(g._base is None and g.is_contiguous() for g in grads)
+    first = [g.clone() for g in grads]
+    assert all(f.abs().max() > 0 for f in first)
+    for g in grads:
+        g.detach_()
+    torch.optim.SGD(list(params.values()), lr=0.0).zero_grad(set_to_none=False)
+    assert all(p.grad is g and not g.any() for p, g in zip(params.values(), grads))
+    step()
+    step()
+    for name, g, f in zip(params, grads, first):
+        assert (g - 2 * f).abs().max() <= 1e-5 * f.abs().max(), name
+
+
 @pytest.mark.parametrize("ranks", ["few", "all", "coarse"])
 def test_key_layouts(cuda, ranks):
     """Few and all 48 rank bits (binning.cu's items pack rank, octant and voxel id in one sort

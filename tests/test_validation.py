@@ -147,6 +147,35 @@ def test_quick_voxels_check_agrees():
             validation.check_voxels(*voxels)
 
 
+_MISSING = object()
+_PARAM_VALUES = [torch.zeros(5, 8), torch.zeros(5, 3), torch.zeros(5, 1), torch.zeros(4, 8), torch.zeros(5), torch.zeros(5, 1, 1),
+                 torch.zeros(8, 5).t(), torch.nn.Parameter(torch.zeros(5, 1)), 1.0, None, _MISSING]
+_PARAM_VALUES += [t.to(dtype) for t in _PARAM_VALUES[:3] for dtype in (torch.float64, torch.int64)]
+_PARAM_VALUES += [t.to("meta") for t in _PARAM_VALUES[:3]]
+
+
+def test_quick_params_check_agrees():
+    """check_vox_params' one-expression test (validation._plain_params) accepts exactly what its
+    checks one by one accept (so it raises the same errors): every triple of the values above
+    as geos, rgbs and subdiv_p (or missing), and dicts' stand-ins that are not dicts."""
+    cpu = torch.device("cpu")
+    for values in itertools.product(_PARAM_VALUES, repeat=3):
+        params = {k: v for k, v in zip(("geos", "rgbs", "subdiv_p"), values) if v is not _MISSING}
+        try:
+            validation._check_each_vox_param(params, 5, cpu)
+        except (TypeError, ValueError) as exc:
+            assert not validation._plain_params(params, 5, cpu), values
+            with pytest.raises(type(exc), match=re.escape(str(exc)[:20])):
+                validation.check_vox_params(params, 5, cpu)
+            continue
+        assert validation._plain_params(params, 5, cpu), values
+        validation.check_vox_params(params, 5, cpu)
+    for not_a_dict in (None, [torch.zeros(5, 8)], (("geos", torch.zeros(5, 8)),)):
+        assert not validation._plain_params(not_a_dict, 5, cpu)
+        with pytest.raises(TypeError, match="vox_fn: expected it to return a dict"):
+            validation.check_vox_params(not_a_dict, 5, cpu)
+
+
 def test_bad_tensors(scene):
     octpath, centers, lengths, geos, rgbs = scene
     p = _params(geos, rgbs)

@@ -156,7 +156,30 @@ def _check_each_voxel_tensor(octree_paths, vox_centers, vox_lengths):
         raise ValueError(f"vox_centers: at most {meta.MAX_VOXELS} voxels are supported, got {n}")
 
 
+def _plain_params(params, n, device):
+    """True when vox_fn's dict holds geos, rgbs and subdiv_p as float32 tensors of shapes
+    [n, 8], [n, 3], [n, 1] on `device`: what check_vox_params' checks one by one accept, tested
+    in one expression (between the frame's device read and its render launch, while the GPU
+    waits). False sends them through the checks one by one."""
+    if not (isinstance(params, dict) and "geos" in params and "rgbs" in params and "subdiv_p" in params):
+        return False
+    g, r, s = params["geos"], params["rgbs"], params["subdiv_p"]
+    return (isinstance(g, torch.Tensor) and isinstance(r, torch.Tensor) and isinstance(s, torch.Tensor)
+            and g.dtype is torch.float32 and r.dtype is torch.float32 and s.dtype is torch.float32
+            and g.shape == (n, 8) and r.shape == (n, 3) and s.shape == (n, 1)
+            and g.device == device and r.device == device and s.device == device)
+
+
 def check_vox_params(params, n, device, values=False):
+    if not _plain_params(params, n, device):
+        _check_each_vox_param(params, n, device)
+    if values:
+        for name in ("geos", "rgbs"):
+            if not bool(torch.isfinite(params[name]).all()):
+                raise ValueError(f"vox_fn()['{name}']: expected finite values (RasterSettings.debug is on)")
+
+
+def _check_each_vox_param(params, n, device):
     if not isinstance(params, dict):
         raise TypeError(f"vox_fn: expected it to return a dict with 'geos', 'rgbs', 'subdiv_p', got {_describe(params)}")
     missing = [k for k in ("geos", "rgbs", "subdiv_p") if k not in params]
@@ -165,10 +188,6 @@ def check_vox_params(params, n, device, values=False):
     check_tensor("vox_fn()['geos']", params["geos"], (n, 8), torch.float32, device)
     check_tensor("vox_fn()['rgbs']", params["rgbs"], (n, 3), torch.float32, device)
     check_tensor("vox_fn()['subdiv_p']", params["subdiv_p"], (n, 1), torch.float32, device)
-    if values:
-        for name in ("geos", "rgbs"):
-            if not bool(torch.isfinite(params[name]).all()):
-                raise ValueError(f"vox_fn()['{name}']: expected finite values (RasterSettings.debug is on)")
 
 
 def camera_args(settings):
