@@ -29,7 +29,8 @@ def test_gradcheck(n_samp):
     subdiv = torch.zeros(n, 1, dtype=torch.float64)
 
     def fn(g, r):
-        color, depth, normal, T, _ = _RasterizeVoxels.apply(intersections, layout, settings, centers, lengths, g, r, subdiv)
+        color, depth, normal, T, _ = _RasterizeVoxels.apply(settings, intersections.state, layout, centers, lengths, g, r,
+                                                            subdiv)
         return color, depth[0], normal, T
 
     assert torch.autograd.gradcheck(fn, (geos, rgbs), eps=1e-6, atol=1e-5, rtol=1e-4)

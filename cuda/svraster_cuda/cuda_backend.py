@@ -161,7 +161,7 @@ def rasterize_forward(settings, state, layout, vox_centers, vox_lengths, geos, r
 def rasterize_differentiable(settings, state, layout, vox_centers, vox_lengths, geos, rgbs, subdiv_p):
     """The outputs with autograd's graph, through the extension's own autograd Function
     (bindings.cpp's RasterizeVoxels: a training step's backward runs without Python), with
-    renderer._RasterizeVoxels' semantics. The incoming gradients and the ground truth are
+    reference.RasterizeVoxels' semantics. The incoming gradients and the ground truth are
     read in any strides."""
     gt = settings.gt_color
     gt = gt.to(device=geos.device, dtype=torch.float32) if settings.lambda_R_concen > 0 else geos.new_empty(0)

@@ -1,9 +1,9 @@
 """Public rendering API, a drop-in for SVRaster's `svraster_cuda.renderer`.
 
 `rasterize_voxels` runs preprocess and binning, asks `vox_fn` for the parameters of the voxels
-in view, then composites them differentiably (an autograd Function: the extension's own, in
-C++, for CUDA tensors where the compiled extension is there; `_RasterizeVoxels` over the PyTorch
-reference for everything else, with the same results).
+in view, then composites them differentiably through the backend's autograd Function: the
+extension's own, in C++, for CUDA tensors where the compiled extension is there; the PyTorch
+reference's `_RasterizeVoxels` for everything else, with the same results.
 
 Beyond upstream: `intersect_voxels` keeps preprocess/sort/tile ranges of one camera as a
 `TileIntersections` for reuse, `rasterize_voxels_sparse` renders a list of pixels (only the
@@ -15,7 +15,7 @@ from typing import NamedTuple
 
 import torch
 
-from . import backend, cuda_backend, meta, validation
+from . import backend, cuda_backend, meta, reference, validation
 from .cuda_backend import release_octant_ranks
 from .params import GatherGeoParams, SH_eval
 
@@ -197,30 +197,9 @@ def _render(raster_settings, inter, layout, vox_centers, vox_lengths, vox_fn):
     if not torch.is_grad_enabled():
         # The same outputs without the autograd Function's bookkeeping (a frame's host time).
         return inter.impl.rasterize_forward(raster_settings, inter.state, layout, vox_centers, vox_lengths, geos, rgbs)
-    if inter.impl is cuda_backend:
-        return cuda_backend.rasterize_differentiable(raster_settings, inter.state, layout, vox_centers, vox_lengths,
-                                                     geos, rgbs, subdiv_p)
-    return _RasterizeVoxels.apply(inter, layout, raster_settings, vox_centers, vox_lengths, geos, rgbs, subdiv_p)
+    return inter.impl.rasterize_differentiable(raster_settings, inter.state, layout, vox_centers, vox_lengths, geos,
+                                               rgbs, subdiv_p)
 
 
-class _RasterizeVoxels(torch.autograd.Function):
-    """The reference's differentiable render (the compiled renderer has the same Function in
-    C++, bindings.cpp's RasterizeVoxels, so that a training step's backward runs without
-    Python). Differentiable in geos and rgbs; the gradient written to `subdiv_p` is the
-    subdivision priority sum_pixels |dL/dalpha * alpha| (SPEC section 4), not a true gradient."""
-
-    @staticmethod
-    def forward(ctx, intersections, layout, raster_settings, vox_centers, vox_lengths, geos, rgbs, subdiv_p):
-        color, depth, normal, T, max_w = intersections.impl.rasterize_forward(
-            raster_settings, intersections.state, layout, vox_centers, vox_lengths, geos, rgbs)
-        ctx.impl, ctx.state, ctx.layout, ctx.raster_settings = (intersections.impl, intersections.state, layout,
-                                                                raster_settings)
-        ctx.save_for_backward(vox_centers, vox_lengths, geos, rgbs)
-        ctx.mark_non_differentiable(max_w)
-        return color, depth, normal, T, max_w
-
-    @staticmethod
-    def backward(ctx, dL_dcolor, dL_ddepth, dL_dnormal, dL_dT, _dL_dmax_w):
-        grad_geos, grad_rgbs, priority = ctx.impl.rasterize_backward(
-            ctx.raster_settings, ctx.state, ctx.layout, *ctx.saved_tensors, dL_dcolor, dL_ddepth, dL_dnormal, dL_dT)
-        return None, None, None, None, None, grad_geos, grad_rgbs, priority
+# The reference's autograd Function, under upstream's name (the compiled renderer's is C++).
+_RasterizeVoxels = reference.RasterizeVoxels

@@ -17,7 +17,8 @@ from .math import pixel_rays, ray_quadrant
 from .preprocess import Preprocessed, preprocess, tile_grid
 from .requests import check_requests, request_masks
 
-__all__ = ["camera_position", "rasterize_preprocess", "pixel_layout", "rasterize_forward", "rasterize_backward",
+__all__ = ["camera_position", "rasterize_preprocess", "pixel_layout", "rasterize_forward", "rasterize_differentiable",
+           "RasterizeVoxels",
            "rasterize_topk", "ReferenceState"]
 
 
@@ -80,7 +81,7 @@ def rasterize_preprocess(settings, _camera, octree_paths, vox_centers, vox_lengt
 def rasterize_forward(settings, state, rays, vox_centers, vox_lengths, geos, rgbs):
     """Stage 5 for the rays of `pixel_layout`. Returns the outputs (color [3,*S], depth [3,*S]
     or empty, normal [3,*S] or empty, T [1,*S], max_w [N,1] or empty; S = rays.shape), without
-    autograd's graph (renderer._RasterizeVoxels differentiates them; its backward recomputes)."""
+    autograd's graph (RasterizeVoxels below differentiates them; its backward recomputes)."""
     dtype, device = geos.dtype, geos.device
     n_pix = len(rays.group)
     binning = state.binning
@@ -119,11 +120,30 @@ def rasterize_forward(settings, state, rays, vox_centers, vox_lengths, geos, rgb
     return outputs
 
 
-def rasterize_backward(settings, state, rays, vox_centers, vox_lengths, geos, rgbs, dL_dcolor, dL_ddepth, dL_dnormal,
-                       dL_dT):
-    """Gradients (dL/dgeos [N,8], dL/drgbs [N,3], subdivision priority [N,1])."""
-    return render_backward(settings, state, rays, vox_centers, vox_lengths, geos, rgbs, dL_dcolor, dL_ddepth,
-                           dL_dnormal, dL_dT)
+class RasterizeVoxels(torch.autograd.Function):
+    """The reference's differentiable render (the compiled renderer has the same Function in
+    C++, bindings.cpp's RasterizeVoxels, so that a training step's backward runs without
+    Python). Differentiable in geos and rgbs; the gradient written to `subdiv_p` is the
+    subdivision priority sum_pixels |dL/dalpha * alpha| (SPEC section 4), not a true gradient."""
+
+    @staticmethod
+    def forward(ctx, settings, state, rays, vox_centers, vox_lengths, geos, rgbs, subdiv_p):
+        outputs = rasterize_forward(settings, state, rays, vox_centers, vox_lengths, geos, rgbs)
+        ctx.settings, ctx.state, ctx.rays = settings, state, rays
+        ctx.save_for_backward(vox_centers, vox_lengths, geos, rgbs)
+        ctx.mark_non_differentiable(outputs[4])
+        return outputs
+
+    @staticmethod
+    def backward(ctx, dL_dcolor, dL_ddepth, dL_dnormal, dL_dT, _dL_dmax_w):
+        grad_geos, grad_rgbs, priority = render_backward(ctx.settings, ctx.state, ctx.rays, *ctx.saved_tensors,
+                                                         dL_dcolor, dL_ddepth, dL_dnormal, dL_dT)
+        return None, None, None, None, None, grad_geos, grad_rgbs, priority
+
+
+def rasterize_differentiable(settings, state, rays, vox_centers, vox_lengths, geos, rgbs, subdiv_p):
+    """rasterize_forward's outputs with autograd's graph (RasterizeVoxels)."""
+    return RasterizeVoxels.apply(settings, state, rays, vox_centers, vox_lengths, geos, rgbs, subdiv_p)
 
 
 def rasterize_topk(settings, state, rays, vox_centers, vox_lengths, geos, k):
