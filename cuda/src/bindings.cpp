@@ -2,6 +2,7 @@
 // tensors out. Inputs are checked here again (the Python layer checks first), so that no
 // CPU tensor, wrong dtype or wrong size ever reaches a kernel.
 #include <c10/core/Event.h>
+#include <c10/cuda/CUDACachingAllocator.h>
 #include <c10/cuda/CUDAStream.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -85,6 +86,33 @@ T* ptr(const Tensor& t) { return t.numel() ? reinterpret_cast<T*>(t.data_ptr()) 
 
 using ULL = unsigned long long;
 
+// A temporary device buffer from PyTorch's caching allocator, on the current device and
+// stream, without a tensor around it: a frame's binning allocates about fifteen, and the
+// dispatcher and TensorImpl of a torch::empty cost the host more than the allocator's call
+// (where the GPU waits on the host's calls, after the frame's read). Like a tensor's memory, it
+// returns to the allocator's pool when released (reset or destroyed), reused in stream order.
+class DeviceBuffer {
+public:
+    DeviceBuffer() = default;
+    explicit DeviceBuffer(size_t bytes)
+        : data_(bytes ? c10::cuda::CUDACachingAllocator::get()->allocate(bytes) : c10::DataPtr()), bytes_(bytes),
+          allocated_(true) {}
+    template <typename T>
+    T* get() const { return static_cast<T*>(data_.get()); }
+    size_t bytes() const { return bytes_; }
+    bool allocated() const { return allocated_; }
+    void reset() { *this = DeviceBuffer(); }
+
+private:
+    c10::DataPtr data_;
+    size_t bytes_ = 0;
+    bool allocated_ = false;
+};
+
+// A DeviceBuffer of n elements of T.
+template <typename T>
+DeviceBuffer buffer_of(int64_t n) { return DeviceBuffer(sizeof(T) * size_t(n)); }
+
 // The voxel count of `t` ([N, ...]), which must be a CUDA tensor (checked first: the caller's
 // device guard takes its device) of at most MAX_VOXELS rows.
 int64_t voxel_count(const Tensor& t, const char* name) {
@@ -111,20 +139,21 @@ void check_no_outside(const svr::Camera& cam, int64_t n_outside, int64_t n_reque
 // Requested pixels grouped into warps of one tile (rasterizer.h's PixelSet), step 1 (bin_requests):
 // per request its (row, col), tile and rank in its tile, and each tile's count.
 struct BinnedRequests {
-    Tensor requests, tile_of, rank, tile_counts;
+    Tensor requests;  // [P, 2] int32 (row, col): the layout's
+    DeviceBuffer tile_of, rank, tile_counts;
 };
 
 BinnedRequests bin_requests(const svr::Camera& cam, const Tensor& pixels, const Tensor* allowed, Tensor* tile_masks,
                             unsigned long long* n_outside, unsigned long long* n_not_allowed, cudaStream_t stream) {
-    const auto opts = pixels.options().dtype(at::kInt);
-    const int64_t n_requests = pixels.size(0);
-    BinnedRequests b{torch::empty({n_requests, 2}, opts), torch::empty({n_requests}, opts),
-                     torch::empty({n_requests}, opts), torch::empty({cam.tiles_x() * cam.tiles_y()}, opts)};
+    const int64_t n_requests = pixels.size(0), n_tiles = cam.tiles_x() * cam.tiles_y();
+    BinnedRequests b{torch::empty({n_requests, 2}, pixels.options().dtype(at::kInt)), buffer_of<int32_t>(n_requests),
+                     buffer_of<int32_t>(n_requests), buffer_of<int32_t>(n_tiles)};
     // Zeros and -1 fills as memsets (no fill kernels: a frame's host time is most of a small one).
-    C10_CUDA_CHECK(cudaMemsetAsync(b.tile_counts.data_ptr(), 0, sizeof(int32_t) * b.tile_counts.numel(), stream));
+    C10_CUDA_CHECK(cudaMemsetAsync(b.tile_counts.get<void>(), 0, b.tile_counts.bytes(), stream));
     svr::bin_requests(cam, int(n_requests), ptr<int64_t>(pixels), allowed ? ptr<uint64_t>(*allowed) : nullptr,
-                      tile_masks ? ptr<uint64_t>(*tile_masks) : nullptr, ptr<int2>(b.requests), ptr<int32_t>(b.tile_of),
-                      ptr<int32_t>(b.rank), ptr<int32_t>(b.tile_counts), n_outside, n_not_allowed, stream);
+                      tile_masks ? ptr<uint64_t>(*tile_masks) : nullptr, ptr<int2>(b.requests),
+                      b.tile_of.get<int32_t>(), b.rank.get<int32_t>(), b.tile_counts.get<int32_t>(), n_outside,
+                      n_not_allowed, stream);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     return b;
 }
@@ -135,18 +164,18 @@ BinnedRequests bin_requests(const svr::Camera& cam, const Tensor& pixels, const 
 // needed: spare warps have tile -1.
 std::vector<Tensor> assign_warps(int64_t n_tiles, const int32_t* tile_order, const BinnedRequests& b,
                                  cudaStream_t stream) {
-    const auto opts = b.tile_counts.options();
+    const auto opts = b.requests.options();
     const int64_t n_requests = b.requests.size(0);
     const int64_t max_warps = std::min<int64_t>(n_requests, n_tiles) + n_requests / 32;
-    Tensor warp_start = torch::empty({n_tiles}, opts);
+    const DeviceBuffer warp_start = buffer_of<int32_t>(n_tiles);
     Tensor warp_tiles = torch::empty({max_warps}, opts);
     Tensor lane_requests = torch::empty({32 * max_warps}, opts);
     C10_CUDA_CHECK(cudaMemsetAsync(warp_tiles.data_ptr(), 0xff, sizeof(int32_t) * warp_tiles.numel(), stream));
     C10_CUDA_CHECK(cudaMemsetAsync(lane_requests.data_ptr(), 0xff, sizeof(int32_t) * lane_requests.numel(), stream));
-    Tensor scratch = torch::empty({int64_t(svr::assign_warps_scratch_bytes(int(n_tiles)))}, opts.dtype(at::kByte));
-    svr::assign_warps(int(n_tiles), int(n_requests), tile_order, ptr<int32_t>(b.tile_counts),
-                      ptr<int32_t>(b.tile_of), ptr<int32_t>(b.rank), scratch.data_ptr(), ptr<int32_t>(warp_start),
-                      ptr<int32_t>(warp_tiles), ptr<int32_t>(lane_requests), stream);
+    const DeviceBuffer scratch(svr::assign_warps_scratch_bytes(int(n_tiles)));
+    svr::assign_warps(int(n_tiles), int(n_requests), tile_order, b.tile_counts.get<int32_t>(), b.tile_of.get<int32_t>(),
+                      b.rank.get<int32_t>(), scratch.get<void>(), warp_start.get<int32_t>(), ptr<int32_t>(warp_tiles),
+                      ptr<int32_t>(lane_requests), stream);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     return {b.requests, warp_tiles, lane_requests};
 }
@@ -200,12 +229,13 @@ std::tuple<std::vector<Tensor>, int64_t, std::vector<double>> rasterize_preproce
     const auto stream = c10::cuda::getCurrentCUDAStream();
     const auto opts = vox_centers.options();
 
-    // The frame's counters, zeroed with one memset (no kernel); matrices read on the device
-    // ride behind them (32 floats in 16 words, written by preprocess) to come back in one copy.
+    // The frame's counters, zeroed with one memset (no kernel) with the tile order's scratch
+    // behind them; matrices read on the device ride behind the counters (32 floats in 16 words,
+    // written by preprocess) to come back in one copy.
     const int64_t count_words = svr::N_FRAME_COUNTS + (matrices_on_device ? 16 : 0);
-    Tensor counts = torch::empty({count_words}, opts.dtype(at::kLong));
-    C10_CUDA_CHECK(cudaMemsetAsync(counts.data_ptr(), 0, sizeof(ULL) * svr::N_FRAME_COUNTS, stream));
-    ULL* counters = ptr<ULL>(counts);
+    const DeviceBuffer counts(sizeof(ULL) * count_words + svr::order_tiles_scratch_bytes());
+    C10_CUDA_CHECK(cudaMemsetAsync(counts.get<void>(), 0, counts.bytes(), stream));
+    ULL* counters = counts.get<ULL>();
     svr::CameraMatrices matrices{};
     if (matrices_on_device)
         matrices = {ptr<float>(*w2c), ptr<float>(*c2w), {w2c->stride(0), w2c->stride(1)},
@@ -214,7 +244,8 @@ std::tuple<std::vector<Tensor>, int64_t, std::vector<double>> rasterize_preproce
     // Requested pixels: their tiles' masks and the table of the tiles holding them (read by
     // preprocess and binning); the bin kernel also takes the tiles and ranks that their
     // grouping into warps needs (assign_warps, queued after preprocess).
-    Tensor tile_masks = torch::empty({0}, opts.dtype(at::kLong)), tile_sat;
+    Tensor tile_masks = torch::empty({0}, opts.dtype(at::kLong));
+    DeviceBuffer tile_sat;
     svr::RequestedPixels requests{nullptr, nullptr};
     BinnedRequests binned;
     if (pixels) {
@@ -223,19 +254,19 @@ std::tuple<std::vector<Tensor>, int64_t, std::vector<double>> rasterize_preproce
         C10_CUDA_CHECK(cudaMemsetAsync(tile_masks.data_ptr(), 0, sizeof(int64_t) * n_tiles, stream));
         binned = bin_requests(cam, *pixels, nullptr, &tile_masks, counters + svr::COUNT_OUTSIDE_REQUESTS, nullptr,
                               stream);
-        tile_sat = torch::empty({cam.tiles_y() + 1, cam.tiles_x() + 1}, opts.dtype(at::kInt));
-        svr::tile_table(cam, ptr<uint64_t>(tile_masks), ptr<int32_t>(tile_sat), stream);
+        tile_sat = buffer_of<int32_t>(int64_t(cam.tiles_y() + 1) * (cam.tiles_x() + 1));
+        svr::tile_table(cam, ptr<uint64_t>(tile_masks), tile_sat.get<int32_t>(), stream);
         C10_CUDA_KERNEL_LAUNCH_CHECK();
-        requests = {ptr<uint64_t>(tile_masks), ptr<int32_t>(tile_sat)};
+        requests = {ptr<uint64_t>(tile_masks), tile_sat.get<int32_t>()};
     }
 
-    Tensor pixel_rect = torch::empty({n, 4}, opts.dtype(at::kShort));
-    Tensor octant_mask = torch::empty({n}, opts.dtype(at::kByte));
-    Tensor item_tiles = torch::empty({n}, opts.dtype(at::kInt));
+    DeviceBuffer pixel_rect = buffer_of<short4>(n);
+    const DeviceBuffer octant_mask = buffer_of<uint8_t>(n);
+    DeviceBuffer item_tiles = buffer_of<int32_t>(n);
     Tensor position = torch::empty({3}, opts.dtype(at::kFloat));
     svr::preprocess(cam, matrices_on_device ? &matrices : nullptr, requests, int(n), ptr<int64_t>(octree_paths),
-                    ptr<float>(vox_centers), ptr<float>(vox_lengths), ptr<short4>(pixel_rect),
-                    ptr<uint8_t>(octant_mask), ptr<int32_t>(item_tiles), counters, ptr<float>(position), stream);
+                    ptr<float>(vox_centers), ptr<float>(vox_lengths), pixel_rect.get<short4>(),
+                    octant_mask.get<uint8_t>(), item_tiles.get<int32_t>(), counters, ptr<float>(position), stream);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
 
     // The one device-to-host read of the frame: how many items and entries to allocate, how
@@ -243,28 +274,27 @@ std::tuple<std::vector<Tensor>, int64_t, std::vector<double>> rasterize_preproce
     // current (and whether the requests are valid). The copy is queued before the items'
     // offsets scan (or, with ranks, their bitmap and its scan) and waited for after it: the
     // host learns the counts while the GPU scans.
-    const Tensor host_counts = torch::empty({count_words}, counts.options().device(at::kCPU).pinned_memory(true));
-    C10_CUDA_CHECK(cudaMemcpyAsync(host_counts.data_ptr(), counts.data_ptr(), sizeof(ULL) * count_words,
+    const Tensor host_counts = torch::empty({count_words}, opts.dtype(at::kLong).device(at::kCPU).pinned_memory(true));
+    C10_CUDA_CHECK(cudaMemcpyAsync(host_counts.data_ptr(), counts.get<void>(), sizeof(ULL) * count_words,
                                    cudaMemcpyDeviceToHost, stream));
     c10::Event counts_copied(c10::DeviceType::CUDA);
     counts_copied.record(stream);
     // int32: the items are at most the entries, which the check below keeps below 2^31 before
     // any offset is used.
-    Tensor item_offsets, bitmap, word_offsets;
+    DeviceBuffer item_offsets, bitmap, word_offsets;
     auto scan_item_offsets = [&] {
-        item_offsets = torch::empty({n}, opts.dtype(at::kInt));
-        Tensor scan_scratch = torch::empty({int64_t(svr::item_offsets_scratch_bytes(int(n)))}, opts.dtype(at::kByte));
-        svr::item_offsets(int(n), ptr<uint8_t>(octant_mask), ptr<int32_t>(item_offsets), scan_scratch.data_ptr(),
-                          size_t(scan_scratch.numel()), stream);
+        item_offsets = buffer_of<int32_t>(n);
+        const DeviceBuffer scan_scratch(svr::item_offsets_scratch_bytes(int(n)));
+        svr::item_offsets(int(n), octant_mask.get<uint8_t>(), item_offsets.get<int32_t>(), scan_scratch.get<void>(),
+                          scan_scratch.bytes(), stream);
         C10_CUDA_KERNEL_LAUNCH_CHECK();
     };
     auto mark_ranked_items = [&] {
-        bitmap = torch::empty({svr::ranked_words(int(n))}, opts.dtype(at::kInt));
-        word_offsets = torch::empty({svr::ranked_words(int(n))}, opts.dtype(at::kInt));
-        Tensor scan_scratch = torch::empty({int64_t(svr::ranked_scratch_bytes(int(n)))}, opts.dtype(at::kByte));
-        svr::mark_ranked_items(int(n), ptr<int32_t>(*ranks), ptr<uint8_t>(octant_mask), ptr<uint32_t>(bitmap),
-                               ptr<int32_t>(word_offsets), scan_scratch.data_ptr(), size_t(scan_scratch.numel()),
-                               stream);
+        bitmap = buffer_of<uint32_t>(svr::ranked_words(int(n)));
+        word_offsets = buffer_of<int32_t>(svr::ranked_words(int(n)));
+        const DeviceBuffer scan_scratch(svr::ranked_scratch_bytes(int(n)));
+        svr::mark_ranked_items(int(n), ptr<int32_t>(*ranks), octant_mask.get<uint8_t>(), bitmap.get<uint32_t>(),
+                               word_offsets.get<int32_t>(), scan_scratch.get<void>(), scan_scratch.bytes(), stream);
         C10_CUDA_KERNEL_LAUNCH_CHECK();
     };
     // The ranks are bet on before the counts come back: queued behind the counts' copy, the
@@ -304,26 +334,26 @@ std::tuple<std::vector<Tensor>, int64_t, std::vector<double>> rasterize_preproce
     // The GPU waits from the read until the items' kernel is queued: only its buffers are
     // allocated before it. Each sorted array and its second buffer are separate tensors, so
     // that the one the results did not land in is released at once.
-    Tensor item_keys, item_keys_alt, item_values, item_values_alt;
-    Tensor scratch = torch::empty({int64_t(svr::sort_scratch_bytes(n_items, n_entries, layout))}, opts.dtype(at::kByte));
+    DeviceBuffer item_keys, item_keys_alt, item_values, item_values_alt;
+    DeviceBuffer scratch(svr::sort_scratch_bytes(n_items, n_entries, layout));
     svr::SortedItems items;
-    Tensor entry_offsets = torch::empty({n_items}, opts.dtype(at::kInt));
+    DeviceBuffer entry_offsets = buffer_of<int32_t>(n_items);
     if (ranked) {
-        if (!bitmap.defined()) mark_ranked_items();
-        item_values = torch::empty({n_items}, opts.dtype(at::kInt));
-        items = svr::place_ranked_items(int(n), ptr<int32_t>(*ranks), ptr<uint8_t>(octant_mask),
-                                        ptr<int32_t>(item_tiles), ptr<uint32_t>(bitmap), ptr<int32_t>(word_offsets),
-                                        ptr<uint32_t>(item_values), ptr<int32_t>(entry_offsets), stream);
+        if (!bitmap.allocated()) mark_ranked_items();
+        item_values = buffer_of<uint32_t>(n_items);
+        items = svr::place_ranked_items(int(n), ptr<int32_t>(*ranks), octant_mask.get<uint8_t>(),
+                                        item_tiles.get<int32_t>(), bitmap.get<uint32_t>(), word_offsets.get<int32_t>(),
+                                        item_values.get<uint32_t>(), entry_offsets.get<int32_t>(), stream);
     } else {
-        if (!item_offsets.defined()) scan_item_offsets();  // the bet on the ranks was lost
-        item_keys = torch::empty({n_items}, opts.dtype(at::kLong));
-        item_keys_alt = torch::empty({n_items}, opts.dtype(at::kLong));
-        item_values = torch::empty({packed ? 0 : n_items}, opts.dtype(at::kInt));
-        item_values_alt = torch::empty({packed ? 0 : n_items}, opts.dtype(at::kInt));
-        items = svr::sort_items(layout, int(n), ptr<int64_t>(octree_paths), ptr<uint8_t>(octant_mask),
-                                ptr<int32_t>(item_offsets), n_items, ptr<uint64_t>(item_keys),
-                                ptr<uint64_t>(item_keys_alt), ptr<uint32_t>(item_values),
-                                ptr<uint32_t>(item_values_alt), scratch.data_ptr(), size_t(scratch.numel()), stream);
+        if (!item_offsets.allocated()) scan_item_offsets();  // the bet on the ranks was lost
+        item_keys = buffer_of<uint64_t>(n_items);
+        item_keys_alt = buffer_of<uint64_t>(n_items);
+        item_values = buffer_of<uint32_t>(packed ? 0 : n_items);
+        item_values_alt = buffer_of<uint32_t>(packed ? 0 : n_items);
+        items = svr::sort_items(layout, int(n), ptr<int64_t>(octree_paths), octant_mask.get<uint8_t>(),
+                                item_offsets.get<int32_t>(), n_items, item_keys.get<uint64_t>(),
+                                item_keys_alt.get<uint64_t>(), item_values.get<uint32_t>(),
+                                item_values_alt.get<uint32_t>(), scratch.get<void>(), scratch.bytes(), stream);
     }
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     // Buffers are released as soon as their last kernel is queued: the caching allocator hands
@@ -332,20 +362,21 @@ std::tuple<std::vector<Tensor>, int64_t, std::vector<double>> rasterize_preproce
     bitmap.reset();
     word_offsets.reset();
     if (!ranked) {
-        (items.keys == ptr<uint64_t>(item_keys) ? item_keys_alt : item_keys).reset();
-        (items.values == ptr<uint32_t>(item_values) ? item_values_alt : item_values).reset();
+        (items.keys == item_keys.get<uint64_t>() ? item_keys_alt : item_keys).reset();
+        (items.values == item_values.get<uint32_t>() ? item_values_alt : item_values).reset();
     }
 
-    svr::scan_entry_offsets(layout, n_items, items, ptr<int32_t>(item_tiles), ptr<int32_t>(entry_offsets),
-                            scratch.data_ptr(), size_t(scratch.numel()), stream);
+    svr::scan_entry_offsets(layout, n_items, items, item_tiles.get<int32_t>(), entry_offsets.get<int32_t>(),
+                            scratch.get<void>(), scratch.bytes(), stream);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     item_tiles.reset();  // the in-view selection reads the octant masks
-    Tensor keys = torch::empty({n_entries}, opts.dtype(at::kInt));
+    // The sorted values are the frame's entries, kept: tensors (the keys are released).
+    DeviceBuffer keys = buffer_of<uint32_t>(n_entries);
     Tensor values = torch::empty({n_entries}, opts.dtype(at::kInt));
-    Tensor wide = torch::empty({c[svr::COUNT_WIDE]}, opts.dtype(at::kInt));
-    svr::duplicate_with_keys(cam, requests, layout, n_items, items, ptr<short4>(pixel_rect),
-                             ptr<int32_t>(entry_offsets), int(wide.numel()), ptr<int32_t>(wide),
-                             counters + svr::WIDE_CURSOR, ptr<uint32_t>(keys), ptr<uint32_t>(values), stream);
+    DeviceBuffer wide = buffer_of<int32_t>(c[svr::COUNT_WIDE]);
+    svr::duplicate_with_keys(cam, requests, layout, n_items, items, pixel_rect.get<short4>(),
+                             entry_offsets.get<int32_t>(), int(c[svr::COUNT_WIDE]), wide.get<int32_t>(),
+                             counters + svr::WIDE_CURSOR, keys.get<uint32_t>(), ptr<uint32_t>(values), stream);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     item_keys.reset();
     item_keys_alt.reset();
@@ -356,23 +387,22 @@ std::tuple<std::vector<Tensor>, int64_t, std::vector<double>> rasterize_preproce
     // Where the rectangles ride in the keys, the tile ranges do not read the voxels' (the
     // frame's peak is the entry sort's double buffers).
     if (layout.rect_in_key()) pixel_rect.reset();
-    Tensor keys_alt = torch::empty({n_entries}, opts.dtype(at::kInt));
+    DeviceBuffer keys_alt = buffer_of<uint32_t>(n_entries);
     Tensor values_alt = torch::empty({n_entries}, opts.dtype(at::kInt));
     Tensor ranges = torch::empty({n_tiles, 2}, opts.dtype(at::kInt));
     const svr::SortedEntries sorted =
-        svr::sort_entries(n_entries, layout, ptr<uint32_t>(keys), ptr<uint32_t>(keys_alt), ptr<uint32_t>(values),
-                          ptr<uint32_t>(values_alt), scratch.data_ptr(), size_t(scratch.numel()), stream);
+        svr::sort_entries(n_entries, layout, keys.get<uint32_t>(), keys_alt.get<uint32_t>(), ptr<uint32_t>(values),
+                          ptr<uint32_t>(values_alt), scratch.get<void>(), scratch.bytes(), stream);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     scratch.reset();
     Tensor entries = sorted.values == ptr<uint32_t>(values) ? values : values_alt;
-    Tensor sorted_keys = sorted.keys == ptr<uint32_t>(keys) ? keys : keys_alt;
     values.reset();
     values_alt.reset();
-    keys.reset();
-    keys_alt.reset();
+    DeviceBuffer& sorted_keys = sorted.keys == keys.get<uint32_t>() ? keys : keys_alt;
+    (&sorted_keys == &keys ? keys_alt : keys).reset();
     Tensor entry_rects = torch::empty({n_entries}, opts.dtype(at::kShort));
     svr::identify_tile_ranges(n_entries, cam.tiles_x(), n_tiles, layout, sorted,
-                              pixel_rect.defined() ? ptr<short4>(pixel_rect) : nullptr, ptr<uint16_t>(entry_rects),
+                              pixel_rect.allocated() ? pixel_rect.get<short4>() : nullptr, ptr<uint16_t>(entry_rects),
                               ptr<int2>(ranges), stream);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     sorted_keys.reset();
@@ -381,15 +411,14 @@ std::tuple<std::vector<Tensor>, int64_t, std::vector<double>> rasterize_preproce
     // come in tile index order, laid out before the read).
     Tensor tile_order = torch::empty({pixels ? 0 : n_tiles}, opts.dtype(at::kInt));
     if (!pixels) {
-        Tensor order_scratch = torch::empty({int64_t(svr::order_tiles_scratch_bytes())}, opts.dtype(at::kByte));
-        svr::order_tiles(n_tiles, ptr<int2>(ranges), order_scratch.data_ptr(), ptr<int32_t>(tile_order), stream);
+        svr::order_tiles(n_tiles, ptr<int2>(ranges), counters + count_words, ptr<int32_t>(tile_order), stream);
         C10_CUDA_KERNEL_LAUNCH_CHECK();
     }
     // Queued last: only vox_fn needs it (the GPU reaches it after the sort, the host at once).
     Tensor in_view = torch::empty({c[svr::COUNT_IN_VIEW]}, opts.dtype(at::kLong));
-    Tensor select_scratch = torch::empty({int64_t(svr::in_view_scratch_bytes(int(n)))}, opts.dtype(at::kByte));
-    svr::select_in_view(int(n), ptr<uint8_t>(octant_mask), ptr<int64_t>(in_view), select_scratch.data_ptr(),
-                        size_t(select_scratch.numel()), stream);
+    const DeviceBuffer select_scratch(svr::in_view_scratch_bytes(int(n)));
+    svr::select_in_view(int(n), octant_mask.get<uint8_t>(), ptr<int64_t>(in_view), select_scratch.get<void>(),
+                        select_scratch.bytes(), stream);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     return {{in_view, ranges, entries, entry_rects, tile_order, tile_masks, position, warps[0], warps[1], warps[2]},
             c[svr::PATHS_FINGERPRINT], device_camera};

@@ -629,7 +629,6 @@ void order_tiles(int n_tiles, const int2* ranges, void* scratch, int32_t* tile_o
     if (n_tiles == 0) return;
     int* histogram = static_cast<int*>(scratch);
     int* taken = histogram + ORDER_BUCKETS;
-    cudaMemsetAsync(scratch, 0, order_tiles_scratch_bytes(), stream);
     const int blocks = grid_for(n_tiles, ORDER_THREADS);
     tile_histogram_kernel<<<blocks, ORDER_THREADS, 0, stream>>>(n_tiles, ranges, histogram);
     tile_order_kernel<<<blocks, ORDER_THREADS, 0, stream>>>(n_tiles, ranges, histogram, taken, tile_order);

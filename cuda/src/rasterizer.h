@@ -216,7 +216,7 @@ void identify_tile_ranges(int64_t n_entries, int tiles_x, int n_tiles, const Key
                           cudaStream_t stream);
 // The order the render kernels take the tiles in: longest list first (to within 4.4% of
 // length), so that the long lists start early instead of trailing. `scratch` holds
-// order_tiles_scratch_bytes() bytes.
+// order_tiles_scratch_bytes() bytes, zeroed by the caller (with the frame's counters: one memset).
 size_t order_tiles_scratch_bytes();
 void order_tiles(int n_tiles, const int2* ranges, void* scratch, int32_t* tile_order, cudaStream_t stream);
 
