@@ -569,7 +569,8 @@ std::vector<Tensor> rasterize_voxels(const std::vector<double>& camera, int64_t 
     Tensor normal = need_normal ? torch::empty(call.shape(3), opts) : torch::empty({0}, opts);
     Tensor max_w = track_max_w ? torch::zeros({n, 1}, opts) : torch::empty({0}, opts);
     Tensor aux = need_distortion ? torch::empty(call.shape(1), opts) : torch::empty({0}, opts);
-    Tensor last = torch::empty(call.shape(1), opts.dtype(at::kInt));
+    // Where the backward starts each pixel's walk: only a frame that a backward may follow keeps it.
+    Tensor last = zero_gradients ? torch::empty(call.shape(1), opts.dtype(at::kInt)) : torch::empty({0}, opts);
     const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
     svr::render_forward(call.cam, call.pixels,
                         {int(n_samp), float(bg), need_depth, need_distortion, need_normal, track_max_w}, call.in,
@@ -767,7 +768,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
     m.def("pixel_layout", &pixel_layout,
           "requested pixels (checked) grouped into warps -> [requests, warp_tiles, lane_requests]");
     m.def("rasterize_voxels", &rasterize_voxels,
-          "forward render -> [color, depth, normal, T, max_w, aux, last] + (zero_gradients) the backward's zeroed "
+          "forward render -> [color, depth, normal, T, max_w, aux, last (empty unless zero_gradients)] + "
+          "(zero_gradients: a backward may follow) the backward's zeroed "
           "[dL_dgeos, dL_drgbs, priority]");
     m.def("rasterize_voxels_autograd", &rasterize_voxels_autograd,
           "the differentiable render, forward and backward in the extension -> [color, depth, normal, T, max_w]");

@@ -66,7 +66,7 @@ render_forward_kernel(Camera cam, PixelSet pixels, ForwardOptions opt, RenderBuf
 #pragma unroll
     for (int c = 0; c < 3; ++c) out.color[c * hw + pix] = color[c] + T * opt.bg;
     out.T[pix] = T;
-    out.last[pix] = last;
+    if (out.last) out.last[pix] = last;
     if (DEPTH) {
         out.depth[pix] = depth_sum / ray.cam_norm;
         out.depth[hw + pix] = DISTORTION ? wm_sum : 0.f;

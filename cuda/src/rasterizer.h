@@ -261,7 +261,8 @@ struct ForwardOutputs {
     float* T;       // [...]
     float* max_w;   // [N] or null
     float* aux;     // [...] when need_distortion: sum of w * contracted midpoint
-    int32_t* last;  // [...]: one past the last list entry the pixel used (where backward starts)
+    int32_t* last;  // [...]: one past the last list entry the pixel used (where backward starts), or null
+                    // (no backward follows)
 };
 
 void render_forward(const Camera& cam, const PixelSet& pixels, const ForwardOptions& opt, const RenderBuffers& in,

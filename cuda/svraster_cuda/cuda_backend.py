@@ -62,10 +62,12 @@ class CudaState(NamedTuple):
     layout: SparsePixels = None  # the pixels binned for, laid out by the preprocess call (lay_out)
 
 
+_NO_PIXELS = torch.empty(0, dtype=torch.int32)  # the whole image's placeholder requests (never read)
+
+
 def _pixel_args(state, layout):
     if layout is None:
-        empty = torch.empty(0, dtype=torch.int32)
-        return state.tile_order, False, empty, empty, empty
+        return state.tile_order, False, _NO_PIXELS, _NO_PIXELS, _NO_PIXELS
     return state.tile_order, True, layout.requests, layout.warp_tiles, layout.lane_requests
 
 
