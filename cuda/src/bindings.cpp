@@ -332,7 +332,7 @@ std::tuple<std::vector<Tensor>, int64_t, std::vector<double>> rasterize_preproce
     const svr::KeyLayout layout(n_tiles, int(c[svr::COUNT_USED_LEVELS]), int(n), ranked);
     const bool packed = layout.packed_items();
     // The GPU waits from the read until the items' kernel is queued: only its buffers are
-    // allocated before it. Each sorted array and its second buffer are separate tensors, so
+    // allocated before it. Each sorted array and its second buffer are separate buffers, so
     // that the one the results did not land in is released at once.
     DeviceBuffer item_keys, item_keys_alt, item_values, item_values_alt;
     DeviceBuffer scratch(svr::sort_scratch_bytes(n_items, n_entries, layout));
@@ -370,7 +370,8 @@ std::tuple<std::vector<Tensor>, int64_t, std::vector<double>> rasterize_preproce
                             scratch.get<void>(), scratch.bytes(), stream);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     item_tiles.reset();  // the in-view selection reads the octant masks
-    // The sorted values are the frame's entries, kept: tensors (the keys are released).
+    // The values and their second buffer are tensors: the one the sort leaves its results in
+    // becomes the frame's entries (the keys' are plain buffers, released).
     DeviceBuffer keys = buffer_of<uint32_t>(n_entries);
     Tensor values = torch::empty({n_entries}, opts.dtype(at::kInt));
     DeviceBuffer wide = buffer_of<int32_t>(c[svr::COUNT_WIDE]);
