@@ -728,3 +728,67 @@ def test_negative_sizes_in_view_as_reference(cuda):
         assert torch.equal(in_view, with_entries)
         assert torch.equal(in_view, torch.sort(ref.in_view).values)
         assert_same_lists(got, ref, n_tiles)
+
+
+def test_frame_graph(cuda, monkeypatch):
+    """Frames binned by the frame graph (bindings.cpp: ranked frames of one shape in a row, the
+    binning one graph launch over a reused arena) equal the eagerly binned frames bit for bit:
+    values and gradients, whole image and requested pixels, over cameras whose counts move
+    within the capacities and beyond them (a frame that does not fit is binned eagerly, the
+    next builds a larger graph). A frame whose intersections are still alive is not
+    overwritten: the next fresh frame is binned eagerly, and the kept one still renders as
+    before."""
+    from svraster_cuda import cuda_backend
+    from svraster_cuda.renderer import intersect_voxels, rasterize_voxels_sparse
+    C = cuda_backend._load()
+    octpath, centers, lengths, geos, rgbs = random_scene(29, max_level=5)
+    dev = [t.to(cuda) for t in (octpath, centers, lengths)]
+    g, r = geos.to(cuda).requires_grad_(), rgbs.to(cuda).requires_grad_()
+    params = {"geos": g, "rgbs": r, "subdiv_p": torch.zeros(len(g), 1, device=cuda, requires_grad=True)}
+    cameras = [make_settings(eye, (0, 0, 0), width=67, height=45, fov_deg=65, **FULL)
+               for eye in ((2.4, 1.6, -1.2), (2.3, 1.7, -1.1), (-1.9, 2.2, 1.5), (1.2, 0.7, -0.6), (2.4, 1.6, -1.2))]
+    pixels = torch.tensor([[0, 0], [44, 66], [20, 31], [20, 31], [7, 60], [33, 3]], device=cuda)
+
+    def frame(settings, sparse=False):
+        for p in params.values():
+            p.grad = None
+        if sparse:
+            out = rasterize_voxels_sparse(settings, *dev, lambda *a: params, pixels)
+        else:
+            out = rasterize_voxels(settings, *dev, lambda *a: params)
+        sum(o.sum() * (i + 1) for i, o in enumerate(out[:4])).backward()
+        return [o.detach().clone() for o in out] + [p.grad.clone() for p in params.values()]
+
+    def assert_equal(a, b):
+        for x, y in zip(a, b):
+            assert torch.equal(x, y)
+
+    monkeypatch.setenv("SVRASTER_OCTANT_RANKS", "off")
+    cuda_backend.release_octant_ranks()
+    expected = {(i, sparse): frame(s, sparse) for i, s in enumerate(cameras) for sparse in (False, True)}
+    monkeypatch.setenv("SVRASTER_OCTANT_RANKS", "eager")
+    for sparse in (False, True):
+        launches = C.frame_graph_launches()
+        # The fourth camera is nearer: more entries than the graph built for the first three.
+        for i in (0, 0, 1, 2, 0, 3, 3, 1, 4):
+            assert_equal(frame(cameras[i], sparse), expected[(i, sparse)])
+        assert C.frame_graph_launches() >= launches + 5  # of 9 frames: not the first two, nor a frame past the capacities
+
+    # Intersections kept from a graph frame hold its arena: fresh frames go around it.
+    frame(cameras[0])
+    kept = intersect_voxels(cameras[0], *dev)
+    launches = C.frame_graph_launches()
+    assert launches > 0
+    for i in (1, 2):
+        assert_equal(frame(cameras[i]), expected[(i, False)])
+    assert C.frame_graph_launches() == launches
+    for p in params.values():
+        p.grad = None
+    out = rasterize_voxels(cameras[0], *dev, lambda *a: params, intersections=kept)
+    sum(o.sum() * (i + 1) for i, o in enumerate(out[:4])).backward()
+    assert_equal([o.detach() for o in out] + [p.grad for p in params.values()], expected[(0, False)])
+    del kept, out
+    frame(cameras[1])
+    assert_equal(frame(cameras[1]), expected[(1, False)])
+    assert C.frame_graph_launches() > launches
+    cuda_backend.release_octant_ranks()

@@ -13,6 +13,9 @@
 #include <string>
 #include <tuple>
 #include <type_traits>
+#include <unordered_map>
+#include <memory>
+#include <utility>
 #include <optional>
 #include <vector>
 
@@ -195,6 +198,308 @@ void check_finite_matrix(const char* name, const float* m) {
     TORCH_CHECK_VALUE(false, text("raster_settings.", name, ": expected finite values, got ", values, "]]"));
 }
 
+// --- Frame graphs. Where a frame's octant ranks are current, its binning after the frame's
+// device read (place, scans, duplicate, sort, tile ranges, tile order, in-view selection: about
+// twenty launches and memsets and as many allocations) is one CUDA graph launch: the GPU ran
+// those kernels as fast as the host could queue them, not as fast as it could run them
+// (docs/design.md, Session 25). A graph's kernel arguments are fixed, so its buffers are fixed
+// too: one arena per device, planned for capacities of the counts (BinningSizes), reused frame
+// after frame while no tensor of the last frame's (the intersections' views into it) is alive.
+// Its buffers share memory where their lifetimes do not meet, as the caching allocator gave
+// the eager frame's, and it stays allocated between frames (release_frame_graphs frees it).
+
+// The binning's steps, in order: a buffer lives from the step that writes it first to the
+// last that reads it (AT_HELD: the frame's outputs, read after the call).
+enum Step { AT_PREPROCESS, AT_MARK, AT_PLACE, AT_SCAN, AT_DUPLICATE, AT_SORT, AT_RANGES, AT_ORDER, AT_SELECT, AT_HELD };
+
+enum ArenaBuffer {
+    COUNTERS, TILE_MASKS, TILE_SAT, PIXEL_RECT, OCTANT_MASK, ITEM_TILES, BITMAP, WORD_OFFSETS, MARK_SCRATCH,
+    ITEM_VALUES, ENTRY_OFFSETS, WIDE, KEYS, KEYS_ALT, VALUES, VALUES_ALT, SORT_SCRATCH, ENTRY_RECTS, RANGES,
+    TILE_ORDER, IN_VIEW, SELECT_SCRATCH, N_ARENA_BUFFERS
+};
+
+struct ArenaSlot {
+    size_t bytes = 0;
+    int first = 0, last = 0;  // Steps
+    size_t offset = 0;
+};
+
+// Offsets for the slots, each at the lowest place (256-byte aligned) clear of every slot placed
+// before it whose steps meet its own, the largest first; returns the arena's size.
+size_t plan_arena(std::vector<ArenaSlot>& slots) {
+    constexpr size_t ALIGN = 256;
+    std::vector<int> order(slots.size());
+    for (size_t i = 0; i < order.size(); ++i) order[i] = int(i);
+    std::stable_sort(order.begin(), order.end(), [&](int a, int b) { return slots[a].bytes > slots[b].bytes; });
+    std::vector<int> placed;
+    size_t total = 0;
+    for (const int i : order) {
+        ArenaSlot& s = slots[i];
+        const size_t size = (s.bytes + ALIGN - 1) / ALIGN * ALIGN;
+        std::vector<std::pair<size_t, size_t>> taken;  // [begin, end) of the slots alive with this one
+        for (const int j : placed)
+            if (slots[j].first <= s.last && s.first <= slots[j].last)
+                taken.push_back({slots[j].offset, slots[j].offset + (slots[j].bytes + ALIGN - 1) / ALIGN * ALIGN});
+        std::sort(taken.begin(), taken.end());
+        size_t at = 0;
+        for (const auto& [begin, end] : taken) {
+            if (at + size <= begin) break;
+            at = std::max(at, end);
+        }
+        s.offset = at;
+        total = std::max(total, at + size);
+        placed.push_back(i);
+    }
+    return total;
+}
+
+// What a graph is built for: the frame's shape, and the capacities of its counts.
+struct FrameShape {
+    int64_t n_voxels = -1;
+    int width = 0, height = 0;
+    bool sparse = false;
+    bool operator==(const FrameShape& o) const {
+        return n_voxels == o.n_voxels && width == o.width && height == o.height && sparse == o.sparse;
+    }
+};
+
+struct Capacities {
+    int64_t items = 0, entries = 0, wide = 0, in_view = 0;
+    bool hold(const int64_t* c) const {
+        return c[svr::COUNT_ITEMS] <= items && c[svr::COUNT_ENTRIES] <= entries && c[svr::COUNT_WIDE] <= wide &&
+               c[svr::COUNT_IN_VIEW] <= in_view;
+    }
+    // A frame's counts with a sixteenth more (and 1024) for the next views' (orbit views of
+    // the bench's scenes differ by a few percent); never less than before.
+    void grow_to(const int64_t* c) {
+        auto margin = [](int64_t x) { return x + x / 16 + 1024; };
+        items = std::max(items, margin(c[svr::COUNT_ITEMS]));
+        entries = std::max(entries, margin(c[svr::COUNT_ENTRIES]));
+        wide = std::max(wide, margin(c[svr::COUNT_WIDE]));
+        in_view = std::max(in_view, margin(c[svr::COUNT_IN_VIEW]));
+    }
+};
+
+// The counters' words: the frame counts, the camera matrices read on the device (16), then the
+// tile order's scratch.
+constexpr int64_t COUNTER_WORDS = svr::N_FRAME_COUNTS + 16;
+
+class FrameGraph {
+public:
+    FrameShape shape;
+    Capacities caps;
+    const int32_t* ranks = nullptr;  // the cached ranks the graph reads (current for the octree)
+    cudaStream_t stream = nullptr;
+
+    FrameGraph(const FrameShape& shape_, const Capacities& caps_, const Tensor& ranks_, cudaStream_t stream_)
+        : shape(shape_), caps(caps_), ranks(ptr<int32_t>(ranks_)), stream(stream_) {}
+    ~FrameGraph() {
+        if (exec_) cudaGraphExecDestroy(exec_);
+    }
+    FrameGraph(const FrameGraph&) = delete;
+    FrameGraph& operator=(const FrameGraph&) = delete;
+
+    // Plans and allocates the arena and captures the graph; false where capture failed.
+    bool build(const Tensor& like, const svr::Camera& cam);
+    // A tensor of the last frame's (a view into the arena) is still alive.
+    bool held() const { return arena_.defined() && arena_.storage().use_count() > 1; }
+    template <typename T>
+    T* at(ArenaBuffer b) const { return reinterpret_cast<T*>(static_cast<char*>(arena_.data_ptr()) + slots_[b].offset); }
+    void launch(cudaStream_t on) const {
+        C10_CUDA_CHECK(cudaGraphLaunch(exec_, on));
+        ++launches();
+    }
+    // Frames binned by a graph since the process started (tests: which path a frame took).
+    static int64_t& launches() {
+        static int64_t count = 0;
+        return count;
+    }
+    // The frame's outputs, views into the arena.
+    Tensor view(ArenaBuffer b, at::ScalarType dtype, c10::IntArrayRef sizes) const {
+        const int64_t element = int64_t(c10::elementSize(dtype));
+        Tensor t = at::detail::make_tensor<c10::TensorImpl>(c10::Storage(arena_.storage()), arena_.key_set(),
+                                                            caffe2::TypeMeta::fromScalarType(dtype));
+        t.unsafeGetTensorImpl()->set_sizes_contiguous(sizes);
+        t.unsafeGetTensorImpl()->set_storage_offset(int64_t(slots_[b].offset) / element);
+        return t;
+    }
+    ArenaBuffer entries() const { return sorted_in_alt_ ? VALUES_ALT : VALUES; }
+    size_t bytes() const { return arena_.defined() ? size_t(arena_.numel()) : 0; }
+
+private:
+    void plan(const svr::KeyLayout& layout, int n_tiles, int tiles_x, int tiles_y);
+    bool capture(const svr::Camera& cam, const svr::KeyLayout& layout, const Tensor& like);
+    std::vector<ArenaSlot> slots_;
+    Tensor arena_;
+    cudaGraphExec_t exec_ = nullptr;
+    bool sorted_in_alt_ = false;  // where the sort leaves the keys and values (CUB decides)
+    svr::SortedEntries sorted_{};
+};
+
+void FrameGraph::plan(const svr::KeyLayout& layout, int n_tiles, int tiles_x, int tiles_y) {
+    const int64_t n = shape.n_voxels, words = svr::ranked_words(int(n));
+    const bool alt = sorted_in_alt_, sparse = shape.sparse;
+    slots_.assign(N_ARENA_BUFFERS, ArenaSlot());
+    auto set = [&](ArenaBuffer b, size_t bytes, Step first, Step last) { slots_[b] = {bytes, first, last, 0}; };
+    set(COUNTERS, sizeof(ULL) * COUNTER_WORDS + svr::order_tiles_scratch_bytes(), AT_PREPROCESS, AT_ORDER);
+    set(TILE_MASKS, sparse ? sizeof(int64_t) * n_tiles : 0, AT_PREPROCESS, AT_HELD);
+    set(TILE_SAT, sparse ? sizeof(int32_t) * (tiles_x + 1) * (tiles_y + 1) : 0, AT_PREPROCESS, AT_DUPLICATE);
+    set(PIXEL_RECT, sizeof(short4) * n, AT_PREPROCESS, layout.rect_in_key() ? AT_DUPLICATE : AT_RANGES);
+    set(OCTANT_MASK, n, AT_PREPROCESS, AT_SELECT);
+    set(ITEM_TILES, sizeof(int32_t) * n, AT_PREPROCESS, AT_PLACE);
+    set(BITMAP, sizeof(uint32_t) * words, AT_MARK, AT_PLACE);
+    set(WORD_OFFSETS, sizeof(int32_t) * words, AT_MARK, AT_PLACE);
+    set(MARK_SCRATCH, svr::ranked_scratch_bytes(int(n)), AT_MARK, AT_MARK);
+    set(ITEM_VALUES, sizeof(uint32_t) * caps.items, AT_PLACE, AT_DUPLICATE);
+    set(ENTRY_OFFSETS, sizeof(int32_t) * caps.items, AT_PLACE, AT_DUPLICATE);
+    set(WIDE, sizeof(int32_t) * caps.wide, AT_DUPLICATE, AT_DUPLICATE);
+    const size_t entries = sizeof(uint32_t) * caps.entries;
+    set(KEYS, entries, AT_DUPLICATE, alt ? AT_SORT : AT_RANGES);
+    set(VALUES, entries, AT_DUPLICATE, alt ? AT_SORT : AT_HELD);
+    set(KEYS_ALT, entries, AT_SORT, alt ? AT_RANGES : AT_SORT);
+    set(VALUES_ALT, entries, AT_SORT, alt ? AT_HELD : AT_SORT);
+    set(SORT_SCRATCH, svr::sort_scratch_bytes(caps.items, caps.entries, layout), AT_SCAN, AT_SORT);
+    set(ENTRY_RECTS, sizeof(uint16_t) * caps.entries, AT_RANGES, AT_HELD);
+    set(RANGES, sizeof(int2) * n_tiles, AT_RANGES, AT_HELD);
+    set(TILE_ORDER, sparse ? 0 : sizeof(int32_t) * n_tiles, AT_ORDER, AT_HELD);
+    set(IN_VIEW, sizeof(int64_t) * caps.in_view, AT_SELECT, AT_HELD);
+    set(SELECT_SCRATCH, svr::in_view_scratch_bytes(int(n)), AT_SELECT, AT_SELECT);
+}
+
+// Ends a capture left open by an error.
+struct CaptureGuard {
+    cudaStream_t stream;
+    bool open = true;
+    ~CaptureGuard() {
+        if (!open) return;
+        cudaGraph_t graph = nullptr;
+        cudaStreamEndCapture(stream, &graph);
+        if (graph) cudaGraphDestroy(graph);
+        cudaGetLastError();
+    }
+};
+
+bool FrameGraph::capture(const svr::Camera& cam, const svr::KeyLayout& layout, const Tensor& like) {
+    if (exec_) {
+        cudaGraphExecDestroy(exec_);
+        exec_ = nullptr;
+    }
+    const int64_t n = shape.n_voxels;
+    const int n_tiles = cam.tiles_x() * cam.tiles_y();
+    // Captured on a stream of the pool (the current one may be the legacy default stream,
+    // which cannot capture); the graph is launched on the frame's stream.
+    const cudaStream_t side = c10::cuda::getStreamFromPool(false, like.device().index()).stream();
+    if (cudaStreamBeginCapture(side, cudaStreamCaptureModeRelaxed) != cudaSuccess) {
+        cudaGetLastError();
+        return false;
+    }
+    CaptureGuard guard{side};
+    const svr::BinningSizes sizes{caps.items, caps.entries, caps.wide, at<ULL>(COUNTERS)};
+    const svr::RequestedPixels requests{shape.sparse ? at<uint64_t>(TILE_MASKS) : nullptr,
+                                        shape.sparse ? at<int32_t>(TILE_SAT) : nullptr};
+    const svr::SortedItems items =
+        svr::place_ranked_items(int(n), ranks, at<uint8_t>(OCTANT_MASK), at<int32_t>(ITEM_TILES), at<uint32_t>(BITMAP),
+                                at<int32_t>(WORD_OFFSETS), at<uint32_t>(ITEM_VALUES), at<int32_t>(ENTRY_OFFSETS), side);
+    svr::scan_entry_offsets(layout, sizes, items, at<int32_t>(ITEM_TILES), at<int32_t>(ENTRY_OFFSETS),
+                            at<void>(SORT_SCRATCH), slots_[SORT_SCRATCH].bytes, side);
+    svr::duplicate_with_keys(cam, requests, layout, sizes, items, at<short4>(PIXEL_RECT), at<int32_t>(ENTRY_OFFSETS),
+                             at<int32_t>(WIDE), at<ULL>(COUNTERS) + svr::WIDE_CURSOR, at<uint32_t>(KEYS),
+                             at<uint32_t>(VALUES), side);
+    sorted_ = svr::sort_entries(sizes, layout, at<uint32_t>(KEYS), at<uint32_t>(KEYS_ALT), at<uint32_t>(VALUES),
+                                at<uint32_t>(VALUES_ALT), at<void>(SORT_SCRATCH), slots_[SORT_SCRATCH].bytes, side);
+    const bool in_alt = sorted_.values == at<uint32_t>(VALUES_ALT);
+    svr::identify_tile_ranges(sizes, cam.tiles_x(), n_tiles, layout, sorted_,
+                              layout.rect_in_key() ? nullptr : at<short4>(PIXEL_RECT), at<uint16_t>(ENTRY_RECTS),
+                              at<int2>(RANGES), side);
+    if (!shape.sparse)
+        svr::order_tiles(n_tiles, at<int2>(RANGES), at<ULL>(COUNTERS) + COUNTER_WORDS, at<int32_t>(TILE_ORDER), side);
+    svr::select_in_view(int(n), at<uint8_t>(OCTANT_MASK), at<int64_t>(IN_VIEW), at<void>(SELECT_SCRATCH),
+                        slots_[SELECT_SCRATCH].bytes, side);
+    guard.open = false;
+    cudaGraph_t graph = nullptr;
+    const cudaError_t ended = cudaStreamEndCapture(side, &graph);
+    if (ended != cudaSuccess || cudaGetLastError() != cudaSuccess || !graph) {
+        if (graph) cudaGraphDestroy(graph);
+        cudaGetLastError();
+        return false;
+    }
+    const cudaError_t made = cudaGraphInstantiate(&exec_, graph, 0);
+    cudaGraphDestroy(graph);
+    if (made != cudaSuccess) {
+        exec_ = nullptr;
+        cudaGetLastError();
+        return false;
+    }
+    return in_alt == sorted_in_alt_;  // else planned for the other place: plan again
+}
+
+bool FrameGraph::build(const Tensor& like, const svr::Camera& cam) {
+    const int n_tiles = cam.tiles_x() * cam.tiles_y();
+    const svr::KeyLayout layout(n_tiles, 0, int(shape.n_voxels), true);
+    for (int attempt = 0; attempt < 2; ++attempt) {
+        plan(layout, n_tiles, cam.tiles_x(), cam.tiles_y());
+        arena_ = Tensor();
+        arena_ = torch::empty({int64_t(plan_arena(slots_))}, like.options().dtype(at::kByte));
+        if (capture(cam, layout, like)) return true;
+        if (!exec_) break;  // capture failed: eager frames
+        sorted_in_alt_ = !sorted_in_alt_;
+    }
+    if (exec_) cudaGraphExecDestroy(exec_);
+    exec_ = nullptr;
+    arena_ = Tensor();
+    return false;
+}
+
+// Per device: the graph, and the shape and capacities the last ranked frame asked for. Never
+// destroyed (freed by release_frame_graphs): at exit, the allocator may be gone before statics.
+struct GraphCache {
+    std::unique_ptr<FrameGraph> graph;
+    FrameShape last_shape;
+    Capacities wanted;
+};
+std::unordered_map<int, GraphCache>& graph_caches() {
+    static auto* caches = new std::unordered_map<int, GraphCache>();
+    return *caches;
+}
+
+void release_frame_graphs() { graph_caches().clear(); }
+int64_t frame_graph_launches() { return FrameGraph::launches(); }
+
+// The graph for a frame of `shape` with current `ranks` (null: bin the frame eagerly): built
+// once the same shape's ranked frames follow each other (a frame of another shape between
+// them would rebuild it each time), reused while its arena is free and its capacities those
+// wanted.
+FrameGraph* acquire_frame_graph(const FrameShape& shape, const Tensor& ranks, const Tensor& like,
+                                const svr::Camera& cam, cudaStream_t stream) {
+    GraphCache& cache = graph_caches()[like.device().index()];
+    if (!(cache.last_shape == shape)) return nullptr;
+    FrameGraph* g = cache.graph.get();
+    if (g && g->held()) return nullptr;
+    const Capacities& want = cache.wanted;
+    if (g && g->shape == shape && g->ranks == ptr<int32_t>(ranks) && g->stream == stream &&
+        g->caps.items == want.items && g->caps.entries == want.entries && g->caps.wide == want.wide &&
+        g->caps.in_view == want.in_view)
+        return g;
+    cache.graph.reset();  // its memory goes to the new arena
+    auto built = std::make_unique<FrameGraph>(shape, want, ranks, stream);
+    if (!built->build(like, cam)) return nullptr;
+    cache.graph = std::move(built);
+    return cache.graph.get();
+}
+
+// After a ranked frame's read: the capacities the next frame of its shape is built for.
+void record_ranked_frame(int device, const FrameShape& shape, const int64_t* counts) {
+    GraphCache& cache = graph_caches()[device];
+    if (!(cache.last_shape == shape)) {
+        cache.last_shape = shape;
+        cache.wanted = Capacities();
+    }
+    if (!cache.wanted.hold(counts)) cache.wanted.grow_to(counts);
+}
+
+// A frame whose ranks are not offered or not current ends a run of ranked frames.
+void record_unranked_frame(int device) { graph_caches()[device].last_shape = FrameShape(); }
+
 // Stages 1-4 for the whole image, or (sparse, `pixels` given) for the tiles holding requested
 // pixels. Returns ([in_view, ranges, entries, entry_rects, tile_order, tile_masks,
 // camera_position, requests, warp_tiles, lane_requests], fingerprint, device camera);
@@ -204,10 +509,11 @@ void check_finite_matrix(const char* name, const float* m) {
 // unless `lay_out` (a frame rendering them at once); camera_position is float32
 // [3] (vox_fn's); fingerprint is the frame's PATHS_FINGERPRINT (as int64). `ranks`
 // (octant_ranks' [4, N], built for octpaths of fingerprint `ranks_fingerprint`) place the
-// items without a sort where the fingerprints agree. With `w2c` and `c2w` (float32 [4, 4] CUDA
-// tensors on the voxels' device), `camera` holds its first seven numbers only: preprocess loads
-// the matrices, the frame's read brings them back (checked finite then), and the device camera
-// returned is the 31 numbers (else it is empty).
+// items without a sort where the fingerprints agree (and then, frame after frame, through the
+// frame graph). With `w2c` and `c2w` (float32 [4, 4] CUDA tensors on the voxels' device),
+// `camera` holds its first seven numbers only: preprocess loads the matrices, the frame's read
+// brings them back (checked finite then), and the device camera returned is the 31 numbers
+// (else it is empty).
 std::tuple<std::vector<Tensor>, int64_t, std::vector<double>> rasterize_preprocess(
     const std::vector<double>& camera, const Tensor& octree_paths, const Tensor& vox_centers,
     const Tensor& vox_lengths, const std::optional<Tensor>& pixels, const std::optional<Tensor>& ranks,
@@ -224,18 +530,33 @@ std::tuple<std::vector<Tensor>, int64_t, std::vector<double>> rasterize_preproce
         check_tensor(*w2c, "raster_settings.w2c_matrix", at::kFloat, {4, 4}, vox_centers, false);
         check_tensor(*c2w, "raster_settings.c2w_matrix", at::kFloat, {4, 4}, vox_centers, false);
     }
+    if (pixels) check_pixels(*pixels, vox_centers);
     svr::Camera cam = make_camera(camera, matrices_on_device);
     const int n_tiles = cam.tiles_x() * cam.tiles_y();
     const auto stream = c10::cuda::getCurrentCUDAStream();
     const auto opts = vox_centers.options();
+    const int device = vox_centers.device().index();
+
+    // The frame graph's arena holds preprocess's outputs where the frame may be binned by it
+    // (ranks offered: whether they are current is known after the read); else they are the
+    // frame's own buffers.
+    const FrameShape shape{n, cam.width, cam.height, pixels.has_value()};
+    FrameGraph* graph = ranks ? acquire_frame_graph(shape, *ranks, vox_centers, cam, stream) : nullptr;
+    if (!ranks) record_unranked_frame(device);
+    auto own_or_arena = [&](DeviceBuffer& own, ArenaBuffer b, size_t bytes) -> void* {
+        if (graph) return graph->at<void>(b);
+        own = DeviceBuffer(bytes);
+        return own.get<void>();
+    };
 
     // The frame's counters, zeroed with one memset (no kernel) with the tile order's scratch
     // behind them; matrices read on the device ride behind the counters (32 floats in 16 words,
     // written by preprocess) to come back in one copy.
     const int64_t count_words = svr::N_FRAME_COUNTS + (matrices_on_device ? 16 : 0);
-    const DeviceBuffer counts(sizeof(ULL) * count_words + svr::order_tiles_scratch_bytes());
-    C10_CUDA_CHECK(cudaMemsetAsync(counts.get<void>(), 0, counts.bytes(), stream));
-    ULL* counters = counts.get<ULL>();
+    const size_t counter_bytes = sizeof(ULL) * COUNTER_WORDS + svr::order_tiles_scratch_bytes();
+    DeviceBuffer own_counts;
+    ULL* counters = static_cast<ULL*>(own_or_arena(own_counts, COUNTERS, counter_bytes));
+    C10_CUDA_CHECK(cudaMemsetAsync(counters, 0, counter_bytes, stream));
     svr::CameraMatrices matrices{};
     if (matrices_on_device)
         matrices = {ptr<float>(*w2c), ptr<float>(*c2w), {w2c->stride(0), w2c->stride(1)},
@@ -245,28 +566,29 @@ std::tuple<std::vector<Tensor>, int64_t, std::vector<double>> rasterize_preproce
     // preprocess and binning); the bin kernel also takes the tiles and ranks that their
     // grouping into warps needs (assign_warps, queued after preprocess).
     Tensor tile_masks = torch::empty({0}, opts.dtype(at::kLong));
-    DeviceBuffer tile_sat;
+    DeviceBuffer own_tile_sat;
     svr::RequestedPixels requests{nullptr, nullptr};
     BinnedRequests binned;
     if (pixels) {
-        check_pixels(*pixels, vox_centers);
-        tile_masks = torch::empty({n_tiles}, opts.dtype(at::kLong));
+        tile_masks = graph ? graph->view(TILE_MASKS, at::kLong, {n_tiles}) : torch::empty({n_tiles}, opts.dtype(at::kLong));
         C10_CUDA_CHECK(cudaMemsetAsync(tile_masks.data_ptr(), 0, sizeof(int64_t) * n_tiles, stream));
         binned = bin_requests(cam, *pixels, nullptr, &tile_masks, counters + svr::COUNT_OUTSIDE_REQUESTS, nullptr,
                               stream);
-        tile_sat = buffer_of<int32_t>(int64_t(cam.tiles_y() + 1) * (cam.tiles_x() + 1));
-        svr::tile_table(cam, ptr<uint64_t>(tile_masks), tile_sat.get<int32_t>(), stream);
+        int32_t* tile_sat = static_cast<int32_t*>(own_or_arena(
+            own_tile_sat, TILE_SAT, sizeof(int32_t) * size_t(cam.tiles_y() + 1) * (cam.tiles_x() + 1)));
+        svr::tile_table(cam, ptr<uint64_t>(tile_masks), tile_sat, stream);
         C10_CUDA_KERNEL_LAUNCH_CHECK();
-        requests = {ptr<uint64_t>(tile_masks), tile_sat.get<int32_t>()};
+        requests = {ptr<uint64_t>(tile_masks), tile_sat};
     }
 
-    DeviceBuffer pixel_rect = buffer_of<short4>(n);
-    const DeviceBuffer octant_mask = buffer_of<uint8_t>(n);
-    DeviceBuffer item_tiles = buffer_of<int32_t>(n);
+    DeviceBuffer own_pixel_rect, own_octant_mask, own_item_tiles;
+    short4* pixel_rect = static_cast<short4*>(own_or_arena(own_pixel_rect, PIXEL_RECT, sizeof(short4) * n));
+    uint8_t* octant_mask = static_cast<uint8_t*>(own_or_arena(own_octant_mask, OCTANT_MASK, n));
+    int32_t* item_tiles = static_cast<int32_t*>(own_or_arena(own_item_tiles, ITEM_TILES, sizeof(int32_t) * n));
     Tensor position = torch::empty({3}, opts.dtype(at::kFloat));
     svr::preprocess(cam, matrices_on_device ? &matrices : nullptr, requests, int(n), ptr<int64_t>(octree_paths),
-                    ptr<float>(vox_centers), ptr<float>(vox_lengths), pixel_rect.get<short4>(),
-                    octant_mask.get<uint8_t>(), item_tiles.get<int32_t>(), counters, ptr<float>(position), stream);
+                    ptr<float>(vox_centers), ptr<float>(vox_lengths), pixel_rect, octant_mask,
+                    item_tiles, counters, ptr<float>(position), stream);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
 
     // The one device-to-host read of the frame: how many items and entries to allocate, how
@@ -275,26 +597,31 @@ std::tuple<std::vector<Tensor>, int64_t, std::vector<double>> rasterize_preproce
     // offsets scan (or, with ranks, their bitmap and its scan) and waited for after it: the
     // host learns the counts while the GPU scans.
     const Tensor host_counts = torch::empty({count_words}, opts.dtype(at::kLong).device(at::kCPU).pinned_memory(true));
-    C10_CUDA_CHECK(cudaMemcpyAsync(host_counts.data_ptr(), counts.get<void>(), sizeof(ULL) * count_words,
+    C10_CUDA_CHECK(cudaMemcpyAsync(host_counts.data_ptr(), counters, sizeof(ULL) * count_words,
                                    cudaMemcpyDeviceToHost, stream));
     c10::Event counts_copied(c10::DeviceType::CUDA);
     counts_copied.record(stream);
     // int32: the items are at most the entries, which the check below keeps below 2^31 before
     // any offset is used.
-    DeviceBuffer item_offsets, bitmap, word_offsets;
+    DeviceBuffer item_offsets, own_bitmap, own_word_offsets;
+    uint32_t* bitmap = nullptr;
+    int32_t* word_offsets = nullptr;
     auto scan_item_offsets = [&] {
         item_offsets = buffer_of<int32_t>(n);
         const DeviceBuffer scan_scratch(svr::item_offsets_scratch_bytes(int(n)));
-        svr::item_offsets(int(n), octant_mask.get<uint8_t>(), item_offsets.get<int32_t>(), scan_scratch.get<void>(),
+        svr::item_offsets(int(n), octant_mask, item_offsets.get<int32_t>(), scan_scratch.get<void>(),
                           scan_scratch.bytes(), stream);
         C10_CUDA_KERNEL_LAUNCH_CHECK();
     };
     auto mark_ranked_items = [&] {
-        bitmap = buffer_of<uint32_t>(svr::ranked_words(int(n)));
-        word_offsets = buffer_of<int32_t>(svr::ranked_words(int(n)));
-        const DeviceBuffer scan_scratch(svr::ranked_scratch_bytes(int(n)));
-        svr::mark_ranked_items(int(n), ptr<int32_t>(*ranks), octant_mask.get<uint8_t>(), bitmap.get<uint32_t>(),
-                               word_offsets.get<int32_t>(), scan_scratch.get<void>(), scan_scratch.bytes(), stream);
+        const int64_t words = svr::ranked_words(int(n));
+        bitmap = static_cast<uint32_t*>(own_or_arena(own_bitmap, BITMAP, sizeof(uint32_t) * words));
+        word_offsets = static_cast<int32_t*>(own_or_arena(own_word_offsets, WORD_OFFSETS, sizeof(int32_t) * words));
+        DeviceBuffer own_scratch;
+        const size_t scratch_bytes = svr::ranked_scratch_bytes(int(n));
+        void* scratch = own_or_arena(own_scratch, MARK_SCRATCH, scratch_bytes);
+        svr::mark_ranked_items(int(n), ptr<int32_t>(*ranks), octant_mask, bitmap, word_offsets, scratch,
+                               scratch_bytes, stream);
         C10_CUDA_KERNEL_LAUNCH_CHECK();
     };
     // The ranks are bet on before the counts come back: queued behind the counts' copy, the
@@ -329,7 +656,25 @@ std::tuple<std::vector<Tensor>, int64_t, std::vector<double>> rasterize_preproce
     // (its items' listing over all voxels costs about what placing them does).
     const bool ranked =
         ranks && c[svr::PATHS_FINGERPRINT] == ranks_fingerprint && (pixels || 3 * n_items >= n);
+    if (ranked)
+        record_ranked_frame(device, shape, c);
+    else
+        record_unranked_frame(device);
+
+    // The frame graph: the binning in one launch, its outputs views into the arena.
+    if (ranked && graph && graph->caps.hold(c)) {
+        graph->launch(stream);
+        Tensor in_view = graph->view(IN_VIEW, at::kLong, {c[svr::COUNT_IN_VIEW]});
+        Tensor ranges = graph->view(RANGES, at::kInt, {n_tiles, 2});
+        Tensor entries = graph->view(graph->entries(), at::kInt, {n_entries});
+        Tensor entry_rects = graph->view(ENTRY_RECTS, at::kShort, {n_entries});
+        Tensor tile_order = pixels ? torch::empty({0}, opts.dtype(at::kInt)) : graph->view(TILE_ORDER, at::kInt, {n_tiles});
+        return {{in_view, ranges, entries, entry_rects, tile_order, tile_masks, position, warps[0], warps[1], warps[2]},
+                c[svr::PATHS_FINGERPRINT], device_camera};
+    }
+
     const svr::KeyLayout layout(n_tiles, int(c[svr::COUNT_USED_LEVELS]), int(n), ranked);
+    const svr::BinningSizes sizes{n_items, n_entries, c[svr::COUNT_WIDE], nullptr};
     const bool packed = layout.packed_items();
     // The GPU waits from the read until the items' kernel is queued: only its buffers are
     // allocated before it. Each sorted array and its second buffer are separate buffers, so
@@ -339,10 +684,9 @@ std::tuple<std::vector<Tensor>, int64_t, std::vector<double>> rasterize_preproce
     svr::SortedItems items;
     DeviceBuffer entry_offsets = buffer_of<int32_t>(n_items);
     if (ranked) {
-        if (!bitmap.allocated()) mark_ranked_items();
+        if (!bitmap) mark_ranked_items();
         item_values = buffer_of<uint32_t>(n_items);
-        items = svr::place_ranked_items(int(n), ptr<int32_t>(*ranks), octant_mask.get<uint8_t>(),
-                                        item_tiles.get<int32_t>(), bitmap.get<uint32_t>(), word_offsets.get<int32_t>(),
+        items = svr::place_ranked_items(int(n), ptr<int32_t>(*ranks), octant_mask, item_tiles, bitmap, word_offsets,
                                         item_values.get<uint32_t>(), entry_offsets.get<int32_t>(), stream);
     } else {
         if (!item_offsets.allocated()) scan_item_offsets();  // the bet on the ranks was lost
@@ -350,34 +694,34 @@ std::tuple<std::vector<Tensor>, int64_t, std::vector<double>> rasterize_preproce
         item_keys_alt = buffer_of<uint64_t>(n_items);
         item_values = buffer_of<uint32_t>(packed ? 0 : n_items);
         item_values_alt = buffer_of<uint32_t>(packed ? 0 : n_items);
-        items = svr::sort_items(layout, int(n), ptr<int64_t>(octree_paths), octant_mask.get<uint8_t>(),
-                                item_offsets.get<int32_t>(), n_items, item_keys.get<uint64_t>(),
-                                item_keys_alt.get<uint64_t>(), item_values.get<uint32_t>(),
-                                item_values_alt.get<uint32_t>(), scratch.get<void>(), scratch.bytes(), stream);
+        items = svr::sort_items(layout, int(n), ptr<int64_t>(octree_paths), octant_mask, item_offsets.get<int32_t>(),
+                                n_items, item_keys.get<uint64_t>(), item_keys_alt.get<uint64_t>(),
+                                item_values.get<uint32_t>(), item_values_alt.get<uint32_t>(), scratch.get<void>(),
+                                scratch.bytes(), stream);
     }
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     // Buffers are released as soon as their last kernel is queued: the caching allocator hands
     // their memory on in stream order, and the frame's peak stays lower.
     item_offsets.reset();
-    bitmap.reset();
-    word_offsets.reset();
+    own_bitmap.reset();
+    own_word_offsets.reset();
     if (!ranked) {
         (items.keys == item_keys.get<uint64_t>() ? item_keys_alt : item_keys).reset();
         (items.values == item_values.get<uint32_t>() ? item_values_alt : item_values).reset();
     }
 
-    svr::scan_entry_offsets(layout, n_items, items, item_tiles.get<int32_t>(), entry_offsets.get<int32_t>(),
-                            scratch.get<void>(), scratch.bytes(), stream);
+    svr::scan_entry_offsets(layout, sizes, items, item_tiles, entry_offsets.get<int32_t>(), scratch.get<void>(),
+                            scratch.bytes(), stream);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
-    item_tiles.reset();  // the in-view selection reads the octant masks
+    own_item_tiles.reset();  // the in-view selection reads the octant masks
     // The values and their second buffer are tensors: the one the sort leaves its results in
     // becomes the frame's entries (the keys' are plain buffers, released).
     DeviceBuffer keys = buffer_of<uint32_t>(n_entries);
     Tensor values = torch::empty({n_entries}, opts.dtype(at::kInt));
     DeviceBuffer wide = buffer_of<int32_t>(c[svr::COUNT_WIDE]);
-    svr::duplicate_with_keys(cam, requests, layout, n_items, items, pixel_rect.get<short4>(),
-                             entry_offsets.get<int32_t>(), int(c[svr::COUNT_WIDE]), wide.get<int32_t>(),
-                             counters + svr::WIDE_CURSOR, keys.get<uint32_t>(), ptr<uint32_t>(values), stream);
+    svr::duplicate_with_keys(cam, requests, layout, sizes, items, pixel_rect, entry_offsets.get<int32_t>(),
+                             wide.get<int32_t>(), counters + svr::WIDE_CURSOR, keys.get<uint32_t>(),
+                             ptr<uint32_t>(values), stream);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     item_keys.reset();
     item_keys_alt.reset();
@@ -387,12 +731,12 @@ std::tuple<std::vector<Tensor>, int64_t, std::vector<double>> rasterize_preproce
     wide.reset();
     // Where the rectangles ride in the keys, the tile ranges do not read the voxels' (the
     // frame's peak is the entry sort's double buffers).
-    if (layout.rect_in_key()) pixel_rect.reset();
+    if (layout.rect_in_key()) own_pixel_rect.reset();
     DeviceBuffer keys_alt = buffer_of<uint32_t>(n_entries);
     Tensor values_alt = torch::empty({n_entries}, opts.dtype(at::kInt));
     Tensor ranges = torch::empty({n_tiles, 2}, opts.dtype(at::kInt));
     const svr::SortedEntries sorted =
-        svr::sort_entries(n_entries, layout, keys.get<uint32_t>(), keys_alt.get<uint32_t>(), ptr<uint32_t>(values),
+        svr::sort_entries(sizes, layout, keys.get<uint32_t>(), keys_alt.get<uint32_t>(), ptr<uint32_t>(values),
                           ptr<uint32_t>(values_alt), scratch.get<void>(), scratch.bytes(), stream);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     scratch.reset();
@@ -402,24 +746,24 @@ std::tuple<std::vector<Tensor>, int64_t, std::vector<double>> rasterize_preproce
     DeviceBuffer& sorted_keys = sorted.keys == keys.get<uint32_t>() ? keys : keys_alt;
     (&sorted_keys == &keys ? keys_alt : keys).reset();
     Tensor entry_rects = torch::empty({n_entries}, opts.dtype(at::kShort));
-    svr::identify_tile_ranges(n_entries, cam.tiles_x(), n_tiles, layout, sorted,
-                              pixel_rect.allocated() ? pixel_rect.get<short4>() : nullptr, ptr<uint16_t>(entry_rects),
+    svr::identify_tile_ranges(sizes, cam.tiles_x(), n_tiles, layout, sorted,
+                              layout.rect_in_key() ? nullptr : pixel_rect, ptr<uint16_t>(entry_rects),
                               ptr<int2>(ranges), stream);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     sorted_keys.reset();
-    pixel_rect.reset();
+    own_pixel_rect.reset();
     // Only the whole image's blocks take the tiles longest list first (a sparse frame's warps
     // come in tile index order, laid out before the read).
     Tensor tile_order = torch::empty({pixels ? 0 : n_tiles}, opts.dtype(at::kInt));
     if (!pixels) {
-        svr::order_tiles(n_tiles, ptr<int2>(ranges), counters + count_words, ptr<int32_t>(tile_order), stream);
+        svr::order_tiles(n_tiles, ptr<int2>(ranges), counters + COUNTER_WORDS, ptr<int32_t>(tile_order), stream);
         C10_CUDA_KERNEL_LAUNCH_CHECK();
     }
     // Queued last: only vox_fn needs it (the GPU reaches it after the sort, the host at once).
     Tensor in_view = torch::empty({c[svr::COUNT_IN_VIEW]}, opts.dtype(at::kLong));
     const DeviceBuffer select_scratch(svr::in_view_scratch_bytes(int(n)));
-    svr::select_in_view(int(n), octant_mask.get<uint8_t>(), ptr<int64_t>(in_view), select_scratch.get<void>(),
-                        select_scratch.bytes(), stream);
+    svr::select_in_view(int(n), octant_mask, ptr<int64_t>(in_view), select_scratch.get<void>(), select_scratch.bytes(),
+                        stream);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     return {{in_view, ranges, entries, entry_rects, tile_order, tile_masks, position, warps[0], warps[1], warps[2]},
             c[svr::PATHS_FINGERPRINT], device_camera};
@@ -765,6 +1109,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
           py::arg("camera"), py::arg("octree_paths"), py::arg("vox_centers"), py::arg("vox_lengths"),
           py::arg("pixels"), py::arg("ranks") = py::none(), py::arg("ranks_fingerprint") = 0,
           py::arg("lay_out") = false, py::arg("w2c") = py::none(), py::arg("c2w") = py::none());
+    m.def("release_frame_graphs", &release_frame_graphs, "frees the frame graphs and their arenas (every device)");
+    m.def("frame_graph_launches", &frame_graph_launches, "frames binned by a frame graph since the process started");
     m.def("octant_ranks", &octant_ranks, "an octree's cached octant ranks -> int32 [4, N] ([0, N]: not cacheable)");
     m.def("pixel_layout", &pixel_layout,
           "requested pixels (checked) grouped into warps -> [requests, warp_tiles, lane_requests]");

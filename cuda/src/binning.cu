@@ -22,6 +22,11 @@ int bits_for(int n) {
     return bits;
 }
 
+// The frame's count `which`: the buffers' `size`, or (capacities) the count on the device.
+__device__ __forceinline__ int64_t frame_count(const BinningSizes& sizes, FrameCount which, int64_t size) {
+    return sizes.capacities() ? int64_t(sizes.counts[which]) : size;
+}
+
 // Stage 2b: a thread per voxel writes its items (voxel order, octants ascending: the ties of
 // the stable rank sort stay in that order, as with one sort of all entries).
 __global__ void list_items_kernel(int n, KeyLayout layout, const int64_t* __restrict__ octpaths,
@@ -136,10 +141,20 @@ __device__ __forceinline__ int2 candidate(int4 r, int j) {
     return make_int2(r.x + j % width, r.y + j / width);
 }
 
+// Capacities: the keys past the frame's entries, ~0, sort behind them.
+__device__ __forceinline__ void fill_key_tail(const BinningSizes& sizes, uint32_t* __restrict__ keys) {
+    const int64_t stride = int64_t(gridDim.x) * blockDim.x;
+    for (int64_t j = frame_count(sizes, COUNT_ENTRIES, 0) + blockIdx.x * blockDim.x + threadIdx.x; j < sizes.entries;
+         j += stride)
+        keys[j] = ~0u;
+}
+
 template <bool SPARSE>
 __global__ void __launch_bounds__(DUPLICATE_BLOCK)
-duplicate_kernel(int n, int tiles_x, RequestedPixels requests, EntryWriter writer, WideList wide, ItemReader items,
-                 const short4* __restrict__ pixel_rect, const int32_t* __restrict__ offsets) {
+duplicate_kernel(BinningSizes sizes, int tiles_x, RequestedPixels requests, EntryWriter writer, WideList wide,
+                 ItemReader items, const short4* __restrict__ pixel_rect, const int32_t* __restrict__ offsets) {
+    if (sizes.capacities()) fill_key_tail(sizes, writer.keys);
+    const int n = int(frame_count(sizes, COUNT_ITEMS, sizes.items));
     const int i = blockIdx.x * blockDim.x + threadIdx.x, lane = int(threadIdx.x & 31);
     // This lane's item: its entry value, pixel rectangle and candidate tiles; a wide item is
     // listed, and its entries are skipped in this warp's output.
@@ -200,10 +215,11 @@ duplicate_kernel(int n, int tiles_x, RequestedPixels requests, EntryWriter write
 // would, and keep (for requested pixels) the binned ones by ballot.
 template <bool SPARSE>
 __global__ void __launch_bounds__(DUPLICATE_BLOCK)
-wide_kernel(int n_wide, const int32_t* __restrict__ wide, int tiles_x, RequestedPixels requests, EntryWriter writer,
-            ItemReader items, const short4* __restrict__ pixel_rect, const int32_t* __restrict__ offsets) {
+wide_kernel(BinningSizes sizes, const int32_t* __restrict__ wide, int tiles_x, RequestedPixels requests,
+            EntryWriter writer, ItemReader items, const short4* __restrict__ pixel_rect,
+            const int32_t* __restrict__ offsets) {
     const int w = (blockIdx.x * blockDim.x + threadIdx.x) / 32, lane = int(threadIdx.x & 31);
-    if (w >= n_wide) return;
+    if (w >= frame_count(sizes, COUNT_WIDE, sizes.wide)) return;
     const int i = wide[w];
     const uint32_t value = items.value(i), split = items.split_rank(i);
     const int v = int(value & VOXEL_ID_MASK);
@@ -231,10 +247,11 @@ wide_kernel(int n_wide, const int32_t* __restrict__ wide, int tiles_x, Requested
 // instructions per entry.
 constexpr int RANGES_PER_THREAD = 4;
 template <bool RectInKey>
-__global__ void ranges_kernel(int64_t n, int tiles_x, KeyLayout layout, const uint32_t* __restrict__ keys,
+__global__ void ranges_kernel(BinningSizes sizes, int tiles_x, KeyLayout layout, const uint32_t* __restrict__ keys,
                               const uint32_t* __restrict__ values, const short4* __restrict__ pixel_rect,
                               uint16_t* __restrict__ entry_rects, int2* __restrict__ ranges) {
     const int64_t first = RANGES_PER_THREAD * (int64_t(blockIdx.x) * blockDim.x + threadIdx.x);
+    const int64_t n = frame_count(sizes, COUNT_ENTRIES, sizes.entries);
     if (first >= n) return;
     const int count = int(min(int64_t(RANGES_PER_THREAD), n - first));
     const uint32_t tile_mask = (1u << layout.tile_bits) - 1u;
@@ -456,7 +473,8 @@ __global__ void octant_ranks_kernel(int n, const uint64_t* __restrict__ keys, co
 }  // namespace
 
 KeyLayout::KeyLayout(int n_tiles, int used_levels, int n_voxels, bool ranked_items)
-    : rank_bits(3 * used_levels), tile_bits(bits_for(n_tiles)), voxel_bits(bits_for(n_voxels)) {
+    : rank_bits(3 * used_levels), tile_bits(bits_for(n_tiles)), voxel_bits(bits_for(n_voxels)),
+      ranked(ranked_items) {
     // The bits the entry sort's 8-bit digits cover anyway, within the key's room for the order.
     const int covered = std::min((tile_bits + 7) / 8 * 8, rect_in_key() ? ENTRY_RECT_SHIFT : 32);
     split_bits = ranked_items ? 0 : std::min(rank_bits, covered - tile_bits);
@@ -490,12 +508,15 @@ size_t sort_scratch_bytes(int64_t n_items, int64_t n_entries, const KeyLayout& l
     const int bits = sort_bits(layout.item_bits()), begin = item_begin_bit(layout);
     cub::DoubleBuffer<uint64_t> item_keys(nullptr, nullptr);
     cub::DoubleBuffer<uint32_t> words(nullptr, nullptr), values(nullptr, nullptr);
-    if (layout.packed_items())
+    if (layout.ranked)
+        cub::DeviceScan::InclusiveSum(nullptr, ranked_scan, (int32_t*)nullptr, int(n_items));
+    else if (layout.packed_items())
         cub::DeviceRadixSort::SortKeys(nullptr, items, item_keys, int(n_items), begin, begin + bits);
     else
         cub::DeviceRadixSort::SortPairs(nullptr, items, item_keys, values, int(n_items), 0, bits);
-    cub::DeviceScan::InclusiveSum(nullptr, scan, item_entries(layout, {}, nullptr), (int32_t*)nullptr, int(n_items));
-    cub::DeviceScan::InclusiveSum(nullptr, ranked_scan, (int32_t*)nullptr, int(n_items));
+    if (!layout.ranked)
+        cub::DeviceScan::InclusiveSum(nullptr, scan, item_entries(layout, {}, nullptr), (int32_t*)nullptr,
+                                      int(n_items));
     cub::DeviceRadixSort::SortPairs(nullptr, entries, words, values, int(n_entries), 0, sort_bits(layout.entry_bits()));
     return std::max({items, scan, ranked_scan, entries});
 }
@@ -578,8 +599,10 @@ bool octant_ranks(int n_voxels, const int64_t* octpaths, int32_t* ranks, uint64_
     return host_invalid == 0;
 }
 
-void scan_entry_offsets(const KeyLayout& layout, int64_t n_items, const SortedItems& items, const int32_t* item_tiles,
-                        int32_t* entry_offsets, void* scratch, size_t scratch_bytes, cudaStream_t stream) {
+void scan_entry_offsets(const KeyLayout& layout, const BinningSizes& sizes, const SortedItems& items,
+                        const int32_t* item_tiles, int32_t* entry_offsets, void* scratch, size_t scratch_bytes,
+                        cudaStream_t stream) {
+    const int64_t n_items = sizes.items;
     if (n_items == 0) return;
     if (items.keys)
         cub::DeviceScan::InclusiveSum(scratch, scratch_bytes, item_entries(layout, items, item_tiles), entry_offsets,
@@ -589,36 +612,35 @@ void scan_entry_offsets(const KeyLayout& layout, int64_t n_items, const SortedIt
 }
 
 void duplicate_with_keys(const Camera& cam, const RequestedPixels& requests, const KeyLayout& layout,
-                         int64_t n_items, const SortedItems& items, const short4* pixel_rect,
-                         const int32_t* entry_offsets, int n_wide, int32_t* wide, unsigned long long* wide_cursor,
-                         uint32_t* keys, uint32_t* values, cudaStream_t stream) {
-    if (n_items == 0) return;
+                         const BinningSizes& sizes, const SortedItems& items, const short4* pixel_rect,
+                         const int32_t* entry_offsets, int32_t* wide, unsigned long long* wide_cursor, uint32_t* keys,
+                         uint32_t* values, cudaStream_t stream) {
+    if (sizes.items == 0) return;
     const EntryWriter writer{layout, keys, values};
     const WideList list{wide, wide_cursor};
     const ItemReader reader{layout, items};
-    const int n = int(n_items);
-    const dim3 grid(grid_for(n, DUPLICATE_BLOCK)), wide_grid(grid_for(int64_t(n_wide) * 32, DUPLICATE_BLOCK));
+    const dim3 grid(grid_for(sizes.items, DUPLICATE_BLOCK)), wide_grid(grid_for(sizes.wide * 32, DUPLICATE_BLOCK));
     if (requests.tile_masks) {
-        duplicate_kernel<true><<<grid, DUPLICATE_BLOCK, 0, stream>>>(n, cam.tiles_x(), requests, writer, list, reader,
-                                                                    pixel_rect, entry_offsets);
-        if (n_wide > 0)
-            wide_kernel<true><<<wide_grid, DUPLICATE_BLOCK, 0, stream>>>(n_wide, wide, cam.tiles_x(), requests, writer,
+        duplicate_kernel<true><<<grid, DUPLICATE_BLOCK, 0, stream>>>(sizes, cam.tiles_x(), requests, writer, list,
+                                                                    reader, pixel_rect, entry_offsets);
+        if (sizes.wide > 0)
+            wide_kernel<true><<<wide_grid, DUPLICATE_BLOCK, 0, stream>>>(sizes, wide, cam.tiles_x(), requests, writer,
                                                                         reader, pixel_rect, entry_offsets);
     } else {
-        duplicate_kernel<false><<<grid, DUPLICATE_BLOCK, 0, stream>>>(n, cam.tiles_x(), requests, writer, list,
+        duplicate_kernel<false><<<grid, DUPLICATE_BLOCK, 0, stream>>>(sizes, cam.tiles_x(), requests, writer, list,
                                                                      reader, pixel_rect, entry_offsets);
-        if (n_wide > 0)
-            wide_kernel<false><<<wide_grid, DUPLICATE_BLOCK, 0, stream>>>(n_wide, wide, cam.tiles_x(), requests,
+        if (sizes.wide > 0)
+            wide_kernel<false><<<wide_grid, DUPLICATE_BLOCK, 0, stream>>>(sizes, wide, cam.tiles_x(), requests,
                                                                          writer, reader, pixel_rect, entry_offsets);
     }
 }
 
-SortedEntries sort_entries(int64_t n_entries, const KeyLayout& layout, uint32_t* keys, uint32_t* keys_alt,
+SortedEntries sort_entries(const BinningSizes& sizes, const KeyLayout& layout, uint32_t* keys, uint32_t* keys_alt,
                            uint32_t* values, uint32_t* values_alt, void* scratch, size_t scratch_bytes,
                            cudaStream_t stream) {
     cub::DoubleBuffer<uint32_t> sorted_keys(keys, keys_alt), sorted_values(values, values_alt);
-    if (n_entries > 0)
-        cub::DeviceRadixSort::SortPairs(scratch, scratch_bytes, sorted_keys, sorted_values, int(n_entries), 0,
+    if (sizes.entries > 0)
+        cub::DeviceRadixSort::SortPairs(scratch, scratch_bytes, sorted_keys, sorted_values, int(sizes.entries), 0,
                                         sort_bits(layout.entry_bits()), stream);
     return {sorted_keys.Current(), sorted_values.Current()};
 }
@@ -634,17 +656,17 @@ void order_tiles(int n_tiles, const int2* ranges, void* scratch, int32_t* tile_o
     tile_order_kernel<<<blocks, ORDER_THREADS, 0, stream>>>(n_tiles, ranges, histogram, taken, tile_order);
 }
 
-void identify_tile_ranges(int64_t n_entries, int tiles_x, int n_tiles, const KeyLayout& layout,
+void identify_tile_ranges(const BinningSizes& sizes, int tiles_x, int n_tiles, const KeyLayout& layout,
                           const SortedEntries& sorted, const short4* pixel_rect, uint16_t* entry_rects, int2* ranges,
                           cudaStream_t stream) {
     cudaMemsetAsync(ranges, 0, sizeof(int2) * n_tiles, stream);
-    if (n_entries == 0) return;
-    const dim3 grid(grid_for((n_entries + RANGES_PER_THREAD - 1) / RANGES_PER_THREAD, 256));
+    if (sizes.entries == 0) return;
+    const dim3 grid(grid_for((sizes.entries + RANGES_PER_THREAD - 1) / RANGES_PER_THREAD, 256));
     if (layout.rect_in_key())
-        ranges_kernel<true><<<grid, 256, 0, stream>>>(n_entries, tiles_x, layout, sorted.keys, nullptr, nullptr,
+        ranges_kernel<true><<<grid, 256, 0, stream>>>(sizes, tiles_x, layout, sorted.keys, nullptr, nullptr,
                                                       entry_rects, ranges);
     else
-        ranges_kernel<false><<<grid, 256, 0, stream>>>(n_entries, tiles_x, layout, sorted.keys, sorted.values,
+        ranges_kernel<false><<<grid, 256, 0, stream>>>(sizes, tiles_x, layout, sorted.keys, sorted.values,
                                                        pixel_rect, entry_rects, ranges);
 }
 

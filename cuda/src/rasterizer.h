@@ -135,12 +135,23 @@ struct KeyLayout {
     int tile_bits;
     int voxel_bits;  // of the largest voxel id
     int split_bits;  // the rank's top bits, sorted with the tile (none when the items are placed by cached ranks)
+    bool ranked;     // the items are placed by cached ranks (not sorted; rank_bits then unused)
     KeyLayout(int n_tiles, int used_levels, int n_voxels, bool ranked_items);
     // Rank, octant and voxel id in one item key (else the rank alone, with the entry value beside).
     SVR_HOST_DEVICE bool packed_items() const { return rank_bits + 3 + voxel_bits <= 64; }
     SVR_HOST_DEVICE bool rect_in_key() const { return tile_bits <= ENTRY_RECT_SHIFT; }
     SVR_HOST_DEVICE int item_bits() const { return rank_bits - split_bits; }
     SVR_HOST_DEVICE int entry_bits() const { return tile_bits + split_bits; }
+};
+// The sizes the binning's buffers hold: the frame's counts (`counts` null), or capacities of
+// at least them, with the counts in the frame's counters on the device (a frame replayed from a
+// captured CUDA graph, whose kernel arguments are fixed: frame_graph.cpp). The kernels then read
+// the counts there; CUB's sort and scans cover the capacities, the keys past the frame's
+// entries set to ~0 (the stable sort leaves them behind the frame's).
+struct BinningSizes {
+    int64_t items, entries, wide;
+    const unsigned long long* counts;  // the frame's counters, or null: the sizes are its counts
+    SVR_HOST_DEVICE bool capacities() const { return counts != nullptr; }
 };
 // Stage 2a: offsets[v] = the items of voxels 0..v (an inclusive scan of the octant counts;
 // `scratch` holds item_offsets_scratch_bytes(n_voxels) bytes).
@@ -191,27 +202,31 @@ SortedItems place_ranked_items(int n_voxels, const int32_t* ranks, const uint8_t
 // entry_offsets [n_items]: the items' entries 0..i, an inclusive scan of their tile counts
 // (gathered from item_tiles, or for items placed by ranks, the counts it holds). Queued before
 // the entries are allocated: item_tiles is not read after it.
-void scan_entry_offsets(const KeyLayout& layout, int64_t n_items, const SortedItems& items, const int32_t* item_tiles,
-                        int32_t* entry_offsets, void* scratch, size_t scratch_bytes, cudaStream_t stream);
+// (Capacities: the offsets past the frame's items are not read.)
+void scan_entry_offsets(const KeyLayout& layout, const BinningSizes& sizes, const SortedItems& items,
+                        const int32_t* item_tiles, int32_t* entry_offsets, void* scratch, size_t scratch_bytes,
+                        cudaStream_t stream);
 // Stage 2c (duplicateWithKeys): item i's entries, one per tile of its voxel (as many as
 // entry_offsets gives it), from entry_offsets[i - 1]. `wide` holds the frame's COUNT_WIDE item
 // indices (listed in any order: each item's entries have their place), `wide_cursor` is zero.
+// Capacities: the keys past the frame's entries are set to ~0, which the stable sort
+// leaves behind them (no key is larger).
 void duplicate_with_keys(const Camera& cam, const RequestedPixels& requests, const KeyLayout& layout,
-                         int64_t n_items, const SortedItems& items, const short4* pixel_rect,
-                         const int32_t* entry_offsets, int n_wide, int32_t* wide, unsigned long long* wide_cursor,
-                         uint32_t* keys, uint32_t* values, cudaStream_t stream);
+                         const BinningSizes& sizes, const SortedItems& items, const short4* pixel_rect,
+                         const int32_t* entry_offsets, int32_t* wide, unsigned long long* wide_cursor, uint32_t* keys,
+                         uint32_t* values, cudaStream_t stream);
 // Stage 3: the entries sorted stably by tile (the second buffers as for the items).
 struct SortedEntries {
     const uint32_t* keys;  // tile << split_bits | the rank's top bits (and, rect_in_key, the entry's
                            // rectangle above ENTRY_RECT_SHIFT)
     uint32_t* values;      // octant << 29 | voxel id
 };
-SortedEntries sort_entries(int64_t n_entries, const KeyLayout& layout, uint32_t* keys, uint32_t* keys_alt,
+SortedEntries sort_entries(const BinningSizes& sizes, const KeyLayout& layout, uint32_t* keys, uint32_t* keys_alt,
                            uint32_t* values, uint32_t* values_alt, void* scratch, size_t scratch_bytes,
                            cudaStream_t stream);
 // Stage 4: ranges[tile] = [first, last + 1) of the tile's slice of the sorted list (zeroed
 // first); entry_rects[i] = entry i's pixel rectangle within its tile (math.cuh: pack_entry_rect).
-void identify_tile_ranges(int64_t n_entries, int tiles_x, int n_tiles, const KeyLayout& layout,
+void identify_tile_ranges(const BinningSizes& sizes, int tiles_x, int n_tiles, const KeyLayout& layout,
                           const SortedEntries& sorted, const short4* pixel_rect, uint16_t* entry_rects, int2* ranges,
                           cudaStream_t stream);
 // The order the render kernels take the tiles in: longest list first (to within 4.4% of

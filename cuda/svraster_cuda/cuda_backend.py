@@ -94,9 +94,12 @@ _last_fingerprint = {}
 
 def release_octant_ranks():
     """Frees the cached octant ranks of every device (16 bytes a voxel of the last octree
-    rendered twice in a row); the next frames build them again."""
+    rendered twice in a row) and the frame graphs that bin with them (their arenas: about the
+    binning memory of a frame); the next frames build them again."""
     _octant_ranks.clear()
     _last_fingerprint.clear()
+    if _C is not None:
+        _C.release_frame_graphs()
 
 
 def _octant_ranks_policy():
