@@ -732,8 +732,8 @@ def test_negative_sizes_in_view_as_reference(cuda):
 
 def test_frame_graph(cuda, monkeypatch):
     """Frames binned by the frame graph (bindings.cpp: ranked frames of one shape in a row, the
-    binning one graph launch over a reused arena) equal the eagerly binned frames bit for bit:
-    values and gradients, whole image and requested pixels, over cameras whose counts move
+    binning one graph launch over a reused arena) equal the eagerly binned frames: values bit
+    for bit, gradients to the order of their float atomics; whole image and requested pixels, over cameras whose counts move
     within the capacities and beyond them (a frame that does not fit is binned eagerly, the
     next builds a larger graph). A frame whose intersections are still alive is not
     overwritten: the next fresh frame is binned eagerly, and the kept one still renders as
@@ -760,8 +760,11 @@ def test_frame_graph(cuda, monkeypatch):
         return [o.detach().clone() for o in out] + [p.grad.clone() for p in params.values()]
 
     def assert_equal(a, b):
-        for x, y in zip(a, b):
+        # The pixels bit for bit; the gradients to float atomics' order, as the octant ranks'.
+        for x, y in zip(a[:5], b[:5]):
             assert torch.equal(x, y)
+        for x, y in zip(a[5:], b[5:]):
+            assert (x - y).abs().max() <= 1e-5 * y.abs().max()
 
     monkeypatch.setenv("SVRASTER_OCTANT_RANKS", "off")
     cuda_backend.release_octant_ranks()
