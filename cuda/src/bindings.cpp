@@ -465,23 +465,27 @@ std::unordered_map<int, GraphCache>& graph_caches() {
 void release_frame_graphs() { graph_caches().clear(); }
 int64_t frame_graph_launches() { return FrameGraph::launches(); }
 
-// The graph for a frame of `shape` with current `ranks` (null: bin the frame eagerly): built
-// once the same shape's ranked frames follow each other (a frame of another shape between
-// them would rebuild it each time), reused while its arena is free and its capacities those
-// wanted.
-FrameGraph* acquire_frame_graph(const FrameShape& shape, const Tensor& ranks, const Tensor& like,
+// The graph for a frame of `shape` with `ranks` (null: bin the frame eagerly): built once the
+// same shape's ranked frames follow each other (a frame of another shape between them would
+// rebuild it each time), reused while its arena is free and its capacities those wanted. A
+// graph for another shape or other ranks is released here, at the frame's start (later, the
+// frame's kernels may still read its arena): no frame keeps two arenas alive.
+FrameGraph* acquire_frame_graph(const FrameShape& shape, const Tensor* ranks, const Tensor& like,
                                 const svr::Camera& cam, cudaStream_t stream) {
     GraphCache& cache = graph_caches()[like.device().index()];
-    if (!(cache.last_shape == shape)) return nullptr;
     FrameGraph* g = cache.graph.get();
+    if (g && !(ranks && g->shape == shape && g->ranks == ptr<int32_t>(*ranks) && g->stream == stream)) {
+        cache.graph.reset();
+        g = nullptr;
+    }
+    if (!ranks || !(cache.last_shape == shape)) return nullptr;
     if (g && g->held()) return nullptr;
     const Capacities& want = cache.wanted;
-    if (g && g->shape == shape && g->ranks == ptr<int32_t>(ranks) && g->stream == stream &&
-        g->caps.items == want.items && g->caps.entries == want.entries && g->caps.wide == want.wide &&
+    if (g && g->caps.items == want.items && g->caps.entries == want.entries && g->caps.wide == want.wide &&
         g->caps.in_view == want.in_view)
         return g;
     cache.graph.reset();  // its memory goes to the new arena
-    auto built = std::make_unique<FrameGraph>(shape, want, ranks, stream);
+    auto built = std::make_unique<FrameGraph>(shape, want, *ranks, stream);
     if (!built->build(like, cam)) return nullptr;
     cache.graph = std::move(built);
     return cache.graph.get();
@@ -497,7 +501,8 @@ void record_ranked_frame(int device, const FrameShape& shape, const int64_t* cou
     if (!cache.wanted.hold(counts)) cache.wanted.grow_to(counts);
 }
 
-// A frame whose ranks are not offered or not current ends a run of ranked frames.
+// A frame whose ranks are not offered or not current ends a run of ranked frames (its graph,
+// if any, is released by the next frame's start).
 void record_unranked_frame(int device) { graph_caches()[device].last_shape = FrameShape(); }
 
 // Stages 1-4 for the whole image, or (sparse, `pixels` given) for the tiles holding requested
@@ -541,7 +546,7 @@ std::tuple<std::vector<Tensor>, int64_t, std::vector<double>> rasterize_preproce
     // (ranks offered: whether they are current is known after the read); else they are the
     // frame's own buffers.
     const FrameShape shape{n, cam.width, cam.height, pixels.has_value()};
-    FrameGraph* graph = ranks ? acquire_frame_graph(shape, *ranks, vox_centers, cam, stream) : nullptr;
+    FrameGraph* graph = acquire_frame_graph(shape, ranks ? &*ranks : nullptr, vox_centers, cam, stream);
     if (!ranks) record_unranked_frame(device);
     auto own_or_arena = [&](DeviceBuffer& own, ArenaBuffer b, size_t bytes) -> void* {
         if (graph) return graph->at<void>(b);
