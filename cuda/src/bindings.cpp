@@ -13,8 +13,9 @@
 #include <string>
 #include <tuple>
 #include <type_traits>
-#include <unordered_map>
+#include <atomic>
 #include <memory>
+#include <unordered_map>
 #include <utility>
 #include <optional>
 #include <vector>
@@ -265,6 +266,9 @@ struct FrameShape {
 
 struct Capacities {
     int64_t items = 0, entries = 0, wide = 0, in_view = 0;
+    bool operator==(const Capacities& o) const {
+        return items == o.items && entries == o.entries && wide == o.wide && in_view == o.in_view;
+    }
     bool hold(const int64_t* c) const {
         return c[svr::COUNT_ITEMS] <= items && c[svr::COUNT_ENTRIES] <= entries && c[svr::COUNT_WIDE] <= wide &&
                c[svr::COUNT_IN_VIEW] <= in_view;
@@ -312,8 +316,8 @@ public:
         ++launches();
     }
     // Frames binned by a graph since the process started (tests: which path a frame took).
-    static int64_t& launches() {
-        static int64_t count = 0;
+    static std::atomic<int64_t>& launches() {
+        static std::atomic<int64_t> count{0};
         return count;
     }
     // The frame's outputs, views into the arena.
@@ -326,7 +330,6 @@ public:
         return t;
     }
     ArenaBuffer entries() const { return sorted_in_alt_ ? VALUES_ALT : VALUES; }
-    size_t bytes() const { return arena_.defined() ? size_t(arena_.numel()) : 0; }
 
 private:
     void plan(const svr::KeyLayout& layout, int n_tiles, int tiles_x, int tiles_y);
@@ -335,7 +338,6 @@ private:
     Tensor arena_;
     cudaGraphExec_t exec_ = nullptr;
     bool sorted_in_alt_ = false;  // where the sort leaves the keys and values (CUB decides)
-    svr::SortedEntries sorted_{};
 };
 
 void FrameGraph::plan(const svr::KeyLayout& layout, int n_tiles, int tiles_x, int tiles_y) {
@@ -407,10 +409,11 @@ bool FrameGraph::capture(const svr::Camera& cam, const svr::KeyLayout& layout, c
     svr::duplicate_with_keys(cam, requests, layout, sizes, items, at<short4>(PIXEL_RECT), at<int32_t>(ENTRY_OFFSETS),
                              at<int32_t>(WIDE), at<ULL>(COUNTERS) + svr::WIDE_CURSOR, at<uint32_t>(KEYS),
                              at<uint32_t>(VALUES), side);
-    sorted_ = svr::sort_entries(sizes, layout, at<uint32_t>(KEYS), at<uint32_t>(KEYS_ALT), at<uint32_t>(VALUES),
-                                at<uint32_t>(VALUES_ALT), at<void>(SORT_SCRATCH), slots_[SORT_SCRATCH].bytes, side);
-    const bool in_alt = sorted_.values == at<uint32_t>(VALUES_ALT);
-    svr::identify_tile_ranges(sizes, cam.tiles_x(), n_tiles, layout, sorted_,
+    const svr::SortedEntries sorted =
+        svr::sort_entries(sizes, layout, at<uint32_t>(KEYS), at<uint32_t>(KEYS_ALT), at<uint32_t>(VALUES),
+                          at<uint32_t>(VALUES_ALT), at<void>(SORT_SCRATCH), slots_[SORT_SCRATCH].bytes, side);
+    const bool in_alt = sorted.values == at<uint32_t>(VALUES_ALT);
+    svr::identify_tile_ranges(sizes, cam.tiles_x(), n_tiles, layout, sorted,
                               layout.rect_in_key() ? nullptr : at<short4>(PIXEL_RECT), at<uint16_t>(ENTRY_RECTS),
                               at<int2>(RANGES), side);
     if (!shape.sparse)
@@ -458,6 +461,7 @@ struct GraphCache {
     std::unique_ptr<FrameGraph> graph;
     FrameShape last_shape;
     Capacities wanted;
+    bool build_failed = false;  // for last_shape and wanted: not tried again each frame
 };
 std::unordered_map<int, GraphCache>& graph_caches() {
     static auto* caches = new std::unordered_map<int, GraphCache>();
@@ -465,7 +469,7 @@ std::unordered_map<int, GraphCache>& graph_caches() {
 }
 
 void release_frame_graphs() { graph_caches().clear(); }
-int64_t frame_graph_launches() { return FrameGraph::launches(); }
+int64_t frame_graph_launches() { return FrameGraph::launches().load(); }
 
 // The graph for a frame of `shape` with `ranks` (null: bin the frame eagerly): built once the
 // same shape's ranked frames follow each other (a frame of another shape between them would
@@ -480,15 +484,15 @@ FrameGraph* acquire_frame_graph(const FrameShape& shape, const Tensor* ranks, co
         cache.graph.reset();
         g = nullptr;
     }
-    if (!ranks || !(cache.last_shape == shape)) return nullptr;
+    if (!ranks || !(cache.last_shape == shape) || cache.build_failed) return nullptr;
     if (g && g->held()) return nullptr;
-    const Capacities& want = cache.wanted;
-    if (g && g->caps.items == want.items && g->caps.entries == want.entries && g->caps.wide == want.wide &&
-        g->caps.in_view == want.in_view)
-        return g;
+    if (g && g->caps == cache.wanted) return g;
     cache.graph.reset();  // its memory goes to the new arena
-    auto built = std::make_unique<FrameGraph>(shape, want, *ranks, stream);
-    if (!built->build(like, cam)) return nullptr;
+    auto built = std::make_unique<FrameGraph>(shape, cache.wanted, *ranks, stream);
+    if (!built->build(like, cam)) {
+        cache.build_failed = true;
+        return nullptr;
+    }
     cache.graph = std::move(built);
     return cache.graph.get();
 }
@@ -499,8 +503,12 @@ void record_ranked_frame(int device, const FrameShape& shape, const int64_t* cou
     if (!(cache.last_shape == shape)) {
         cache.last_shape = shape;
         cache.wanted = Capacities();
+        cache.build_failed = false;
     }
-    if (!cache.wanted.hold(counts)) cache.wanted.grow_to(counts);
+    if (!cache.wanted.hold(counts)) {
+        cache.wanted.grow_to(counts);
+        cache.build_failed = false;
+    }
 }
 
 // A frame whose ranks are not offered or not current ends a run of ranked frames (its graph,

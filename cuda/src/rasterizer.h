@@ -145,7 +145,7 @@ struct KeyLayout {
 };
 // The sizes the binning's buffers hold: the frame's counts (`counts` null), or capacities of
 // at least them, with the counts in the frame's counters on the device (a frame replayed from a
-// captured CUDA graph, whose kernel arguments are fixed: frame_graph.cpp). The kernels then read
+// captured CUDA graph, whose kernel arguments are fixed: bindings.cpp). The kernels then read
 // the counts there; CUB's sort and scans cover the capacities, the keys past the frame's
 // entries set to ~0 (the stable sort leaves them behind the frame's).
 struct BinningSizes {

@@ -9,8 +9,9 @@ Beyond upstream: `intersect_voxels` keeps preprocess/sort/tile ranges of one cam
 `TileIntersections` for reuse, `rasterize_voxels_sparse` renders a list of pixels (only the
 tiles holding them are processed), and `topk_contributors` lists each pixel's k voxels of
 largest blending weight. The CUDA path caches the octant orders of the octree it renders
-(16 bytes a voxel; `release_octant_ranks` frees them, SVRASTER_OCTANT_RANKS=off never builds
-them: see docs/limits.md)."""
+(16 bytes a voxel) and, while they are current, bins frames through a CUDA graph over a memory
+arena it keeps (about a frame's binning memory); `release_octant_ranks` frees both,
+SVRASTER_OCTANT_RANKS=off never builds them: see docs/limits.md."""
 from typing import NamedTuple
 
 import torch
