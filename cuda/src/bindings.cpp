@@ -9,6 +9,7 @@
 #include <torch/extension.h>
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <string>
 #include <tuple>
@@ -199,6 +200,29 @@ void check_finite_matrix(const char* name, const float* m) {
     TORCH_CHECK_VALUE(false, text("raster_settings.", name, ": expected finite values, got ", values, "]]"));
 }
 
+// --- The binning's buffers. A frame's stages 1-4 (preprocess to the in-view selection) write
+// and read the buffers below. Each is the frame's own (from the caching allocator, released as
+// soon as its last kernel is queued: the frame's peak stays low) or a place in a frame graph's
+// arena (kept between frames, see "Frame graphs"). One sequence queues the stages after the
+// frame's read over either (queue_binning): for a frame binned eagerly and for a graph's capture.
+
+// The binning's steps, in order: a buffer lives from the step that writes it first to the
+// last that reads it (AT_HELD: the frame's outputs, read after the call).
+enum Step { AT_PREPROCESS, AT_MARK, AT_PLACE, AT_SCAN, AT_DUPLICATE, AT_SORT, AT_RANGES, AT_ORDER, AT_SELECT, AT_HELD };
+
+// ITEM_OFFSETS to ITEM_VALUES_ALT serve frames that sort their items (no current ranks), which
+// are never a graph's.
+enum BinningBuffer {
+    COUNTERS, TILE_MASKS, TILE_SAT, PIXEL_RECT, OCTANT_MASK, ITEM_TILES, BITMAP, WORD_OFFSETS, MARK_SCRATCH,
+    ITEM_OFFSETS, ITEM_KEYS, ITEM_KEYS_ALT, ITEM_VALUES, ITEM_VALUES_ALT, ENTRY_OFFSETS, WIDE, KEYS, KEYS_ALT, VALUES,
+    VALUES_ALT, SORT_SCRATCH, ENTRY_RECTS, RANGES, TILE_ORDER, IN_VIEW, SELECT_SCRATCH, N_BINNING_BUFFERS
+};
+
+// The counters' words: the frame counts, the camera matrices read on the device (16), then the
+// tile order's scratch.
+constexpr int64_t COUNTER_WORDS = svr::N_FRAME_COUNTS + 16;
+size_t counter_bytes() { return sizeof(ULL) * COUNTER_WORDS + svr::order_tiles_scratch_bytes(); }
+
 // --- Frame graphs. Where a frame's octant ranks are current, its binning after the frame's
 // device read (place, scans, duplicate, sort, tile ranges, tile order, in-view selection: about
 // twenty launches and memsets and as many allocations) is one CUDA graph launch: the GPU ran
@@ -208,16 +232,6 @@ void check_finite_matrix(const char* name, const float* m) {
 // after frame while no tensor of the last frame's (the intersections' views into it) is alive.
 // Its buffers share memory where their lifetimes do not meet, as the caching allocator gave
 // the eager frame's, and it stays allocated between frames (release_frame_graphs frees it).
-
-// The binning's steps, in order: a buffer lives from the step that writes it first to the
-// last that reads it (AT_HELD: the frame's outputs, read after the call).
-enum Step { AT_PREPROCESS, AT_MARK, AT_PLACE, AT_SCAN, AT_DUPLICATE, AT_SORT, AT_RANGES, AT_ORDER, AT_SELECT, AT_HELD };
-
-enum ArenaBuffer {
-    COUNTERS, TILE_MASKS, TILE_SAT, PIXEL_RECT, OCTANT_MASK, ITEM_TILES, BITMAP, WORD_OFFSETS, MARK_SCRATCH,
-    ITEM_VALUES, ENTRY_OFFSETS, WIDE, KEYS, KEYS_ALT, VALUES, VALUES_ALT, SORT_SCRATCH, ENTRY_RECTS, RANGES,
-    TILE_ORDER, IN_VIEW, SELECT_SCRATCH, N_ARENA_BUFFERS
-};
 
 struct ArenaSlot {
     size_t bytes = 0;
@@ -286,10 +300,6 @@ struct Capacities {
     }
 };
 
-// The counters' words: the frame counts, the camera matrices read on the device (16), then the
-// tile order's scratch.
-constexpr int64_t COUNTER_WORDS = svr::N_FRAME_COUNTS + 16;
-
 class FrameGraph {
 public:
     FrameShape shape;
@@ -309,8 +319,9 @@ public:
     bool build(const Tensor& like, const svr::Camera& cam);
     // A tensor of the last frame's (a view into the arena) is still alive.
     bool held() const { return arena_.defined() && arena_.storage().use_count() > 1; }
+    const ArenaSlot& slot(BinningBuffer b) const { return slots_[b]; }
     template <typename T>
-    T* at(ArenaBuffer b) const { return reinterpret_cast<T*>(static_cast<char*>(arena_.data_ptr()) + slots_[b].offset); }
+    T* at(BinningBuffer b) const { return reinterpret_cast<T*>(static_cast<char*>(arena_.data_ptr()) + slots_[b].offset); }
     void launch(cudaStream_t on) const {
         C10_CUDA_CHECK(cudaGraphLaunch(exec_, on));
         ++launches();
@@ -321,7 +332,7 @@ public:
         return count;
     }
     // The frame's outputs, views into the arena.
-    Tensor view(ArenaBuffer b, at::ScalarType dtype, c10::IntArrayRef sizes) const {
+    Tensor view(BinningBuffer b, at::ScalarType dtype, c10::IntArrayRef sizes) const {
         const int64_t element = int64_t(c10::elementSize(dtype));
         Tensor t = at::detail::make_tensor<c10::TensorImpl>(c10::Storage(arena_.storage()), arena_.key_set(),
                                                             caffe2::TypeMeta::fromScalarType(dtype));
@@ -329,7 +340,7 @@ public:
         t.unsafeGetTensorImpl()->set_storage_offset(int64_t(slots_[b].offset) / element);
         return t;
     }
-    ArenaBuffer entries() const { return sorted_in_alt_ ? VALUES_ALT : VALUES; }
+    BinningBuffer entries() const { return sorted_in_alt_ ? VALUES_ALT : VALUES; }
 
 private:
     void plan(const svr::KeyLayout& layout, int n_tiles, int tiles_x, int tiles_y);
@@ -340,12 +351,175 @@ private:
     bool sorted_in_alt_ = false;  // where the sort leaves the keys and values (CUB decides)
 };
 
+// A frame's binning buffers: its own, or places in a graph's arena (from the frame's start
+// while a graph may bin it, until it leaves the arena). Each use of an arena place is checked
+// against the plan's steps for it: a use the plan does not cover would meet another buffer
+// sharing its memory.
+class FrameBuffers {
+public:
+    explicit FrameBuffers(const FrameGraph* graph) : graph_(graph), in_arena_(graph != nullptr) {}
+    // The step queued next: the uses that follow are checked against it.
+    void at_step(Step s) { step_ = s; }
+    // Buffer b, for n elements of T: its arena place, or a new buffer of the frame's own.
+    void* make_bytes(BinningBuffer b, size_t bytes);
+    template <typename T>
+    T* make(BinningBuffer b, int64_t n) { return static_cast<T*>(make_bytes(b, sizeof(T) * size_t(n))); }
+    template <typename T>
+    T* get(BinningBuffer b) const { return static_cast<T*>(in_arena_ ? arena_place(b) : ptr_[b]); }
+    size_t bytes(BinningBuffer b) const { return bytes_[b]; }
+    // After the last kernel that reads b is queued: the frame's own memory goes back to the
+    // allocator (which hands it on in stream order); an arena place stays.
+    void release(BinningBuffer b) { own_[b].clear(); }
+    // The buffers made from now on are the frame's own (it is binned eagerly).
+    void leave_arena() { in_arena_ = false; }
+    // Buffer b as one of the frame's outputs: a view into the arena, or a tensor that owns the
+    // frame's own buffer from then on.
+    Tensor output(BinningBuffer b, at::ScalarType dtype, c10::IntArrayRef sizes);
+
+private:
+    void* arena_place(BinningBuffer b) const {
+        const ArenaSlot& s = graph_->slot(b);
+        TORCH_INTERNAL_ASSERT(s.first <= step_ && step_ <= s.last, "binning buffer ", int(b), " used at step ",
+                              int(step_), ", planned for steps ", s.first, " to ", s.last);
+        return graph_->at<void>(b);
+    }
+    const FrameGraph* graph_;
+    bool in_arena_;
+    Step step_ = AT_PREPROCESS;
+    std::array<void*, N_BINNING_BUFFERS> ptr_{};
+    std::array<size_t, N_BINNING_BUFFERS> bytes_{};
+    std::array<bool, N_BINNING_BUFFERS> owned_{};
+    std::array<c10::DataPtr, N_BINNING_BUFFERS> own_;
+};
+
+void* FrameBuffers::make_bytes(BinningBuffer b, size_t bytes) {
+    bytes_[b] = bytes;
+    if (in_arena_) {
+        TORCH_INTERNAL_ASSERT(bytes <= graph_->slot(b).bytes, "binning buffer ", int(b), ": ", bytes,
+                              " bytes asked for, ", graph_->slot(b).bytes, " planned");
+        return ptr_[b] = arena_place(b);
+    }
+    // Without a tensor around it: the dispatcher and TensorImpl of a torch::empty cost the host
+    // more than the allocator's call, some fifteen times a frame (where the GPU waits on them).
+    own_[b] = c10::cuda::CUDACachingAllocator::get()->allocate(bytes);
+    owned_[b] = true;
+    return ptr_[b] = own_[b].get();
+}
+
+Tensor FrameBuffers::output(BinningBuffer b, at::ScalarType dtype, c10::IntArrayRef sizes) {
+    if (!owned_[b]) return graph_->view(b, dtype, sizes);
+    owned_[b] = false;
+    c10::Storage storage(c10::Storage::use_byte_size_t(), bytes_[b], std::move(own_[b]),
+                         c10::cuda::CUDACachingAllocator::get(), false);
+    Tensor t = at::detail::make_tensor<c10::TensorImpl>(std::move(storage), c10::DispatchKeySet(c10::DispatchKey::CUDA),
+                                                        caffe2::TypeMeta::fromScalarType(dtype));
+    t.unsafeGetTensorImpl()->set_sizes_contiguous(sizes);
+    TORCH_INTERNAL_ASSERT(size_t(t.numel()) * c10::elementSize(dtype) <= bytes_[b]);
+    return t;
+}
+
+// Stages 2-4 after the frame's read, queued once for a frame binned eagerly (its counts as the
+// sizes) and once for a graph's capture (capacities, the counts read on the device): the items
+// placed by `ranks` (else sorted: eager frames only), the entry offsets' scan, duplicate, the
+// entry sort, the tile ranges, the whole image's tile order, the in-view selection (of at most
+// `in_view` voxels). The buffers before the read (counters, requests' tables, preprocess's and
+// the marks' outputs) are made already. Returns the buffer holding the sorted entries (the
+// sort's or its second, as CUB decides).
+BinningBuffer queue_binning(FrameBuffers& buf, const svr::Camera& cam, const svr::KeyLayout& layout,
+                            const svr::BinningSizes& sizes, int64_t in_view, bool sparse, int n,
+                            const int64_t* octree_paths, const int32_t* ranks, cudaStream_t stream) {
+    const int n_tiles = cam.tiles_x() * cam.tiles_y();
+    const size_t scratch_bytes = svr::sort_scratch_bytes(sizes.items, sizes.entries, layout);
+    buf.at_step(AT_PLACE);
+    svr::SortedItems items;
+    int32_t* entry_offsets = buf.make<int32_t>(ENTRY_OFFSETS, sizes.items);
+    if (ranks) {
+        items = svr::place_ranked_items(n, ranks, buf.get<uint8_t>(OCTANT_MASK), buf.get<int32_t>(ITEM_TILES),
+                                        buf.get<uint32_t>(BITMAP), buf.get<int32_t>(WORD_OFFSETS),
+                                        buf.make<uint32_t>(ITEM_VALUES, sizes.items), entry_offsets, stream);
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+        buf.release(BITMAP);
+        buf.release(WORD_OFFSETS);
+    } else {
+        const bool packed = layout.packed_items();
+        items = svr::sort_items(layout, n, octree_paths, buf.get<uint8_t>(OCTANT_MASK), buf.get<int32_t>(ITEM_OFFSETS),
+                                sizes.items, buf.make<uint64_t>(ITEM_KEYS, sizes.items),
+                                buf.make<uint64_t>(ITEM_KEYS_ALT, sizes.items),
+                                buf.make<uint32_t>(ITEM_VALUES, packed ? 0 : sizes.items),
+                                buf.make<uint32_t>(ITEM_VALUES_ALT, packed ? 0 : sizes.items),
+                                buf.make_bytes(SORT_SCRATCH, scratch_bytes), scratch_bytes, stream);
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+        buf.release(ITEM_OFFSETS);
+        buf.release(items.keys == buf.get<uint64_t>(ITEM_KEYS) ? ITEM_KEYS_ALT : ITEM_KEYS);
+        buf.release(items.values == buf.get<uint32_t>(ITEM_VALUES) ? ITEM_VALUES_ALT : ITEM_VALUES);
+    }
+
+    buf.at_step(AT_SCAN);
+    void* scratch = ranks ? buf.make_bytes(SORT_SCRATCH, scratch_bytes) : buf.get<void>(SORT_SCRATCH);
+    svr::scan_entry_offsets(layout, sizes, items, ranks ? nullptr : buf.get<int32_t>(ITEM_TILES), entry_offsets,
+                            scratch, scratch_bytes, stream);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    buf.release(ITEM_TILES);  // the in-view selection reads the octant masks
+
+    buf.at_step(AT_DUPLICATE);
+    uint32_t* keys = buf.make<uint32_t>(KEYS, sizes.entries);
+    uint32_t* values = buf.make<uint32_t>(VALUES, sizes.entries);
+    const svr::RequestedPixels requests{sparse ? buf.get<uint64_t>(TILE_MASKS) : nullptr,
+                                        sparse ? buf.get<int32_t>(TILE_SAT) : nullptr};
+    svr::duplicate_with_keys(cam, requests, layout, sizes, items, buf.get<short4>(PIXEL_RECT), entry_offsets,
+                             buf.make<int32_t>(WIDE, sizes.wide), buf.get<ULL>(COUNTERS) + svr::WIDE_CURSOR, keys,
+                             values, stream);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    for (const BinningBuffer b : {ITEM_KEYS, ITEM_KEYS_ALT, ITEM_VALUES, ITEM_VALUES_ALT, ENTRY_OFFSETS, WIDE, TILE_SAT})
+        buf.release(b);
+    // Where the rectangles ride in the keys, the tile ranges do not read the voxels' (the
+    // frame's peak is the entry sort's double buffers).
+    if (layout.rect_in_key()) buf.release(PIXEL_RECT);
+
+    buf.at_step(AT_SORT);
+    uint32_t* keys_alt = buf.make<uint32_t>(KEYS_ALT, sizes.entries);
+    uint32_t* values_alt = buf.make<uint32_t>(VALUES_ALT, sizes.entries);
+    const svr::SortedEntries sorted =
+        svr::sort_entries(sizes, layout, keys, keys_alt, values, values_alt, scratch, scratch_bytes, stream);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    buf.release(SORT_SCRATCH);
+    const bool keys_in_alt = sorted.keys == keys_alt, values_in_alt = sorted.values == values_alt;
+    buf.release(keys_in_alt ? KEYS : KEYS_ALT);
+    buf.release(values_in_alt ? VALUES : VALUES_ALT);
+
+    buf.at_step(AT_RANGES);
+    svr::identify_tile_ranges(sizes, cam.tiles_x(), n_tiles, layout, sorted,
+                              layout.rect_in_key() ? nullptr : buf.get<short4>(PIXEL_RECT),
+                              buf.make<uint16_t>(ENTRY_RECTS, sizes.entries), buf.make<int2>(RANGES, n_tiles), stream);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    buf.release(keys_in_alt ? KEYS_ALT : KEYS);
+    buf.release(PIXEL_RECT);
+
+    // Only the whole image's blocks take the tiles longest list first (a sparse frame's warps
+    // come in tile index order, laid out before the read).
+    if (!sparse) {
+        buf.at_step(AT_ORDER);
+        svr::order_tiles(n_tiles, buf.get<int2>(RANGES), buf.get<ULL>(COUNTERS) + COUNTER_WORDS,
+                         buf.make<int32_t>(TILE_ORDER, n_tiles), stream);
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+    }
+
+    // Queued last: only vox_fn needs it (the GPU reaches it after the sort, the host at once).
+    buf.at_step(AT_SELECT);
+    const size_t select_bytes = svr::in_view_scratch_bytes(n);
+    svr::select_in_view(n, buf.get<uint8_t>(OCTANT_MASK), buf.make<int64_t>(IN_VIEW, in_view),
+                        buf.make_bytes(SELECT_SCRATCH, select_bytes), select_bytes, stream);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    buf.release(SELECT_SCRATCH);
+    return values_in_alt ? VALUES_ALT : VALUES;
+}
+
 void FrameGraph::plan(const svr::KeyLayout& layout, int n_tiles, int tiles_x, int tiles_y) {
     const int64_t n = shape.n_voxels, words = svr::ranked_words(int(n));
     const bool alt = sorted_in_alt_, sparse = shape.sparse;
-    slots_.assign(N_ARENA_BUFFERS, ArenaSlot());
-    auto set = [&](ArenaBuffer b, size_t bytes, Step first, Step last) { slots_[b] = {bytes, first, last, 0}; };
-    set(COUNTERS, sizeof(ULL) * COUNTER_WORDS + svr::order_tiles_scratch_bytes(), AT_PREPROCESS, AT_ORDER);
+    slots_.assign(N_BINNING_BUFFERS, ArenaSlot());
+    auto set = [&](BinningBuffer b, size_t bytes, Step first, Step last) { slots_[b] = {bytes, first, last, 0}; };
+    set(COUNTERS, counter_bytes(), AT_PREPROCESS, AT_ORDER);
     set(TILE_MASKS, sparse ? sizeof(int64_t) * n_tiles : 0, AT_PREPROCESS, AT_HELD);
     set(TILE_SAT, sparse ? sizeof(int32_t) * (tiles_x + 1) * (tiles_y + 1) : 0, AT_PREPROCESS, AT_DUPLICATE);
     set(PIXEL_RECT, sizeof(short4) * n, AT_PREPROCESS, layout.rect_in_key() ? AT_DUPLICATE : AT_RANGES);
@@ -388,8 +562,6 @@ bool FrameGraph::capture(const svr::Camera& cam, const svr::KeyLayout& layout, c
         cudaGraphExecDestroy(exec_);
         exec_ = nullptr;
     }
-    const int64_t n = shape.n_voxels;
-    const int n_tiles = cam.tiles_x() * cam.tiles_y();
     // Captured on a stream of the pool (the current one may be the legacy default stream,
     // which cannot capture); the graph is launched on the frame's stream.
     const cudaStream_t side = c10::cuda::getStreamFromPool(false, like.device().index()).stream();
@@ -398,28 +570,10 @@ bool FrameGraph::capture(const svr::Camera& cam, const svr::KeyLayout& layout, c
         return false;
     }
     CaptureGuard guard{side};
+    FrameBuffers buffers(this);
     const svr::BinningSizes sizes{caps.items, caps.entries, caps.wide, at<ULL>(COUNTERS)};
-    const svr::RequestedPixels requests{shape.sparse ? at<uint64_t>(TILE_MASKS) : nullptr,
-                                        shape.sparse ? at<int32_t>(TILE_SAT) : nullptr};
-    const svr::SortedItems items =
-        svr::place_ranked_items(int(n), ranks, at<uint8_t>(OCTANT_MASK), at<int32_t>(ITEM_TILES), at<uint32_t>(BITMAP),
-                                at<int32_t>(WORD_OFFSETS), at<uint32_t>(ITEM_VALUES), at<int32_t>(ENTRY_OFFSETS), side);
-    svr::scan_entry_offsets(layout, sizes, items, at<int32_t>(ITEM_TILES), at<int32_t>(ENTRY_OFFSETS),
-                            at<void>(SORT_SCRATCH), slots_[SORT_SCRATCH].bytes, side);
-    svr::duplicate_with_keys(cam, requests, layout, sizes, items, at<short4>(PIXEL_RECT), at<int32_t>(ENTRY_OFFSETS),
-                             at<int32_t>(WIDE), at<ULL>(COUNTERS) + svr::WIDE_CURSOR, at<uint32_t>(KEYS),
-                             at<uint32_t>(VALUES), side);
-    const svr::SortedEntries sorted =
-        svr::sort_entries(sizes, layout, at<uint32_t>(KEYS), at<uint32_t>(KEYS_ALT), at<uint32_t>(VALUES),
-                          at<uint32_t>(VALUES_ALT), at<void>(SORT_SCRATCH), slots_[SORT_SCRATCH].bytes, side);
-    const bool in_alt = sorted.values == at<uint32_t>(VALUES_ALT);
-    svr::identify_tile_ranges(sizes, cam.tiles_x(), n_tiles, layout, sorted,
-                              layout.rect_in_key() ? nullptr : at<short4>(PIXEL_RECT), at<uint16_t>(ENTRY_RECTS),
-                              at<int2>(RANGES), side);
-    if (!shape.sparse)
-        svr::order_tiles(n_tiles, at<int2>(RANGES), at<ULL>(COUNTERS) + COUNTER_WORDS, at<int32_t>(TILE_ORDER), side);
-    svr::select_in_view(int(n), at<uint8_t>(OCTANT_MASK), at<int64_t>(IN_VIEW), at<void>(SELECT_SCRATCH),
-                        slots_[SELECT_SCRATCH].bytes, side);
+    const bool in_alt = queue_binning(buffers, cam, layout, sizes, caps.in_view, shape.sparse, int(shape.n_voxels),
+                                      nullptr, ranks, side) == VALUES_ALT;
     guard.open = false;
     cudaGraph_t graph = nullptr;
     const cudaError_t ended = cudaStreamEndCapture(side, &graph);
@@ -437,7 +591,6 @@ bool FrameGraph::capture(const svr::Camera& cam, const svr::KeyLayout& layout, c
     }
     return in_alt == sorted_in_alt_;  // else planned for the other place: plan again
 }
-
 bool FrameGraph::build(const Tensor& like, const svr::Camera& cam) {
     const int n_tiles = cam.tiles_x() * cam.tiles_y();
     const svr::KeyLayout layout(n_tiles, 0, int(shape.n_voxels), true);
@@ -514,7 +667,6 @@ void record_ranked_frame(int device, const FrameShape& shape, const int64_t* cou
 // A frame whose ranks are not offered or not current ends a run of ranked frames (its graph,
 // if any, is released by the next frame's start).
 void record_unranked_frame(int device) { graph_caches()[device].last_shape = FrameShape(); }
-
 // Stages 1-4 for the whole image, or (sparse, `pixels` given) for the tiles holding requested
 // pixels. Returns ([in_view, ranges, entries, entry_rects, tile_order, tile_masks,
 // camera_position, requests, warp_tiles, lane_requests], fingerprint, device camera);
@@ -552,26 +704,20 @@ std::tuple<std::vector<Tensor>, int64_t, std::vector<double>> rasterize_preproce
     const auto opts = vox_centers.options();
     const int device = vox_centers.device().index();
 
-    // The frame graph's arena holds preprocess's outputs where the frame may be binned by it
-    // (ranks offered: whether they are current is known after the read); else they are the
-    // frame's own buffers.
+    // The frame graph's arena holds the buffers made before the read where the frame may be
+    // binned by it (ranks offered: whether they are current is known after the read); else
+    // they are the frame's own.
     const FrameShape shape{n, cam.width, cam.height, pixels.has_value()};
     FrameGraph* graph = acquire_frame_graph(shape, ranks ? &*ranks : nullptr, vox_centers, cam, stream);
     if (!ranks) record_unranked_frame(device);
-    auto own_or_arena = [&](DeviceBuffer& own, ArenaBuffer b, size_t bytes) -> void* {
-        if (graph) return graph->at<void>(b);
-        own = DeviceBuffer(bytes);
-        return own.get<void>();
-    };
+    FrameBuffers buf(graph);
 
     // The frame's counters, zeroed with one memset (no kernel) with the tile order's scratch
     // behind them; matrices read on the device ride behind the counters (32 floats in 16 words,
     // written by preprocess) to come back in one copy.
     const int64_t count_words = svr::N_FRAME_COUNTS + (matrices_on_device ? 16 : 0);
-    const size_t counter_bytes = sizeof(ULL) * COUNTER_WORDS + svr::order_tiles_scratch_bytes();
-    DeviceBuffer own_counts;
-    ULL* counters = static_cast<ULL*>(own_or_arena(own_counts, COUNTERS, counter_bytes));
-    C10_CUDA_CHECK(cudaMemsetAsync(counters, 0, counter_bytes, stream));
+    ULL* counters = static_cast<ULL*>(buf.make_bytes(COUNTERS, counter_bytes()));
+    C10_CUDA_CHECK(cudaMemsetAsync(counters, 0, counter_bytes(), stream));
     svr::CameraMatrices matrices{};
     if (matrices_on_device)
         matrices = {ptr<float>(*w2c), ptr<float>(*c2w), {w2c->stride(0), w2c->stride(1)},
@@ -581,29 +727,25 @@ std::tuple<std::vector<Tensor>, int64_t, std::vector<double>> rasterize_preproce
     // preprocess and binning); the bin kernel also takes the tiles and ranks that their
     // grouping into warps needs (assign_warps, queued after preprocess).
     Tensor tile_masks = torch::empty({0}, opts.dtype(at::kLong));
-    DeviceBuffer own_tile_sat;
     svr::RequestedPixels requests{nullptr, nullptr};
     BinnedRequests binned;
     if (pixels) {
-        tile_masks = graph ? graph->view(TILE_MASKS, at::kLong, {n_tiles}) : torch::empty({n_tiles}, opts.dtype(at::kLong));
-        C10_CUDA_CHECK(cudaMemsetAsync(tile_masks.data_ptr(), 0, sizeof(int64_t) * n_tiles, stream));
+        uint64_t* masks = buf.make<uint64_t>(TILE_MASKS, n_tiles);
+        tile_masks = buf.output(TILE_MASKS, at::kLong, {n_tiles});
+        C10_CUDA_CHECK(cudaMemsetAsync(masks, 0, sizeof(int64_t) * n_tiles, stream));
         binned = bin_requests(cam, *pixels, nullptr, &tile_masks, counters + svr::COUNT_OUTSIDE_REQUESTS, nullptr,
                               stream);
-        int32_t* tile_sat = static_cast<int32_t*>(own_or_arena(
-            own_tile_sat, TILE_SAT, sizeof(int32_t) * size_t(cam.tiles_y() + 1) * (cam.tiles_x() + 1)));
-        svr::tile_table(cam, ptr<uint64_t>(tile_masks), tile_sat, stream);
+        int32_t* tile_sat = buf.make<int32_t>(TILE_SAT, int64_t(cam.tiles_y() + 1) * (cam.tiles_x() + 1));
+        svr::tile_table(cam, masks, tile_sat, stream);
         C10_CUDA_KERNEL_LAUNCH_CHECK();
-        requests = {ptr<uint64_t>(tile_masks), tile_sat};
+        requests = {masks, tile_sat};
     }
 
-    DeviceBuffer own_pixel_rect, own_octant_mask, own_item_tiles;
-    short4* pixel_rect = static_cast<short4*>(own_or_arena(own_pixel_rect, PIXEL_RECT, sizeof(short4) * n));
-    uint8_t* octant_mask = static_cast<uint8_t*>(own_or_arena(own_octant_mask, OCTANT_MASK, n));
-    int32_t* item_tiles = static_cast<int32_t*>(own_or_arena(own_item_tiles, ITEM_TILES, sizeof(int32_t) * n));
+    uint8_t* octant_mask = buf.make<uint8_t>(OCTANT_MASK, n);
     Tensor position = torch::empty({3}, opts.dtype(at::kFloat));
     svr::preprocess(cam, matrices_on_device ? &matrices : nullptr, requests, int(n), ptr<int64_t>(octree_paths),
-                    ptr<float>(vox_centers), ptr<float>(vox_lengths), pixel_rect, octant_mask,
-                    item_tiles, counters, ptr<float>(position), stream);
+                    ptr<float>(vox_centers), ptr<float>(vox_lengths), buf.make<short4>(PIXEL_RECT, n), octant_mask,
+                    buf.make<int32_t>(ITEM_TILES, n), counters, ptr<float>(position), stream);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
 
     // The one device-to-host read of the frame: how many items and entries to allocate, how
@@ -618,33 +760,26 @@ std::tuple<std::vector<Tensor>, int64_t, std::vector<double>> rasterize_preproce
     counts_copied.record(stream);
     // int32: the items are at most the entries, which the check below keeps below 2^31 before
     // any offset is used.
-    DeviceBuffer item_offsets, own_bitmap, own_word_offsets;
-    uint32_t* bitmap = nullptr;
-    int32_t* word_offsets = nullptr;
     auto scan_item_offsets = [&] {
-        item_offsets = buffer_of<int32_t>(n);
         const DeviceBuffer scan_scratch(svr::item_offsets_scratch_bytes(int(n)));
-        svr::item_offsets(int(n), octant_mask, item_offsets.get<int32_t>(), scan_scratch.get<void>(),
+        svr::item_offsets(int(n), octant_mask, buf.make<int32_t>(ITEM_OFFSETS, n), scan_scratch.get<void>(),
                           scan_scratch.bytes(), stream);
-        C10_CUDA_KERNEL_LAUNCH_CHECK();
-    };
-    auto mark_ranked_items = [&] {
-        const int64_t words = svr::ranked_words(int(n));
-        bitmap = static_cast<uint32_t*>(own_or_arena(own_bitmap, BITMAP, sizeof(uint32_t) * words));
-        word_offsets = static_cast<int32_t*>(own_or_arena(own_word_offsets, WORD_OFFSETS, sizeof(int32_t) * words));
-        DeviceBuffer own_scratch;
-        const size_t scratch_bytes = svr::ranked_scratch_bytes(int(n));
-        void* scratch = own_or_arena(own_scratch, MARK_SCRATCH, scratch_bytes);
-        svr::mark_ranked_items(int(n), ptr<int32_t>(*ranks), octant_mask, bitmap, word_offsets, scratch,
-                               scratch_bytes, stream);
         C10_CUDA_KERNEL_LAUNCH_CHECK();
     };
     // The ranks are bet on before the counts come back: queued behind the counts' copy, the
     // marks run while the host reads the counts and allocates; so does the requests' layout.
-    if (ranks)
-        mark_ranked_items();
-    else
+    if (ranks) {
+        buf.at_step(AT_MARK);
+        const int64_t words = svr::ranked_words(int(n));
+        const size_t scratch_bytes = svr::ranked_scratch_bytes(int(n));
+        svr::mark_ranked_items(int(n), ptr<int32_t>(*ranks), octant_mask, buf.make<uint32_t>(BITMAP, words),
+                               buf.make<int32_t>(WORD_OFFSETS, words), buf.make_bytes(MARK_SCRATCH, scratch_bytes),
+                               scratch_bytes, stream);
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+        buf.release(MARK_SCRATCH);
+    } else {
         scan_item_offsets();
+    }
     const std::vector<Tensor> warps = pixels && lay_out ? assign_warps(n_tiles, nullptr, binned, stream)
                                                         : std::vector<Tensor>(3, torch::empty({0}, opts.dtype(at::kInt)));
     counts_copied.synchronize();
@@ -676,111 +811,24 @@ std::tuple<std::vector<Tensor>, int64_t, std::vector<double>> rasterize_preproce
     else
         record_unranked_frame(device);
 
-    // The frame graph: the binning in one launch, its outputs views into the arena.
+    // The frame graph: the binning in one launch, its outputs views into the arena. Else the
+    // same stages queued one by one, the frame's own buffers from here on.
+    BinningBuffer entries;
     if (ranked && graph && graph->caps.hold(c)) {
         graph->launch(stream);
-        Tensor in_view = graph->view(IN_VIEW, at::kLong, {c[svr::COUNT_IN_VIEW]});
-        Tensor ranges = graph->view(RANGES, at::kInt, {n_tiles, 2});
-        Tensor entries = graph->view(graph->entries(), at::kInt, {n_entries});
-        Tensor entry_rects = graph->view(ENTRY_RECTS, at::kShort, {n_entries});
-        Tensor tile_order = pixels ? torch::empty({0}, opts.dtype(at::kInt)) : graph->view(TILE_ORDER, at::kInt, {n_tiles});
-        return {{in_view, ranges, entries, entry_rects, tile_order, tile_masks, position, warps[0], warps[1], warps[2]},
-                c[svr::PATHS_FINGERPRINT], device_camera};
-    }
-
-    const svr::KeyLayout layout(n_tiles, int(c[svr::COUNT_USED_LEVELS]), int(n), ranked);
-    const svr::BinningSizes sizes{n_items, n_entries, c[svr::COUNT_WIDE], nullptr};
-    const bool packed = layout.packed_items();
-    // The GPU waits from the read until the items' kernel is queued: only its buffers are
-    // allocated before it. Each sorted array and its second buffer are separate buffers, so
-    // that the one the results did not land in is released at once.
-    DeviceBuffer item_keys, item_keys_alt, item_values, item_values_alt;
-    DeviceBuffer scratch(svr::sort_scratch_bytes(n_items, n_entries, layout));
-    svr::SortedItems items;
-    DeviceBuffer entry_offsets = buffer_of<int32_t>(n_items);
-    if (ranked) {
-        if (!bitmap) mark_ranked_items();
-        item_values = buffer_of<uint32_t>(n_items);
-        items = svr::place_ranked_items(int(n), ptr<int32_t>(*ranks), octant_mask, item_tiles, bitmap, word_offsets,
-                                        item_values.get<uint32_t>(), entry_offsets.get<int32_t>(), stream);
+        entries = graph->entries();
     } else {
-        if (!item_offsets.allocated()) scan_item_offsets();  // the bet on the ranks was lost
-        item_keys = buffer_of<uint64_t>(n_items);
-        item_keys_alt = buffer_of<uint64_t>(n_items);
-        item_values = buffer_of<uint32_t>(packed ? 0 : n_items);
-        item_values_alt = buffer_of<uint32_t>(packed ? 0 : n_items);
-        items = svr::sort_items(layout, int(n), ptr<int64_t>(octree_paths), octant_mask, item_offsets.get<int32_t>(),
-                                n_items, item_keys.get<uint64_t>(), item_keys_alt.get<uint64_t>(),
-                                item_values.get<uint32_t>(), item_values_alt.get<uint32_t>(), scratch.get<void>(),
-                                scratch.bytes(), stream);
+        buf.leave_arena();
+        if (ranks && !ranked) scan_item_offsets();  // the bet on the ranks was lost
+        const svr::KeyLayout layout(n_tiles, int(c[svr::COUNT_USED_LEVELS]), int(n), ranked);
+        const svr::BinningSizes sizes{n_items, n_entries, c[svr::COUNT_WIDE], nullptr};
+        entries = queue_binning(buf, cam, layout, sizes, c[svr::COUNT_IN_VIEW], pixels.has_value(), int(n),
+                                ptr<int64_t>(octree_paths), ranked ? ptr<int32_t>(*ranks) : nullptr, stream);
     }
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-    // Buffers are released as soon as their last kernel is queued: the caching allocator hands
-    // their memory on in stream order, and the frame's peak stays lower.
-    item_offsets.reset();
-    own_bitmap.reset();
-    own_word_offsets.reset();
-    if (!ranked) {
-        (items.keys == item_keys.get<uint64_t>() ? item_keys_alt : item_keys).reset();
-        (items.values == item_values.get<uint32_t>() ? item_values_alt : item_values).reset();
-    }
-
-    svr::scan_entry_offsets(layout, sizes, items, item_tiles, entry_offsets.get<int32_t>(), scratch.get<void>(),
-                            scratch.bytes(), stream);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-    own_item_tiles.reset();  // the in-view selection reads the octant masks
-    // The values and their second buffer are tensors: the one the sort leaves its results in
-    // becomes the frame's entries (the keys' are plain buffers, released).
-    DeviceBuffer keys = buffer_of<uint32_t>(n_entries);
-    Tensor values = torch::empty({n_entries}, opts.dtype(at::kInt));
-    DeviceBuffer wide = buffer_of<int32_t>(c[svr::COUNT_WIDE]);
-    svr::duplicate_with_keys(cam, requests, layout, sizes, items, pixel_rect, entry_offsets.get<int32_t>(),
-                             wide.get<int32_t>(), counters + svr::WIDE_CURSOR, keys.get<uint32_t>(),
-                             ptr<uint32_t>(values), stream);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-    item_keys.reset();
-    item_keys_alt.reset();
-    item_values.reset();
-    item_values_alt.reset();
-    entry_offsets.reset();
-    wide.reset();
-    // Where the rectangles ride in the keys, the tile ranges do not read the voxels' (the
-    // frame's peak is the entry sort's double buffers).
-    if (layout.rect_in_key()) own_pixel_rect.reset();
-    DeviceBuffer keys_alt = buffer_of<uint32_t>(n_entries);
-    Tensor values_alt = torch::empty({n_entries}, opts.dtype(at::kInt));
-    Tensor ranges = torch::empty({n_tiles, 2}, opts.dtype(at::kInt));
-    const svr::SortedEntries sorted =
-        svr::sort_entries(sizes, layout, keys.get<uint32_t>(), keys_alt.get<uint32_t>(), ptr<uint32_t>(values),
-                          ptr<uint32_t>(values_alt), scratch.get<void>(), scratch.bytes(), stream);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-    scratch.reset();
-    Tensor entries = sorted.values == ptr<uint32_t>(values) ? values : values_alt;
-    values.reset();
-    values_alt.reset();
-    DeviceBuffer& sorted_keys = sorted.keys == keys.get<uint32_t>() ? keys : keys_alt;
-    (&sorted_keys == &keys ? keys_alt : keys).reset();
-    Tensor entry_rects = torch::empty({n_entries}, opts.dtype(at::kShort));
-    svr::identify_tile_ranges(sizes, cam.tiles_x(), n_tiles, layout, sorted,
-                              layout.rect_in_key() ? nullptr : pixel_rect, ptr<uint16_t>(entry_rects),
-                              ptr<int2>(ranges), stream);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-    sorted_keys.reset();
-    own_pixel_rect.reset();
-    // Only the whole image's blocks take the tiles longest list first (a sparse frame's warps
-    // come in tile index order, laid out before the read).
-    Tensor tile_order = torch::empty({pixels ? 0 : n_tiles}, opts.dtype(at::kInt));
-    if (!pixels) {
-        svr::order_tiles(n_tiles, ptr<int2>(ranges), counters + COUNTER_WORDS, ptr<int32_t>(tile_order), stream);
-        C10_CUDA_KERNEL_LAUNCH_CHECK();
-    }
-    // Queued last: only vox_fn needs it (the GPU reaches it after the sort, the host at once).
-    Tensor in_view = torch::empty({c[svr::COUNT_IN_VIEW]}, opts.dtype(at::kLong));
-    const DeviceBuffer select_scratch(svr::in_view_scratch_bytes(int(n)));
-    svr::select_in_view(int(n), octant_mask, ptr<int64_t>(in_view), select_scratch.get<void>(), select_scratch.bytes(),
-                        stream);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-    return {{in_view, ranges, entries, entry_rects, tile_order, tile_masks, position, warps[0], warps[1], warps[2]},
+    Tensor tile_order = pixels ? torch::empty({0}, opts.dtype(at::kInt)) : buf.output(TILE_ORDER, at::kInt, {n_tiles});
+    return {{buf.output(IN_VIEW, at::kLong, {c[svr::COUNT_IN_VIEW]}), buf.output(RANGES, at::kInt, {n_tiles, 2}),
+             buf.output(entries, at::kInt, {n_entries}), buf.output(ENTRY_RECTS, at::kShort, {n_entries}), tile_order,
+             tile_masks, position, warps[0], warps[1], warps[2]},
             c[svr::PATHS_FINGERPRINT], device_camera};
 }
 
