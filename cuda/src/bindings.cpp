@@ -866,17 +866,26 @@ std::vector<Tensor> pixel_layout(const std::vector<double>& camera, const Tensor
     check_tensor(tile_order, "tile_order", at::kInt, {allowed ? 0 : n_tiles}, pixels);
     if (allowed) check_tensor(*allowed, "allowed", at::kLong, {n_tiles}, pixels);
     const auto stream = c10::cuda::getCurrentCUDAStream();
-    Tensor invalid = torch::empty({2}, pixels.options());
-    C10_CUDA_CHECK(cudaMemsetAsync(invalid.data_ptr(), 0, sizeof(int64_t) * 2, stream));
-    const BinnedRequests binned = bin_requests(cam, pixels, allowed ? &*allowed : nullptr, nullptr, ptr<ULL>(invalid),
-                                               ptr<ULL>(invalid) + 1, stream);
-    const Tensor host_invalid = invalid.cpu();
+    const DeviceBuffer invalid = buffer_of<ULL>(2);
+    C10_CUDA_CHECK(cudaMemsetAsync(invalid.get<void>(), 0, invalid.bytes(), stream));
+    const BinnedRequests binned = bin_requests(cam, pixels, allowed ? &*allowed : nullptr, nullptr,
+                                               invalid.get<ULL>(), invalid.get<ULL>() + 1, stream);
+    // As a fresh frame's counts: the copy is queued before the layout's kernels and waited for
+    // after them (invalid requests are left out of the layout; the call raises before any
+    // kernel reads it).
+    const Tensor host_invalid = torch::empty({2}, pixels.options().device(at::kCPU).pinned_memory(true));
+    C10_CUDA_CHECK(cudaMemcpyAsync(host_invalid.data_ptr(), invalid.get<void>(), invalid.bytes(), cudaMemcpyDeviceToHost,
+                                   stream));
+    c10::Event copied(c10::DeviceType::CUDA);
+    copied.record(stream);
+    std::vector<Tensor> warps = assign_warps(n_tiles, ptr<int32_t>(tile_order), binned, stream);
+    copied.synchronize();
     const int64_t* bad = host_invalid.data_ptr<int64_t>();
     check_no_outside(cam, bad[0], pixels.size(0));
     TORCH_CHECK_VALUE(bad[1] == 0,
                       "pixels: some requested pixels are not among those `intersections` was built for; build it "
                       "with these pixels (or without pixels)");
-    return assign_warps(n_tiles, ptr<int32_t>(tile_order), binned, stream);
+    return warps;
 }
 
 // `rgbs` may be undefined where colours are not read (top-K).
