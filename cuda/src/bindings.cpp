@@ -92,10 +92,11 @@ T* ptr(const Tensor& t) { return t.numel() ? reinterpret_cast<T*>(t.data_ptr()) 
 using ULL = unsigned long long;
 
 // A temporary device buffer from PyTorch's caching allocator, on the current device and
-// stream, without a tensor around it: a frame's binning allocates about fifteen, and the
-// dispatcher and TensorImpl of a torch::empty cost the host more than the allocator's call
-// (where the GPU waits on the host's calls, after the frame's read). Like a tensor's memory, it
-// returns to the allocator's pool when released (reset or destroyed), reused in stream order.
+// stream, without a tensor around it: the dispatcher and TensorImpl of a torch::empty cost the
+// host more than the allocator's call, and a frame's GPU waits on the host's calls after its
+// read (the binning's own buffers are FrameBuffers', below, for the same reason). Like a
+// tensor's memory, it returns to the allocator's pool when released (reset or destroyed),
+// reused in stream order.
 class DeviceBuffer {
 public:
     DeviceBuffer() = default;
