@@ -367,7 +367,6 @@ public:
     T* make(BinningBuffer b, int64_t n) { return static_cast<T*>(make_bytes(b, sizeof(T) * size_t(n))); }
     template <typename T>
     T* get(BinningBuffer b) const { return static_cast<T*>(in_arena_ ? arena_place(b) : ptr_[b]); }
-    size_t bytes(BinningBuffer b) const { return bytes_[b]; }
     // After the last kernel that reads b is queued: the frame's own memory goes back to the
     // allocator (which hands it on in stream order); an arena place stays.
     void release(BinningBuffer b) { own_[b].clear(); }
