@@ -1,6 +1,7 @@
 // The `_C` extension: PyTorch tensors in, the stages of rasterizer.h on the current stream,
 // tensors out. Inputs are checked here again (the Python layer checks first), so that no
 // CPU tensor, wrong dtype or wrong size ever reaches a kernel.
+#include <ATen/core/CachingHostAllocator.h>
 #include <c10/core/Event.h>
 #include <c10/cuda/CUDACachingAllocator.h>
 #include <c10/cuda/CUDAStream.h>
@@ -119,6 +120,32 @@ private:
 template <typename T>
 DeviceBuffer buffer_of(int64_t n) { return DeviceBuffer(sizeof(T) * size_t(n)); }
 
+// Memory of `bytes` from PyTorch's caching allocator on the current device, as a tensor's storage.
+c10::Storage device_storage(size_t bytes) {
+    c10::Allocator* allocator = c10::cuda::CUDACachingAllocator::get();
+    return c10::Storage(c10::Storage::use_byte_size_t(), bytes, allocator->allocate(bytes), allocator, false);
+}
+
+// A contiguous tensor of `sizes` over `storage` (on a CUDA device), from element `offset` on.
+// Made without the dispatcher: a torch::empty's dispatch and checks cost the host more than the
+// allocator's call, and the frame's outputs are made while its GPU waits on the host.
+Tensor tensor_over(const c10::Storage& storage, at::ScalarType dtype, c10::IntArrayRef sizes, int64_t offset = 0) {
+    Tensor t = at::detail::make_tensor<c10::TensorImpl>(c10::Storage(storage), c10::DispatchKeySet(c10::DispatchKey::CUDA),
+                                                        caffe2::TypeMeta::fromScalarType(dtype));
+    t.unsafeGetTensorImpl()->set_sizes_contiguous(sizes);
+    t.unsafeGetTensorImpl()->set_storage_offset(offset);
+    TORCH_INTERNAL_ASSERT(size_t(offset + t.numel()) * c10::elementSize(dtype) <= storage.nbytes());
+    return t;
+}
+
+// Pinned host memory for a device read, from PyTorch's caching host allocator (no tensor).
+c10::DataPtr pinned_bytes(size_t bytes) { return at::getHostAllocator(at::kCUDA)->allocate(bytes); }
+
+// A new contiguous CUDA tensor on the current device (torch::empty without the dispatcher).
+Tensor new_tensor(at::ScalarType dtype, c10::IntArrayRef sizes) {
+    return tensor_over(device_storage(size_t(c10::multiply_integers(sizes)) * c10::elementSize(dtype)), dtype, sizes);
+}
+
 // The voxel count of `t` ([N, ...]), which must be a CUDA tensor (checked first: the caller's
 // device guard takes its device) of at most MAX_VOXELS rows.
 int64_t voxel_count(const Tensor& t, const char* name) {
@@ -152,7 +179,7 @@ struct BinnedRequests {
 BinnedRequests bin_requests(const svr::Camera& cam, const Tensor& pixels, const Tensor* allowed, Tensor* tile_masks,
                             unsigned long long* n_outside, unsigned long long* n_not_allowed, cudaStream_t stream) {
     const int64_t n_requests = pixels.size(0), n_tiles = cam.tiles_x() * cam.tiles_y();
-    BinnedRequests b{torch::empty({n_requests, 2}, pixels.options().dtype(at::kInt)), buffer_of<int32_t>(n_requests),
+    BinnedRequests b{new_tensor(at::kInt, {n_requests, 2}), buffer_of<int32_t>(n_requests),
                      buffer_of<int32_t>(n_requests), buffer_of<int32_t>(n_tiles)};
     // Zeros and -1 fills as memsets (no fill kernels: a frame's host time is most of a small one).
     C10_CUDA_CHECK(cudaMemsetAsync(b.tile_counts.get<void>(), 0, b.tile_counts.bytes(), stream));
@@ -170,12 +197,11 @@ BinnedRequests bin_requests(const svr::Camera& cam, const Tensor& pixels, const 
 // needed: spare warps have tile -1.
 std::vector<Tensor> assign_warps(int64_t n_tiles, const int32_t* tile_order, const BinnedRequests& b,
                                  cudaStream_t stream) {
-    const auto opts = b.requests.options();
     const int64_t n_requests = b.requests.size(0);
     const int64_t max_warps = std::min<int64_t>(n_requests, n_tiles) + n_requests / 32;
     const DeviceBuffer warp_start = buffer_of<int32_t>(n_tiles);
-    Tensor warp_tiles = torch::empty({max_warps}, opts);
-    Tensor lane_requests = torch::empty({32 * max_warps}, opts);
+    Tensor warp_tiles = new_tensor(at::kInt, {max_warps});
+    Tensor lane_requests = new_tensor(at::kInt, {32 * max_warps});
     C10_CUDA_CHECK(cudaMemsetAsync(warp_tiles.data_ptr(), 0xff, sizeof(int32_t) * warp_tiles.numel(), stream));
     C10_CUDA_CHECK(cudaMemsetAsync(lane_requests.data_ptr(), 0xff, sizeof(int32_t) * lane_requests.numel(), stream));
     const DeviceBuffer scratch(svr::assign_warps_scratch_bytes(int(n_tiles)));
@@ -409,13 +435,9 @@ void* FrameBuffers::make_bytes(BinningBuffer b, size_t bytes) {
 Tensor FrameBuffers::output(BinningBuffer b, at::ScalarType dtype, c10::IntArrayRef sizes) {
     if (!owned_[b]) return graph_->view(b, dtype, sizes);
     owned_[b] = false;
-    c10::Storage storage(c10::Storage::use_byte_size_t(), bytes_[b], std::move(own_[b]),
-                         c10::cuda::CUDACachingAllocator::get(), false);
-    Tensor t = at::detail::make_tensor<c10::TensorImpl>(std::move(storage), c10::DispatchKeySet(c10::DispatchKey::CUDA),
-                                                        caffe2::TypeMeta::fromScalarType(dtype));
-    t.unsafeGetTensorImpl()->set_sizes_contiguous(sizes);
-    TORCH_INTERNAL_ASSERT(size_t(t.numel()) * c10::elementSize(dtype) <= bytes_[b]);
-    return t;
+    const c10::Storage storage(c10::Storage::use_byte_size_t(), bytes_[b], std::move(own_[b]),
+                               c10::cuda::CUDACachingAllocator::get(), false);
+    return tensor_over(storage, dtype, sizes);
 }
 
 // Stages 2-4 after the frame's read, queued once for a frame binned eagerly (its counts as the
@@ -701,7 +723,6 @@ std::tuple<std::vector<Tensor>, int64_t, std::vector<double>> rasterize_preproce
     svr::Camera cam = make_camera(camera, matrices_on_device);
     const int n_tiles = cam.tiles_x() * cam.tiles_y();
     const auto stream = c10::cuda::getCurrentCUDAStream();
-    const auto opts = vox_centers.options();
     const int device = vox_centers.device().index();
 
     // The frame graph's arena holds the buffers made before the read where the frame may be
@@ -726,7 +747,7 @@ std::tuple<std::vector<Tensor>, int64_t, std::vector<double>> rasterize_preproce
     // Requested pixels: their tiles' masks and the table of the tiles holding them (read by
     // preprocess and binning); the bin kernel also takes the tiles and ranks that their
     // grouping into warps needs (assign_warps, queued after preprocess).
-    Tensor tile_masks = torch::empty({0}, opts.dtype(at::kLong));
+    Tensor tile_masks = new_tensor(at::kLong, {0});
     svr::RequestedPixels requests{nullptr, nullptr};
     BinnedRequests binned;
     if (pixels) {
@@ -742,7 +763,7 @@ std::tuple<std::vector<Tensor>, int64_t, std::vector<double>> rasterize_preproce
     }
 
     uint8_t* octant_mask = buf.make<uint8_t>(OCTANT_MASK, n);
-    Tensor position = torch::empty({3}, opts.dtype(at::kFloat));
+    Tensor position = new_tensor(at::kFloat, {3});
     svr::preprocess(cam, matrices_on_device ? &matrices : nullptr, requests, int(n), ptr<int64_t>(octree_paths),
                     ptr<float>(vox_centers), ptr<float>(vox_lengths), buf.make<short4>(PIXEL_RECT, n), octant_mask,
                     buf.make<int32_t>(ITEM_TILES, n), counters, ptr<float>(position), stream);
@@ -753,9 +774,9 @@ std::tuple<std::vector<Tensor>, int64_t, std::vector<double>> rasterize_preproce
     // current (and whether the requests are valid). The copy is queued before the items'
     // offsets scan (or, with ranks, their bitmap and its scan) and waited for after it: the
     // host learns the counts while the GPU scans.
-    const Tensor host_counts = torch::empty({count_words}, opts.dtype(at::kLong).device(at::kCPU).pinned_memory(true));
-    C10_CUDA_CHECK(cudaMemcpyAsync(host_counts.data_ptr(), counters, sizeof(ULL) * count_words,
-                                   cudaMemcpyDeviceToHost, stream));
+    const c10::DataPtr host_counts = pinned_bytes(sizeof(ULL) * count_words);
+    C10_CUDA_CHECK(cudaMemcpyAsync(host_counts.get(), counters, sizeof(ULL) * count_words, cudaMemcpyDeviceToHost,
+                                   stream));
     c10::Event counts_copied(c10::DeviceType::CUDA);
     counts_copied.record(stream);
     // int32: the items are at most the entries, which the check below keeps below 2^31 before
@@ -781,9 +802,9 @@ std::tuple<std::vector<Tensor>, int64_t, std::vector<double>> rasterize_preproce
         scan_item_offsets();
     }
     const std::vector<Tensor> warps = pixels && lay_out ? assign_warps(n_tiles, nullptr, binned, stream)
-                                                        : std::vector<Tensor>(3, torch::empty({0}, opts.dtype(at::kInt)));
+                                                        : std::vector<Tensor>(3, new_tensor(at::kInt, {0}));
     counts_copied.synchronize();
-    const int64_t* c = host_counts.data_ptr<int64_t>();
+    const int64_t* c = static_cast<const int64_t*>(host_counts.get());
     // The device's matrices first: the counts of a camera that is not finite mean nothing.
     std::vector<double> device_camera;
     if (matrices_on_device) {
@@ -825,7 +846,7 @@ std::tuple<std::vector<Tensor>, int64_t, std::vector<double>> rasterize_preproce
         entries = queue_binning(buf, cam, layout, sizes, c[svr::COUNT_IN_VIEW], pixels.has_value(), int(n),
                                 ptr<int64_t>(octree_paths), ranked ? ptr<int32_t>(*ranks) : nullptr, stream);
     }
-    Tensor tile_order = pixels ? torch::empty({0}, opts.dtype(at::kInt)) : buf.output(TILE_ORDER, at::kInt, {n_tiles});
+    Tensor tile_order = pixels ? new_tensor(at::kInt, {0}) : buf.output(TILE_ORDER, at::kInt, {n_tiles});
     return {{buf.output(IN_VIEW, at::kLong, {c[svr::COUNT_IN_VIEW]}), buf.output(RANGES, at::kInt, {n_tiles, 2}),
              buf.output(entries, at::kInt, {n_entries}), buf.output(ENTRY_RECTS, at::kShort, {n_entries}), tile_order,
              tile_masks, position, warps[0], warps[1], warps[2]},
@@ -873,14 +894,14 @@ std::vector<Tensor> pixel_layout(const std::vector<double>& camera, const Tensor
     // As a fresh frame's counts: the copy is queued before the layout's kernels and waited for
     // after them (invalid requests are left out of the layout; the call raises before any
     // kernel reads it).
-    const Tensor host_invalid = torch::empty({2}, pixels.options().device(at::kCPU).pinned_memory(true));
-    C10_CUDA_CHECK(cudaMemcpyAsync(host_invalid.data_ptr(), invalid.get<void>(), invalid.bytes(), cudaMemcpyDeviceToHost,
+    const c10::DataPtr host_invalid = pinned_bytes(invalid.bytes());
+    C10_CUDA_CHECK(cudaMemcpyAsync(host_invalid.get(), invalid.get<void>(), invalid.bytes(), cudaMemcpyDeviceToHost,
                                    stream));
     c10::Event copied(c10::DeviceType::CUDA);
     copied.record(stream);
     std::vector<Tensor> warps = assign_warps(n_tiles, ptr<int32_t>(tile_order), binned, stream);
     copied.synchronize();
-    const int64_t* bad = host_invalid.data_ptr<int64_t>();
+    const int64_t* bad = static_cast<const int64_t*>(host_invalid.get());
     check_no_outside(cam, bad[0], pixels.size(0));
     TORCH_CHECK_VALUE(bad[1] == 0,
                       "pixels: some requested pixels are not among those `intersections` was built for; build it "
@@ -962,11 +983,14 @@ RenderCall render_call(const std::vector<double>& camera, int64_t n_samp, const 
 // backward (the GPU waits there, 0.1 ms or more), and the backward kernel starts without the
 // fills (0.09 ms on O6M). Zeroed on a side stream during the render instead, they slowed the
 // render kernel by about as much (session 13, run 5: O6M 0.33 -> 0.41 ms).
-std::vector<Tensor> zeroed_gradients(int64_t n, const at::TensorOptions& opts, cudaStream_t stream) {
-    std::vector<Tensor> grads{torch::empty({n, 8}, opts), torch::empty({n, 3}, opts), torch::empty({n, 1}, opts)};
-    for (const Tensor& g : grads)
-        C10_CUDA_CHECK(cudaMemsetAsync(g.data_ptr(), 0, g.numel() * sizeof(float), stream));
-    return grads;
+// The three share one allocation, zeroed by one memset (a frame's host calls are most of a
+// small training step): the memory returns to the allocator when all three are released
+// (optimizer.zero_grad() releases them together).
+std::vector<Tensor> zeroed_gradients(int64_t n, cudaStream_t stream) {
+    const c10::Storage storage = device_storage(sizeof(float) * 12 * size_t(n));
+    if (n) C10_CUDA_CHECK(cudaMemsetAsync(storage.mutable_data(), 0, storage.nbytes(), stream));
+    return {tensor_over(storage, at::kFloat, {n, 8}), tensor_over(storage, at::kFloat, {n, 3}, 8 * n),
+            tensor_over(storage, at::kFloat, {n, 1}, 11 * n)};
 }
 
 std::vector<Tensor> rasterize_voxels(const std::vector<double>& camera, int64_t n_samp, double bg, bool need_depth,
@@ -978,17 +1002,18 @@ std::vector<Tensor> rasterize_voxels(const std::vector<double>& camera, int64_t 
                                      bool zero_gradients) {
     const RenderCall call = render_call(camera, n_samp, ranges, entries, entry_rects, vox_centers, vox_lengths, geos, rgbs,
                                         tile_order, sparse, requests, warp_tiles, lane_requests);
-    const auto opts = geos.options();
     const int64_t n = vox_centers.size(0);
-    Tensor color = torch::empty(call.shape(3), opts);
-    Tensor T = torch::empty(call.shape(1), opts);
-    Tensor depth = need_depth ? torch::empty(call.shape(3), opts) : torch::empty({0}, opts);
-    Tensor normal = need_normal ? torch::empty(call.shape(3), opts) : torch::empty({0}, opts);
-    Tensor max_w = track_max_w ? torch::zeros({n, 1}, opts) : torch::empty({0}, opts);
-    Tensor aux = need_distortion ? torch::empty(call.shape(1), opts) : torch::empty({0}, opts);
-    // Where the backward starts each pixel's walk: only a frame that a backward may follow keeps it.
-    Tensor last = zero_gradients ? torch::empty(call.shape(1), opts.dtype(at::kInt)) : torch::empty({0}, opts);
     const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+    // An output not asked for is empty ([0]).
+    auto output = [&](bool needed, std::vector<int64_t> shape) {
+        return new_tensor(at::kFloat, needed ? shape : std::vector<int64_t>{0});
+    };
+    Tensor color = output(true, call.shape(3)), T = output(true, call.shape(1));
+    Tensor depth = output(need_depth, call.shape(3)), normal = output(need_normal, call.shape(3));
+    Tensor aux = output(need_distortion, call.shape(1)), max_w = output(track_max_w, {n, 1});
+    if (track_max_w && n) C10_CUDA_CHECK(cudaMemsetAsync(ptr<float>(max_w), 0, sizeof(float) * n, stream));
+    // Where the backward starts each pixel's walk: only a frame that a backward may follow keeps it.
+    Tensor last = zero_gradients ? new_tensor(at::kInt, call.shape(1)) : new_tensor(at::kFloat, {0});
     svr::render_forward(call.cam, call.pixels,
                         {int(n_samp), float(bg), need_depth, need_distortion, need_normal, track_max_w}, call.in,
                         {ptr<float>(color), ptr<float>(depth), ptr<float>(normal), ptr<float>(T), ptr<float>(max_w),
@@ -997,7 +1022,7 @@ std::vector<Tensor> rasterize_voxels(const std::vector<double>& camera, int64_t 
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     std::vector<Tensor> outputs{color, depth, normal, T, max_w, aux, last};
     if (zero_gradients) {
-        const std::vector<Tensor> zeroed = zeroed_gradients(n, opts, stream);
+        const std::vector<Tensor> zeroed = zeroed_gradients(n, stream);
         outputs.insert(outputs.end(), zeroed.begin(), zeroed.end());
     }
     return outputs;
@@ -1041,7 +1066,7 @@ std::vector<Tensor> rasterize_voxels_backward(
         check_tensor(grads[1], "zeroed[1]", at::kFloat, {n, 3}, vox_centers);
         check_tensor(grads[2], "zeroed[2]", at::kFloat, {n, 1}, vox_centers);
     } else {
-        grads = zeroed_gradients(n, geos.options(), stream);
+        grads = zeroed_gradients(n, stream);
     }
     const Tensor &dL_dgeos = grads[0], &dL_drgbs = grads[1], &priority = grads[2];
     svr::render_backward(call.cam, call.pixels,

@@ -63,6 +63,7 @@ class CudaState(NamedTuple):
 
 
 _NO_PIXELS = torch.empty(0, dtype=torch.int32)  # the whole image's placeholder requests (never read)
+_NO_GROUND_TRUTH = torch.empty(0)  # read only where lambda_R_concen > 0
 
 
 def _pixel_args(state, layout):
@@ -118,7 +119,7 @@ def rasterize_preprocess(settings, camera, octree_paths, vox_centers, vox_length
     policy = _octant_ranks_policy()
     device = vox_centers.device
     cached = _octant_ranks.get(device) if policy != "off" else None
-    usable = cached is not None and cached.ranks is not None and cached.ranks.shape[1] == len(vox_centers)
+    usable = cached is not None and cached.ranks is not None and cached.ranks.shape[1] == vox_centers.shape[0]
     paths = octree_paths.contiguous()
     matrices = (camera.w2c, camera.c2w) if isinstance(camera, validation.DeviceCamera) else ()
     outputs, fingerprint, device_camera = _load().rasterize_preprocess(
@@ -169,7 +170,7 @@ def rasterize_differentiable(settings, state, layout, vox_centers, vox_lengths, 
     reference.RasterizeVoxels' semantics. The incoming gradients and the ground truth are
     read in any strides."""
     gt = settings.gt_color
-    gt = gt.to(device=geos.device, dtype=torch.float32) if settings.lambda_R_concen > 0 else geos.new_empty(0)
+    gt = gt.to(device=geos.device, dtype=torch.float32) if settings.lambda_R_concen > 0 else _NO_GROUND_TRUTH
     return _load().rasterize_voxels_autograd(
         state.camera, settings.n_samp_per_vox, float(settings.bg_color), bool(settings.need_depth),
         settings.lambda_dist > 0, bool(settings.need_normal), bool(settings.track_max_w),

@@ -91,14 +91,17 @@ def _check_inputs(raster_settings, octree_paths, vox_centers, vox_lengths, pixel
     return camera
 
 
-def _intersect(raster_settings, camera, octree_paths, vox_centers, vox_lengths, pixels, lay_out=False):
-    """`lay_out`: the pixels are rendered at once (the backend may lay them out in this call)."""
+def _intersect(raster_settings, camera, octree_paths, vox_centers, vox_lengths, pixels, lay_out=False, keep=False):
+    """`lay_out`: the pixels are rendered at once (the backend may lay them out in this call).
+    `keep`: the object goes to the caller, who may reuse it (it then records which voxel
+    tensors it was built for; a frame's own is never compared, and that costs host time)."""
     impl = backend.for_device(vox_centers.device)
     in_view, state = impl.rasterize_preprocess(raster_settings, camera, octree_paths, vox_centers, vox_lengths, pixels,
                                                lay_out)
     if isinstance(camera, validation.DeviceCamera):
         camera = state.camera  # the values its matrices held, read with the frame's counts
-    return TileIntersections(impl, state, in_view, camera, _voxel_signature(octree_paths, vox_centers, vox_lengths))
+    voxels = _voxel_signature(octree_paths, vox_centers, vox_lengths) if keep else None
+    return TileIntersections(impl, state, in_view, camera, voxels)
 
 
 def intersect_voxels(raster_settings, octree_paths, vox_centers, vox_lengths, pixels=None):
@@ -107,7 +110,7 @@ def intersect_voxels(raster_settings, octree_paths, vox_centers, vox_lengths, pi
     cover one of them: the object then serves sparse renders and top-K queries of those pixels
     (any subset, in any order, with repeats)."""
     camera = _check_inputs(raster_settings, octree_paths, vox_centers, vox_lengths, pixels)
-    return _intersect(raster_settings, camera, octree_paths, vox_centers, vox_lengths, pixels)
+    return _intersect(raster_settings, camera, octree_paths, vox_centers, vox_lengths, pixels, keep=True)
 
 
 def _reuse(intersections, raster_settings, camera, octree_paths, vox_centers, vox_lengths, pixels):
@@ -193,7 +196,7 @@ def _camera_position(raster_settings, inter, device):
 def _render(raster_settings, inter, layout, vox_centers, vox_lengths, vox_fn):
     cam_pos = _camera_position(raster_settings, inter, vox_centers.device)
     params = vox_fn(inter.in_view, cam_pos, raster_settings.color_mode)
-    validation.check_vox_params(params, len(vox_centers), vox_centers.device, values=raster_settings.debug)
+    validation.check_vox_params(params, vox_centers.shape[0], vox_centers.device, values=raster_settings.debug)
     geos, rgbs, subdiv_p = params["geos"], params["rgbs"], params["subdiv_p"]
     if not torch.is_grad_enabled():
         # The same outputs without the autograd Function's bookkeeping (a frame's host time).

@@ -140,7 +140,7 @@ def check_voxels(octree_paths, vox_centers, vox_lengths, values=False):
     non-positive size cannot crash the kernels: its box is empty and it is never drawn."""
     if not _plain_voxels(octree_paths, vox_centers, vox_lengths):
         _check_each_voxel_tensor(octree_paths, vox_centers, vox_lengths)
-    if len(vox_centers) and (values or vox_lengths.device.type == "cpu") and not bool((vox_lengths > 0).all()):
+    if (values or vox_lengths.is_cpu) and vox_centers.shape[0] and not bool((vox_lengths > 0).all()):
         raise ValueError(f"vox_lengths: expected positive voxel sizes, got min {vox_lengths.min().item()!r}")
 
 
