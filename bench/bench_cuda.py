@@ -309,22 +309,30 @@ def sparse_queries(name, width, height, fraction=0.01, k=8, profile=False, gpu=F
 
 def steady_state(name, width, height, steps, views=8, fraction=0.01):
     """Training steps back to back, as a training loop queues them (no synchronisation between
-    steps; the orbit views in turn): ms per step of whole images and of ray batches (`fraction`
-    of the image, new random pixels each step, rasterize_voxels_sparse), with the settings'
-    camera matrices on the CPU and on the GPU (read by preprocess on the device since session
-    22; read back by the host before, which waited for the GPU's queue before a frame was
-    queued)."""
+    steps; the orbit views in turn; each step's outputs and loss kept until the next step
+    replaces them): ms per step of whole images and of ray batches (`fraction` of the image,
+    new random pixels each step, rasterize_voxels_sparse), with the settings' camera matrices
+    on the CPU and on the GPU (read by preprocess on the device since session 22; read back by
+    the host before, which waited for the GPU's queue before a frame was queued)."""
     from svraster_cuda.renderer import rasterize_voxels_sparse
     scene, params = scene_and_params(name)
-    _, forward_backward = make_step(name, scene, params)
     voxels = (scene["octpath"], scene["vox_centers"], scene["vox_lengths"])
     gen = torch.Generator().manual_seed(0)
     batches = [random_pixels(int(fraction * width * height), width, height, gen) for _ in range(steps)]
 
     def ray_batch(s, pixels):
         clear_grads(params)
-        color, _, _, T, _ = rasterize_voxels_sparse(s, *voxels, lambda *a: params, pixels)
-        (color.sum() + T.sum()).backward()
+        out = rasterize_voxels_sparse(s, *voxels, lambda *a: params, pixels)
+        loss = out[0].sum() + out[3].sum()
+        loss.backward()
+        return out, loss
+
+    def whole_image(s):
+        clear_grads(params)
+        out = rasterize_voxels(s, *voxels, lambda *a: params)
+        loss = out[0].sum() + out[3].sum()
+        loss.backward()
+        return out, loss
 
     print(f"| {name} {width}x{height}, {steps} steps back to back | whole image, ms per step | "
           f"{fraction:.0%} ray batch, ms per step |")
@@ -332,16 +340,17 @@ def steady_state(name, width, height, steps, views=8, fraction=0.01):
     for where in ("cpu", "cuda"):
         cams = orbit_settings(name, views, width, height, where)
         row = []
-        for step in (lambda i: forward_backward(cams[i % views]),
+        for step in (lambda i: whole_image(cams[i % views]),
                      lambda i: ray_batch(cams[i % views], batches[i])):
             for i in range(views):
-                step(i)
+                kept = step(i)
             torch.cuda.synchronize()
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             start.record()
             for i in range(steps):
-                step(i)
+                kept = step(i)  # alive until the next step's replace them, as in a training loop
             end.record()
+            del kept
             torch.cuda.synchronize()
             row.append(start.elapsed_time(end) / steps)
         print(f"| camera matrices on {where} | {row[0]:.2f} | {row[1]:.2f} |")

@@ -795,3 +795,41 @@ def test_frame_graph(cuda, monkeypatch):
     assert_equal(frame(cameras[1]), expected[(1, False)])
     assert C.frame_graph_launches() > launches
     cuda_backend.release_octant_ranks()
+
+
+def test_frame_graph_in_a_training_loop(cuda, monkeypatch):
+    """A training loop keeps a step's outputs (and its loss) until the next step replaces them.
+    After their backward they hold nothing of the frame graph's arena, so that the next frames
+    are still binned by the graph; with the graph retained for a second backward, the next
+    frame goes around the arena, and both backwards give the same gradients."""
+    from svraster_cuda import cuda_backend
+    C = cuda_backend._load()
+    octpath, centers, lengths, geos, rgbs = random_scene(31, max_level=5)
+    dev = [t.to(cuda) for t in (octpath, centers, lengths)]
+    params = {"geos": geos.to(cuda).requires_grad_(), "rgbs": rgbs.to(cuda).requires_grad_(),
+              "subdiv_p": torch.zeros(len(geos), 1, device=cuda, requires_grad=True)}
+    settings = make_settings((2.4, 1.6, -1.2), (0, 0, 0), width=67, height=45, fov_deg=65, **FULL)
+    monkeypatch.setenv("SVRASTER_OCTANT_RANKS", "eager")
+    cuda_backend.release_octant_ranks()
+    out = loss = None
+    launches = C.frame_graph_launches()
+    for step in range(6):
+        for p in params.values():
+            p.grad = None
+        out = rasterize_voxels(settings, *dev, lambda *a: params)
+        loss = out[0].sum() + out[3].sum()
+        loss.backward()
+    # The first frame builds the ranks, the second the graph: the other four are its launches.
+    assert C.frame_graph_launches() == launches + 4
+
+    out = rasterize_voxels(settings, *dev, lambda *a: params)
+    loss = out[0].sum() + out[3].sum()
+    loss.backward(retain_graph=True)
+    first = params["geos"].grad.clone()
+    launches = C.frame_graph_launches()
+    rasterize_voxels(settings, *dev, lambda *a: params)  # the retained graph holds the arena
+    assert C.frame_graph_launches() == launches
+    params["geos"].grad = None
+    loss.backward()
+    assert (params["geos"].grad - first).abs().max() <= 1e-5 * first.abs().max()  # float atomics' order
+    cuda_backend.release_octant_ranks()

@@ -2,7 +2,6 @@
 // tensors out. Inputs are checked here again (the Python layer checks first), so that no
 // CPU tensor, wrong dtype or wrong size ever reaches a kernel.
 #include <ATen/core/CachingHostAllocator.h>
-#include <c10/core/Event.h>
 #include <c10/cuda/CUDACachingAllocator.h>
 #include <c10/cuda/CUDAStream.h>
 #include <c10/cuda/CUDAException.h>
@@ -140,6 +139,27 @@ Tensor tensor_over(const c10::Storage& storage, at::ScalarType dtype, c10::IntAr
 
 // Pinned host memory for a device read, from PyTorch's caching host allocator (no tensor).
 c10::DataPtr pinned_bytes(size_t bytes) { return at::getHostAllocator(at::kCUDA)->allocate(bytes); }
+
+// A device read's completion, recorded on `stream` and waited for by the host: one event per
+// device and host thread, made once (a c10::Event is created and destroyed by each frame, two
+// more calls into the driver while the GPU waits on the host; an event shared between threads
+// could be recorded again by another thread's stream before this one waits).
+class ReadEvent {
+public:
+    explicit ReadEvent(cudaStream_t stream) : event_(of_device(c10::cuda::current_device())) {
+        C10_CUDA_CHECK(cudaEventRecord(event_, stream));
+    }
+    void wait() const { C10_CUDA_CHECK(cudaEventSynchronize(event_)); }
+
+private:
+    static cudaEvent_t of_device(int device) {
+        thread_local std::unordered_map<int, cudaEvent_t> events;  // never destroyed: the driver may be gone at exit
+        cudaEvent_t& e = events[device];
+        if (!e) C10_CUDA_CHECK(cudaEventCreateWithFlags(&e, cudaEventDisableTiming));
+        return e;
+    }
+    cudaEvent_t event_;
+};
 
 // A new contiguous CUDA tensor on the current device (torch::empty without the dispatcher).
 Tensor new_tensor(at::ScalarType dtype, c10::IntArrayRef sizes) {
@@ -777,8 +797,7 @@ std::tuple<std::vector<Tensor>, int64_t, std::vector<double>> rasterize_preproce
     const c10::DataPtr host_counts = pinned_bytes(sizeof(ULL) * count_words);
     C10_CUDA_CHECK(cudaMemcpyAsync(host_counts.get(), counters, sizeof(ULL) * count_words, cudaMemcpyDeviceToHost,
                                    stream));
-    c10::Event counts_copied(c10::DeviceType::CUDA);
-    counts_copied.record(stream);
+    const ReadEvent counts_copied(stream);
     // int32: the items are at most the entries, which the check below keeps below 2^31 before
     // any offset is used.
     auto scan_item_offsets = [&] {
@@ -803,7 +822,7 @@ std::tuple<std::vector<Tensor>, int64_t, std::vector<double>> rasterize_preproce
     }
     const std::vector<Tensor> warps = pixels && lay_out ? assign_warps(n_tiles, nullptr, binned, stream)
                                                         : std::vector<Tensor>(3, new_tensor(at::kInt, {0}));
-    counts_copied.synchronize();
+    counts_copied.wait();
     const int64_t* c = static_cast<const int64_t*>(host_counts.get());
     // The device's matrices first: the counts of a camera that is not finite mean nothing.
     std::vector<double> device_camera;
@@ -897,10 +916,9 @@ std::vector<Tensor> pixel_layout(const std::vector<double>& camera, const Tensor
     const c10::DataPtr host_invalid = pinned_bytes(invalid.bytes());
     C10_CUDA_CHECK(cudaMemcpyAsync(host_invalid.get(), invalid.get<void>(), invalid.bytes(), cudaMemcpyDeviceToHost,
                                    stream));
-    c10::Event copied(c10::DeviceType::CUDA);
-    copied.record(stream);
+    const ReadEvent copied(stream);
     std::vector<Tensor> warps = assign_warps(n_tiles, ptr<int32_t>(tile_order), binned, stream);
-    copied.synchronize();
+    copied.wait();
     const int64_t* bad = static_cast<const int64_t*>(host_invalid.get());
     check_no_outside(cam, bad[0], pixels.size(0));
     TORCH_CHECK_VALUE(bad[1] == 0,
@@ -1088,7 +1106,9 @@ struct Frame : torch::CustomClassHolder {
     double bg = 0;
     bool need_depth = false, need_distortion = false, need_normal = false, track_max_w = false;
     double lambda_R_concen = 0, lambda_ascending = 0, lambda_dist = 0;
-    Tensor gt_color, ranges, entries, entry_rects, tile_order;
+    Tensor gt_color;
+    // The binning's outputs: the forward's, handed to the saved variables after it.
+    Tensor ranges, entries, entry_rects, tile_order;
     bool sparse = false;
     Tensor requests, warp_tiles, lane_requests;
     // The backward's gradient buffers, zeroed by the forward behind its render kernel; the
@@ -1109,8 +1129,13 @@ struct RasterizeVoxels : torch::autograd::Function<RasterizeVoxels> {
         if (backward_follows) f.zeroed = std::vector<Tensor>(out.begin() + 7, out.end());
         ctx->saved_data["frame"] = c10::IValue::make_capsule(frame);
         // T is an output: saved as one, so that the node does not hold itself. aux and last
-        // are saved alike, to be released after the backward.
-        ctx->save_for_backward({vox_centers, vox_lengths, geos, rgbs, out[3], out[5], out[6]});
+        // are saved alike, and so are the binning's outputs, to be released after the backward
+        // (the Frame lives as long as the outputs do): a training loop keeps a step's outputs
+        // until the next step's replace them, and the frame graph's arena, which those views
+        // would hold, serves the next frame only when no view into it is alive.
+        ctx->save_for_backward({vox_centers, vox_lengths, geos, rgbs, out[3], out[5], out[6], f.ranges, f.entries,
+                                f.entry_rects, f.tile_order});
+        f.ranges = f.entries = f.entry_rects = f.tile_order = Tensor();
         ctx->mark_non_differentiable({out[4]});
         // Outputs the loss leaves out get no zero-filled gradient images: read as zeros below.
         ctx->set_materialize_grads(false);
@@ -1136,9 +1161,9 @@ struct RasterizeVoxels : torch::autograd::Function<RasterizeVoxels> {
         std::swap(zeroed, f.zeroed);
         std::vector<Tensor> g = rasterize_voxels_backward(
             f.camera, f.n_samp, f.bg, f.need_depth, f.need_normal, f.lambda_R_concen, f.lambda_ascending,
-            f.lambda_dist, f.gt_color, f.ranges, f.entries, f.entry_rects, vox_centers, saved[1], saved[2], saved[3],
+            f.lambda_dist, f.gt_color, saved[7], saved[8], saved[9], vox_centers, saved[1], saved[2], saved[3],
             T, saved[5], saved[6], or_zeros(grads[0], 3), f.need_depth ? or_zeros(grads[1], 3) : grads[1],
-            f.need_normal ? or_zeros(grads[2], 3) : grads[2], or_zeros(grads[3], 1), f.tile_order, f.sparse,
+            f.need_normal ? or_zeros(grads[2], 3) : grads[2], or_zeros(grads[3], 1), saved[10], f.sparse,
             f.requests, f.warp_tiles, f.lane_requests, zeroed);
         return {Tensor(), Tensor(), Tensor(), Tensor(), g[0], g[1], g[2]};
     }
