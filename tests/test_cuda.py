@@ -822,6 +822,8 @@ def test_frame_graph_in_a_training_loop(cuda, monkeypatch):
     # The first frame builds the ranks, the second the graph: the other four are its launches.
     assert C.frame_graph_launches() == launches + 4
 
+    for p in params.values():
+        p.grad = None
     out = rasterize_voxels(settings, *dev, lambda *a: params)
     loss = out[0].sum() + out[3].sum()
     loss.backward(retain_graph=True)
