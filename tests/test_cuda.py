@@ -799,10 +799,9 @@ def test_frame_graph(cuda, monkeypatch):
 
 def test_frame_graph_in_a_training_loop(cuda, monkeypatch):
     """A training loop keeps a step's outputs (and its loss) until the next step replaces them.
-    After their backward they hold nothing of the frame graph's arena (autograd releases the
-    node's context, whose Frame holds the binning's views into it), so that the next frames are
-    still binned by the graph; with the graph retained for a second backward, the next frame
-    goes around the arena, and both backwards give the same gradients."""
+    After their backward they hold nothing of the frame graph's arena, so that the next frames
+    are still binned by the graph; with the graph retained for a second backward, the next
+    frame goes around the arena, and both backwards give the same gradients."""
     from svraster_cuda import cuda_backend
     C = cuda_backend._load()
     octpath, centers, lengths, geos, rgbs = random_scene(31, max_level=5)

@@ -1106,7 +1106,9 @@ struct Frame : torch::CustomClassHolder {
     double bg = 0;
     bool need_depth = false, need_distortion = false, need_normal = false, track_max_w = false;
     double lambda_R_concen = 0, lambda_ascending = 0, lambda_dist = 0;
-    Tensor gt_color, ranges, entries, entry_rects, tile_order;
+    Tensor gt_color;
+    // The binning's outputs: the forward's, handed to the saved variables after it.
+    Tensor ranges, entries, entry_rects, tile_order;
     bool sparse = false;
     Tensor requests, warp_tiles, lane_requests;
     // The backward's gradient buffers, zeroed by the forward behind its render kernel; the
@@ -1127,8 +1129,13 @@ struct RasterizeVoxels : torch::autograd::Function<RasterizeVoxels> {
         if (backward_follows) f.zeroed = std::vector<Tensor>(out.begin() + 7, out.end());
         ctx->saved_data["frame"] = c10::IValue::make_capsule(frame);
         // T is an output: saved as one, so that the node does not hold itself. aux and last
-        // are saved alike, to be released after the backward.
-        ctx->save_for_backward({vox_centers, vox_lengths, geos, rgbs, out[3], out[5], out[6]});
+        // are saved alike, and so are the binning's outputs, to be released after the backward
+        // (the Frame lives as long as the outputs do): a training loop keeps a step's outputs
+        // until the next step's replace them, and the frame graph's arena, which those views
+        // would hold, serves the next frame only when no view into it is alive.
+        ctx->save_for_backward({vox_centers, vox_lengths, geos, rgbs, out[3], out[5], out[6], f.ranges, f.entries,
+                                f.entry_rects, f.tile_order});
+        f.ranges = f.entries = f.entry_rects = f.tile_order = Tensor();
         ctx->mark_non_differentiable({out[4]});
         // Outputs the loss leaves out get no zero-filled gradient images: read as zeros below.
         ctx->set_materialize_grads(false);
@@ -1154,9 +1161,9 @@ struct RasterizeVoxels : torch::autograd::Function<RasterizeVoxels> {
         std::swap(zeroed, f.zeroed);
         std::vector<Tensor> g = rasterize_voxels_backward(
             f.camera, f.n_samp, f.bg, f.need_depth, f.need_normal, f.lambda_R_concen, f.lambda_ascending,
-            f.lambda_dist, f.gt_color, f.ranges, f.entries, f.entry_rects, vox_centers, saved[1], saved[2], saved[3],
+            f.lambda_dist, f.gt_color, saved[7], saved[8], saved[9], vox_centers, saved[1], saved[2], saved[3],
             T, saved[5], saved[6], or_zeros(grads[0], 3), f.need_depth ? or_zeros(grads[1], 3) : grads[1],
-            f.need_normal ? or_zeros(grads[2], 3) : grads[2], or_zeros(grads[3], 1), f.tile_order, f.sparse,
+            f.need_normal ? or_zeros(grads[2], 3) : grads[2], or_zeros(grads[3], 1), saved[10], f.sparse,
             f.requests, f.warp_tiles, f.lane_requests, zeroed);
         return {Tensor(), Tensor(), Tensor(), Tensor(), g[0], g[1], g[2]};
     }
