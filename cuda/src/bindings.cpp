@@ -380,12 +380,7 @@ public:
     }
     // The frame's outputs, views into the arena.
     Tensor view(BinningBuffer b, at::ScalarType dtype, c10::IntArrayRef sizes) const {
-        const int64_t element = int64_t(c10::elementSize(dtype));
-        Tensor t = at::detail::make_tensor<c10::TensorImpl>(c10::Storage(arena_.storage()), arena_.key_set(),
-                                                            caffe2::TypeMeta::fromScalarType(dtype));
-        t.unsafeGetTensorImpl()->set_sizes_contiguous(sizes);
-        t.unsafeGetTensorImpl()->set_storage_offset(int64_t(slots_[b].offset) / element);
-        return t;
+        return tensor_over(arena_.storage(), dtype, sizes, int64_t(slots_[b].offset / c10::elementSize(dtype)));
     }
     BinningBuffer entries() const { return sorted_in_alt_ ? VALUES_ALT : VALUES; }
 
@@ -1131,7 +1126,7 @@ struct RasterizeVoxels : torch::autograd::Function<RasterizeVoxels> {
         // T is an output: saved as one, so that the node does not hold itself. aux and last
         // are saved alike, and so are the binning's outputs, to be released after the backward
         // (the Frame lives as long as the outputs do): a training loop keeps a step's outputs
-        // until the next step's replace them, and the frame graph's arena, which those views
+        // until the next step replaces them, and the frame graph's arena, which those views
         // would hold, serves the next frame only when no view into it is alive.
         ctx->save_for_backward({vox_centers, vox_lengths, geos, rgbs, out[3], out[5], out[6], f.ranges, f.entries,
                                 f.entry_rects, f.tile_order});
