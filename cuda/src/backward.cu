@@ -40,9 +40,12 @@ render_backward_kernel(Camera cam, PixelSet pixels, BackwardOptions opt, RenderB
     constexpr bool DEPTH = VARIANT & WITH_DEPTH, NORMAL = VARIANT & WITH_NORMAL, DISTORTION = VARIANT & WITH_DISTORTION;
     PixelTask task;
     if (!locate_pixel(cam, pixels, in.ranges, task)) return;
+    const int2 range = in.ranges[task.tile];
+    // A tile without entries takes no gradient: its warps leave before loading their pixels'
+    // incoming gradients (an opaque scene's background tiles have none).
+    if (range.y <= range.x) return;
     const int pix = task.index;
     const Ray ray = pixel_ray(cam, task.px, task.py);
-    const int2 range = in.ranges[task.tile];
     // The regularisers are normalised by the image's size, also for requested pixels.
     const float inv_hw = 1.f / (float(cam.width) * float(cam.height));
     const int last = task.active ? g.last[pix] : range.x;

@@ -30,8 +30,8 @@ render_forward_kernel(Camera cam, PixelSet pixels, ForwardOptions opt, RenderBuf
     float median_a = 0.f, median_b = 0.f, median_T = 0.f;
     bool done = !task.active;
 
-    walk_pairs<false, N, DEPTH, true>(in, range, task, pixels.sparse(), ray, done, 0, nullptr,
-                                      [&](const PairStage& stage, const PairVisit& v) {
+    // Each pair this pixel meets, front to back: composited unless the pixel is done.
+    auto composite = [&](const PairStage& stage, const PairVisit& v) {
         float w = 0.f;
         const float alpha = v.result.alpha;
         if (!done && !(alpha < MIN_ALPHA)) {  // NaN is kept: it reaches the pixel
@@ -59,7 +59,11 @@ render_forward_kernel(Camera cam, PixelSet pixels, ForwardOptions opt, RenderBuf
         }
         if (MAX_W && w > 0.f)  // the bits of non-negative floats order as the floats
             atomicMax(reinterpret_cast<unsigned int*>(out.max_w) + (v.entry & VOXEL_ID_MASK), __float_as_uint(w));
-    }, NoFinish{});
+    };
+    // A tile without entries shows the background: no walk (its staging and warp votes).
+    if (range.x < range.y)
+        walk_pairs<false, N, DEPTH, true>(in, range, task, pixels.sparse(), ray, done, 0, nullptr, composite,
+                                          NoFinish{});
     if (!task.active) return;
 
     const int hw = task.stride, pix = task.index;

@@ -13,8 +13,9 @@ __global__ void __launch_bounds__(BLOCK_THREADS)
 render_topk_kernel(Camera cam, PixelSet pixels, int k, RenderBuffers in, int64_t* ids, float* weights) {
     PixelTask task;
     if (!locate_pixel(cam, pixels, in.ranges, task)) return;
-    const Ray ray = pixel_ray(cam, task.px, task.py);
     const int2 range = in.ranges[task.tile];
+    if (range.y <= range.x) return;  // no entries: the padding the outputs hold already
+    const Ray ray = pixel_ray(cam, task.px, task.py);
     int64_t* my_ids = ids + task.index;
     float* my_weights = weights + task.index;
     const int stride = task.stride;
