@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import make_scene, orbit_settings, random_pixels  # noqa: E402
+from common import make_scene, orbit_settings, patch_pixels, random_pixels  # noqa: E402
 
 from svraster_cuda.renderer import rasterize_voxels  # noqa: E402
 
@@ -255,8 +255,9 @@ def large_images(name, sizes):
 
 
 def sparse_queries(name, width, height, fraction=0.01, k=8, profile=False, gpu=False):
-    """Random pixels (`fraction` of the image, and ten times as many) rendered sparsely, fresh
-    and with reused intersections, against the dense render; and top-K of the whole image.
+    """Random pixels (`fraction` of the image, and ten times as many) and `fraction` of the
+    image in random 8x8 patches, rendered sparsely, fresh and with reused intersections, against
+    the dense render; and top-K of the whole image.
     `gpu`: the forwards' GPU time (gpu_ms: the host's time before the first launch hidden)
     beside their time with events, medians of 30 calls."""
     from svraster_cuda.renderer import intersect_voxels, rasterize_voxels_sparse, topk_contributors
@@ -268,6 +269,7 @@ def sparse_queries(name, width, height, fraction=0.01, k=8, profile=False, gpu=F
     fractions = (fraction, 10 * fraction)
     pixel_sets = [random_pixels(int(f * width * height), width, height, gen) for f in fractions]
     pixels = pixel_sets[0]
+    patches = patch_pixels(int(fraction * width * height), width, height, gen)
     voxels = (scene["octpath"], scene["vox_centers"], scene["vox_lengths"])
     inter = intersect_voxels(s, *voxels)
 
@@ -285,22 +287,25 @@ def sparse_queries(name, width, height, fraction=0.01, k=8, profile=False, gpu=F
     for f, px in zip(fractions, pixel_sets):
         rows += [(f"sparse {f:.0%} forward", lambda px=px: sparse(px=px)),
                  (f"sparse {f:.0%} fwd+bwd", lambda px=px: sparse(backward=True, px=px))]
-    rows += [(f"sparse {fraction:.0%} forward, reused intersections", lambda: sparse(inter)),
+    rows += [(f"sparse {fraction:.0%} in 8x8 patches forward", lambda: sparse(px=patches)),
+             (f"sparse {fraction:.0%} in 8x8 patches fwd+bwd", lambda: sparse(backward=True, px=patches)),
+             (f"sparse {fraction:.0%} forward, reused intersections", lambda: sparse(inter)),
              ("intersect_voxels (dense)", lambda: intersect_voxels(s, *voxels)),
              (f"topk k={k}, whole image, reused intersections",
               lambda: topk_contributors(s, *voxels, params["geos"], k, intersections=inter))]
     if gpu:
         print(f"| {name} {width}x{height} forward | events ms | GPU ms |")
         print("|---|---|---|")
-        for label, fn in [rows[0], rows[2], rows[4], rows[6]]:
+        for label, fn in [row for row in rows if row[0].endswith("forward") or row[0].endswith("intersections")][:5]:
             fn()
             print(f"| {label} | {time_ms(fn, 30):.3f} | {gpu_ms(fn, 30):.3f} |")
         return
     if profile:
         timeline(f"{name} sparse {fraction:.0%} forward", sparse, 200)
+        timeline(f"{name} sparse {fraction:.0%} in 8x8 patches forward", lambda: sparse(px=patches), 200)
         timeline(f"{name} sparse {fraction:.0%} forward, reused intersections", lambda: sparse(inter), 60)
         return
-    print(f"| {name} {width}x{height}, {len(pixels)} / {len(pixel_sets[1])} sparse pixels | ms |")
+    print(f"| {name} {width}x{height}, {len(pixels)} / {len(pixel_sets[1])} random pixels, {len(patches)} in patches | ms |")
     print("|---|---|")
     for label, fn in rows:
         fn()

@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import make_scene, orbit_settings, random_pixels  # noqa: E402
+from common import make_scene, orbit_settings, patch_pixels, random_pixels  # noqa: E402
 
 from svraster_cuda import cuda_backend, renderer, validation  # noqa: E402
 
@@ -200,7 +200,9 @@ def ab(scene_name, base_path, n_pixels, blocks=40, block=10):
     voxels = (scene["octpath"], scene["vox_centers"], scene["vox_lengths"])
     params = {"geos": scene["geos"].requires_grad_(), "rgbs": scene["rgbs"].requires_grad_(),
               "subdiv_p": torch.zeros(len(scene["geos"]), 1, device="cuda", requires_grad=True)}
-    pixels = random_pixels(n_pixels, settings.image_width, settings.image_height, torch.Generator().manual_seed(0))
+    gen = torch.Generator().manual_seed(0)
+    pixels = random_pixels(n_pixels, settings.image_width, settings.image_height, gen)
+    patches = patch_pixels(n_pixels, settings.image_width, settings.image_height, gen)
     builds = {"base": base, "tree": renderer}
 
     def forward_backward(render):
@@ -224,6 +226,8 @@ def ab(scene_name, base_path, n_pixels, blocks=40, block=10):
             "dense forward, reused intersections":
                 no_grad(lambda: r.rasterize_voxels(s, *voxels, lambda *a: params, intersections=dense[k])),
             "sparse forward": no_grad(lambda: r.rasterize_voxels_sparse(s, *voxels, lambda *a: params, pixels)),
+            "sparse forward, 8x8 patches":
+                no_grad(lambda: r.rasterize_voxels_sparse(s, *voxels, lambda *a: params, patches)),
             "sparse forward, reused intersections": no_grad(
                 lambda: r.rasterize_voxels_sparse(s, *voxels, lambda *a: params, pixels, intersections=sparse[k])),
         }

@@ -43,3 +43,16 @@ def random_pixels(n, width, height, generator):
     """n random (row, col) pixels of a width x height image: int64 [n, 2] on the CUDA device."""
     return torch.stack([torch.randint(0, height, (n,), generator=generator),
                         torch.randint(0, width, (n,), generator=generator)], 1).cuda()
+
+
+def patch_pixels(n, width, height, generator, tile=8):
+    """About n pixels in whole tile x tile squares at random places on the tile grid (a batch of
+    small patches): int64 [n', 2] (row, col) on the CUDA device, n' the nearest multiple of
+    tile * tile that fits."""
+    tiles_x, tiles_y = width // tile, height // tile
+    chosen = torch.randperm(tiles_x * tiles_y, generator=generator)[:max(1, round(n / tile**2))]
+    ty, tx = chosen // tiles_x, chosen % tiles_x
+    dy, dx = torch.meshgrid(torch.arange(tile), torch.arange(tile), indexing="ij")
+    rows = (ty[:, None] * tile + dy.reshape(1, -1)).reshape(-1)
+    cols = (tx[:, None] * tile + dx.reshape(1, -1)).reshape(-1)
+    return torch.stack([rows, cols], 1).cuda()

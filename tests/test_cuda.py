@@ -644,7 +644,9 @@ def test_culling_matches_reference(cuda, seed):
     """The voxels with entries, their number of entries and the sorted tile lists are the
     reference's: for cameras inside and outside the scene, looking partly away from it, wide and
     narrow, with an off-centre principal point, for every pixel and for requested pixels (the
-    kernel's quick bound before the exact footprint must cull nothing the exact test keeps),
+    kernel's quick bound before the exact footprint, tested against the image and, where at
+    most a quarter of the tiles hold requests, against those tiles, must cull nothing the exact
+    test keeps: the single pixel takes the tile test, a pixel in every tile does not),
     and the requested pixels' layout in warps is a grouping by tile in the order that each
     kind of lists takes (assert_layout). Seeds 6 and 7 render 320x240, where near voxels span more than MAX_EXACT_TILES tiles and
     are binned into every tile holding a request; there voxels spanning more than
@@ -665,7 +667,10 @@ def test_culling_matches_reference(cuda, seed):
     pixels = torch.stack([torch.randint(0, height, (n_pixels,), generator=gen),
                           torch.randint(0, width, (n_pixels,), generator=gen)], 1)
     n_tiles = math.ceil(width / meta.TILE_SIZE) * math.ceil(height / meta.TILE_SIZE)
-    for subset in (None, pixels, pixels[:1]):
+    tile_starts = [torch.arange(0, size, meta.TILE_SIZE) for size in (height, width)]
+    every_tile = torch.cartesian_prod((tile_starts[0] + 3).clamp(max=height - 1),
+                                      (tile_starts[1] + 5).clamp(max=width - 1))
+    for subset in (None, pixels, pixels[:1], every_tile):
         ref = intersect_voxels(settings, octpath, centers, lengths, pixels=subset)
         got = intersect_voxels(settings, octpath.to(cuda), centers.to(cuda), lengths.to(cuda),
                                pixels=None if subset is None else subset.to(cuda))
