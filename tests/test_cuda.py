@@ -562,9 +562,12 @@ def test_cached_octant_ranks(cuda, monkeypatch):
 
 def assert_layout(layout, pixels, width, tile_order):
     """`layout` (cuda_backend.SparsePixels) groups `pixels` into warps of one tile each: every
-    request in one lane, the warps' tiles in `tile_order` (None: index order), spare warps
-    (tile -1, no lanes) last."""
-    from svraster_cuda import meta
+    request in one lane, each tile's requests in as few warps as the requests a warp takes
+    allow (8 for up to SPLIT_REQUESTS_MAX requests, else 32: rasterizer.h), in its first lanes,
+    the warps' tiles in `tile_order` (None: index order), spare warps (tile -1, no lanes) last."""
+    from svraster_cuda import cuda_backend, meta
+    C = cuda_backend._load()
+    per_warp = C.SPLIT_WARP_REQUESTS if len(pixels) <= C.SPLIT_REQUESTS_MAX else 32
     assert torch.equal(layout.requests.cpu(), pixels.int())
     tiles_x = math.ceil(width / meta.TILE_SIZE)
     pixel_tiles = (pixels[:, 0] // meta.TILE_SIZE) * tiles_x + pixels[:, 1] // meta.TILE_SIZE
@@ -577,6 +580,10 @@ def assert_layout(layout, pixels, width, tile_order):
     used = warp_tiles >= 0
     n_used = int(used.sum())
     assert used[:n_used].all() and not used[n_used:].any() and not (lanes[~used] >= 0).any()
+    assert not (lanes[:, per_warp:] >= 0).any()
+    n_tiles = int(pixel_tiles.max()) + 1 if len(pixels) else 0
+    assert torch.equal(torch.bincount(warp_tiles[:n_used], minlength=n_tiles),
+                       (torch.bincount(pixel_tiles, minlength=n_tiles) + per_warp - 1) // per_warp)
     place = warp_tiles[:n_used]
     if tile_order is not None:
         place = torch.argsort(tile_order)[place]
@@ -646,7 +653,8 @@ def test_culling_matches_reference(cuda, seed):
     narrow, with an off-centre principal point, for every pixel and for requested pixels (the
     kernel's quick bound before the exact footprint, tested against the image and, where at
     most a quarter of the tiles hold requests, against those tiles, must cull nothing the exact
-    test keeps: the single pixel takes the tile test, a pixel in every tile does not),
+    test keeps: the single pixel takes the tile test, a pixel in every tile does not; a patch
+    of whole tiles fills several warps a tile),
     and the requested pixels' layout in warps is a grouping by tile in the order that each
     kind of lists takes (assert_layout). Seeds 6 and 7 render 320x240, where near voxels span more than MAX_EXACT_TILES tiles and
     are binned into every tile holding a request; there voxels spanning more than
@@ -670,7 +678,8 @@ def test_culling_matches_reference(cuda, seed):
     tile_starts = [torch.arange(0, size, meta.TILE_SIZE) for size in (height, width)]
     every_tile = torch.cartesian_prod((tile_starts[0] + 3).clamp(max=height - 1),
                                       (tile_starts[1] + 5).clamp(max=width - 1))
-    for subset in (None, pixels, pixels[:1], every_tile):
+    patch = torch.cartesian_prod(torch.arange(16), torch.arange(16))  # four whole tiles: eight warps each
+    for subset in (None, pixels, pixels[:1], every_tile, patch):
         ref = intersect_voxels(settings, octpath, centers, lengths, pixels=subset)
         got = intersect_voxels(settings, octpath.to(cuda), centers.to(cuda), lengths.to(cuda),
                                pixels=None if subset is None else subset.to(cuda))
@@ -701,7 +710,7 @@ def test_culling_matches_reference(cuda, seed):
             assert (area > meta.MAX_EXACT_TILES).any(), "the case must hold voxels binned without the per-tile test"
             binned = ref.state.preprocessed.n_duplicates > 0
             wide = area > cuda_backend._load().WIDE_CANDIDATES  # binning.cu: per (voxel, octant) item
-            if subset is None or len(subset) > 1:
+            if subset is None or subset is pixels:
                 assert (binned & wide).any() and (binned & ~wide).any(), "the case must mix wide and narrow voxels"
 
 

@@ -213,21 +213,23 @@ BinnedRequests bin_requests(const svr::Camera& cam, const Tensor& pixels, const 
 
 // Step 2: the warps of the tiles in `tile_order` ([n_tiles]: the whole image's lists, longest
 // first; null: index order) -> [requests [P, 2] int32, warp_tiles [n_warps], lane_requests
-// [32 * n_warps]]. Sized for the most warps P requests can need, so that no device read is
-// needed: spare warps have tile -1.
+// [32 * n_warps]]. Sized for the most warps P requests can need (a warp per tile holding
+// requests, and one more per `per_warp` requests), so that no device read is needed: spare
+// warps have tile -1.
 std::vector<Tensor> assign_warps(int64_t n_tiles, const int32_t* tile_order, const BinnedRequests& b,
                                  cudaStream_t stream) {
     const int64_t n_requests = b.requests.size(0);
-    const int64_t max_warps = std::min<int64_t>(n_requests, n_tiles) + n_requests / 32;
+    const int per_warp = svr::requests_per_warp(n_requests);
+    const int64_t max_warps = std::min<int64_t>(n_requests, n_tiles) + n_requests / per_warp;
     const DeviceBuffer warp_start = buffer_of<int32_t>(n_tiles);
     Tensor warp_tiles = new_tensor(at::kInt, {max_warps});
     Tensor lane_requests = new_tensor(at::kInt, {32 * max_warps});
     C10_CUDA_CHECK(cudaMemsetAsync(warp_tiles.data_ptr(), 0xff, sizeof(int32_t) * warp_tiles.numel(), stream));
     C10_CUDA_CHECK(cudaMemsetAsync(lane_requests.data_ptr(), 0xff, sizeof(int32_t) * lane_requests.numel(), stream));
     const DeviceBuffer scratch(svr::assign_warps_scratch_bytes(int(n_tiles)));
-    svr::assign_warps(int(n_tiles), int(n_requests), tile_order, b.tile_counts.get<int32_t>(), b.tile_of.get<int32_t>(),
-                      b.rank.get<int32_t>(), scratch.get<void>(), warp_start.get<int32_t>(), ptr<int32_t>(warp_tiles),
-                      ptr<int32_t>(lane_requests), stream);
+    svr::assign_warps(int(n_tiles), int(n_requests), per_warp, tile_order, b.tile_counts.get<int32_t>(),
+                      b.tile_of.get<int32_t>(), b.rank.get<int32_t>(), scratch.get<void>(), warp_start.get<int32_t>(),
+                      ptr<int32_t>(warp_tiles), ptr<int32_t>(lane_requests), stream);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     return {b.requests, warp_tiles, lane_requests};
 }
@@ -1249,4 +1251,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
     m.attr("MAX_EXACT_TILES") = MAX_EXACT_TILES;
     m.attr("MAX_IMAGE_SIZE") = MAX_IMAGE_SIZE;
     m.attr("WIDE_CANDIDATES") = svr::WIDE_CANDIDATES;  // scheduling only (binning.cu): tests cover both sides
+    m.attr("SPLIT_WARP_REQUESTS") = svr::SPLIT_WARP_REQUESTS;  // scheduling only (requests.cu): tests check the layout
+    m.attr("SPLIT_REQUESTS_MAX") = svr::SPLIT_REQUESTS_MAX;
 }

@@ -87,10 +87,10 @@ __global__ void bin_kernel(Camera cam, int n, const int64_t* __restrict__ pixels
     rank[i] = atomicAdd(tile_counts + tile, 1);
 }
 
-__global__ void ordered_warps_kernel(int n_tiles, const int32_t* __restrict__ tile_order,
+__global__ void ordered_warps_kernel(int n_tiles, int per_warp, const int32_t* __restrict__ tile_order,
                                      const int32_t* __restrict__ tile_counts, int32_t* __restrict__ warps) {
     const int i = blockIdx.x * blockDim.x + threadIdx.x;
-    if (i < n_tiles) warps[i] = (tile_counts[tile_order ? tile_order[i] : i] + 31) / 32;
+    if (i < n_tiles) warps[i] = (tile_counts[tile_order ? tile_order[i] : i] + per_warp - 1) / per_warp;
 }
 
 __global__ void warp_tiles_kernel(int n_tiles, const int32_t* __restrict__ tile_order,
@@ -104,11 +104,11 @@ __global__ void warp_tiles_kernel(int n_tiles, const int32_t* __restrict__ tile_
     for (int w = 0; w < warps[i]; ++w) warp_tiles[start + w] = tile;
 }
 
-__global__ void lanes_kernel(int n, const int32_t* __restrict__ tile_of, const int32_t* __restrict__ rank,
+__global__ void lanes_kernel(int n, int per_warp, const int32_t* __restrict__ tile_of, const int32_t* __restrict__ rank,
                              const int32_t* __restrict__ warp_start, int32_t* __restrict__ lane_requests) {
     const int i = blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= n || tile_of[i] < 0) return;
-    lane_requests[warp_start[tile_of[i]] * 32 + rank[i]] = i;
+    lane_requests[(warp_start[tile_of[i]] + rank[i] / per_warp) * 32 + rank[i] % per_warp] = i;
 }
 
 int blocks_for(int n) { return (n + 255) / 256; }
@@ -143,18 +143,19 @@ void bin_requests(const Camera& cam, int n_requests, const int64_t* pixels, cons
 
 size_t assign_warps_scratch_bytes(int n_tiles) { return scan_bytes(n_tiles) + 2 * sizeof(int32_t) * size_t(n_tiles); }
 
-void assign_warps(int n_tiles, int n_requests, const int32_t* tile_order, const int32_t* tile_counts,
+void assign_warps(int n_tiles, int n_requests, int per_warp, const int32_t* tile_order, const int32_t* tile_counts,
                   const int32_t* tile_of, const int32_t* rank, void* scratch, int32_t* warp_start,
                   int32_t* warp_tiles, int32_t* lane_requests, cudaStream_t stream) {
     if (n_requests == 0) return;
     size_t bytes = scan_bytes(n_tiles);
     int32_t* warps = reinterpret_cast<int32_t*>(static_cast<char*>(scratch) + bytes);
     int32_t* warp_end = warps + n_tiles;
-    ordered_warps_kernel<<<blocks_for(n_tiles), 256, 0, stream>>>(n_tiles, tile_order, tile_counts, warps);
+    ordered_warps_kernel<<<blocks_for(n_tiles), 256, 0, stream>>>(n_tiles, per_warp, tile_order, tile_counts, warps);
     cub::DeviceScan::InclusiveSum(scratch, bytes, warps, warp_end, n_tiles, stream);
     warp_tiles_kernel<<<blocks_for(n_tiles), 256, 0, stream>>>(n_tiles, tile_order, warps, warp_end, warp_start,
                                                                warp_tiles);
-    lanes_kernel<<<blocks_for(n_requests), 256, 0, stream>>>(n_requests, tile_of, rank, warp_start, lane_requests);
+    lanes_kernel<<<blocks_for(n_requests), 256, 0, stream>>>(n_requests, per_warp, tile_of, rank, warp_start,
+                                                             lane_requests);
 }
 
 }  // namespace svr

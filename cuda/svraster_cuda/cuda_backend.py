@@ -45,7 +45,8 @@ def available():
 
 
 class SparsePixels(NamedTuple):
-    """Requested pixels grouped by tile into warps of at most 32 (rasterizer.h's PixelSet)."""
+    """Requested pixels grouped by tile into warps of at most 32 (8 in frames of at most
+    SPLIT_REQUESTS_MAX requests: rasterizer.h's requests_per_warp), in rasterizer.h's PixelSet."""
     requests: torch.Tensor       # [P, 2] int32 (row, col)
     warp_tiles: torch.Tensor     # [n_warps] int32, -1 for a spare warp
     lane_requests: torch.Tensor  # [n_warps * 32] int32, -1 for an idle lane
