@@ -273,13 +273,13 @@ preprocess_kernel(Camera cam_arg, CameraMatrices matrices, RequestedPixels reque
 
     unsigned long long entries = 0;
     unsigned in_view = 0, items = 0, wide = 0;
-    // Each voxel's centre and size are loaded a loop step ahead, so that their latency hides
-    // behind the previous voxel's arithmetic.
     // The quick cull tests the tiles holding requests where at most a quarter of the tiles do
     // (the table's last entry counts them all): a patch, or sparse random pixels.
     const int n_tiles = cam.tiles_x() * cam.tiles_y();
     const bool cull_by_tiles =
         requests.tile_masks && 4 * requests.tile_sat[cam.tiles_y() * (cam.tiles_x() + 1) + cam.tiles_x()] <= n_tiles;
+    // Each voxel's centre and size are loaded a loop step ahead, so that their latency hides
+    // behind the previous voxel's arithmetic.
     int v = blockIdx.x * blockDim.x + threadIdx.x;
     float3 c_next = make_float3(0.f, 0.f, 0.f);
     float len_next = 0.f;
